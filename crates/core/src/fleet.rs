@@ -1,0 +1,326 @@
+//! The fleet: regions, hosts, instance types, templates and IP pools. It comes from the
+//! configuration file; `Fleet::demo()` is the default so that `lobster serve` works with no
+//! configuration at all.
+
+use crate::capacity::Resources;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub name: String,
+    pub description: String,
+    pub city: String,
+    pub state: String,
+    #[serde(default = "us")]
+    pub country: String,
+    /// CIDR blocks or `first-last` ranges of public IPv4 addresses handed to instances.
+    #[serde(default)]
+    pub ip_pools: Vec<String>,
+}
+
+fn us() -> String {
+    "US".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub id: String,
+    pub region: String,
+    pub cores: i64,
+    pub memory_gb: i64,
+    pub disk_gb: i64,
+    #[serde(default)]
+    pub gpus: i64,
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// Where real drivers reach the host (a libvirt URI); unused by `sim`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Host name shown to users for console access.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+impl Host {
+    pub fn capacity(&self) -> Resources {
+        Resources {
+            cores: self.cores,
+            memory_gb: self.memory_gb,
+            disk_gb: self.disk_gb,
+            gpus: self.gpus,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceType {
+    pub name: String,
+    pub description: String,
+    #[serde(default)]
+    pub gpu_description: Option<String>,
+    pub price_cents_per_hour: i64,
+    pub vcpus: i64,
+    pub memory_gib: i64,
+    pub storage_gib: i64,
+    #[serde(default)]
+    pub gpus: i64,
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+}
+
+impl InstanceType {
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cores: self.vcpus,
+            memory_gb: self.memory_gib,
+            disk_gb: self.storage_gib,
+            gpus: self.gpus,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub name: String,
+    pub vmid: i64,
+    pub display_name: String,
+    /// `linux` or `windows`.
+    pub os_type: String,
+    #[serde(default)]
+    pub has_nvidia: bool,
+    /// Username used when a Windows launch names none.
+    #[serde(default)]
+    pub default_username: Option<String>,
+}
+
+impl Template {
+    pub fn is_windows(&self) -> bool {
+        self.os_type.eq_ignore_ascii_case("windows")
+    }
+}
+
+/// Price of a launch-custom instance that names no known instance type, per hour in cents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CustomPricing {
+    pub cents_per_vcpu: i64,
+    /// Cents per 8 GB of memory (rounded up).
+    pub cents_per_8gb_memory: i64,
+    pub cents_per_gpu: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub regions: Vec<Region>,
+    pub hosts: Vec<Host>,
+    pub instance_types: Vec<InstanceType>,
+    pub templates: Vec<Template>,
+    /// Template used for GPU types when a launch names none.
+    #[serde(default = "default_gpu_template")]
+    pub default_gpu_template: String,
+    /// Template used for CPU types when a launch names none.
+    #[serde(default = "default_cpu_template")]
+    pub default_cpu_template: String,
+    pub custom_pricing: CustomPricing,
+}
+
+fn default_gpu_template() -> String {
+    "UBUNTU-22-04-NV".into()
+}
+
+fn default_cpu_template() -> String {
+    "UBUNTU-22-04".into()
+}
+
+impl Fleet {
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    pub fn host(&self, id: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.id == id)
+    }
+
+    pub fn instance_type(&self, name: &str) -> Option<&InstanceType> {
+        self.instance_types.iter().find(|t| t.name == name)
+    }
+
+    pub fn template(&self, name: &str) -> Option<&Template> {
+        self.templates.iter().find(|t| t.name == name)
+    }
+
+    pub fn default_template_for(&self, gpus: i64) -> &str {
+        if gpus > 0 {
+            &self.default_gpu_template
+        } else {
+            &self.default_cpu_template
+        }
+    }
+
+    pub fn custom_price(&self, r: &Resources) -> i64 {
+        let p = &self.custom_pricing;
+        r.cores * p.cents_per_vcpu + (r.memory_gb + 7) / 8 * p.cents_per_8gb_memory + r.gpus * p.cents_per_gpu
+    }
+
+    /// Checks references and pools; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        let dup = |names: Vec<&str>, what: &str, errs: &mut Vec<String>| {
+            let mut seen = std::collections::HashSet::new();
+            for n in names {
+                if !seen.insert(n) {
+                    errs.push(format!("duplicate {what} {n:?}"));
+                }
+            }
+        };
+        dup(self.regions.iter().map(|r| r.name.as_str()).collect(), "region", &mut errs);
+        dup(self.hosts.iter().map(|h| h.id.as_str()).collect(), "host", &mut errs);
+        dup(self.instance_types.iter().map(|t| t.name.as_str()).collect(), "instance type", &mut errs);
+        dup(self.templates.iter().map(|t| t.name.as_str()).collect(), "template", &mut errs);
+        for h in &self.hosts {
+            if self.region(&h.region).is_none() {
+                errs.push(format!("host {:?} names unknown region {:?}", h.id, h.region));
+            }
+            if h.gpus > 0 && h.gpu_model.is_none() {
+                errs.push(format!("host {:?} has GPUs but no gpu_model", h.id));
+            }
+        }
+        for r in &self.regions {
+            for p in &r.ip_pools {
+                if let Err(e) = crate::ip::parse_pool(p) {
+                    errs.push(format!("region {:?}: {e}", r.name));
+                }
+            }
+        }
+        for t in [&self.default_gpu_template, &self.default_cpu_template] {
+            if self.template(t).is_none() {
+                errs.push(format!("default template {t:?} is not defined"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The demo fleet: three regions, four GPU hosts and a CPU host, the spec's instance types
+    /// and templates, and documentation-range IP pools (RFC 5737).
+    pub fn demo() -> Fleet {
+        let region = |name: &str, desc: &str, city: &str, state: &str, pool: &str| Region {
+            name: name.into(),
+            description: desc.into(),
+            city: city.into(),
+            state: state.into(),
+            country: "US".into(),
+            ip_pools: vec![pool.into()],
+        };
+        let host = |id: &str, region: &str, cores, mem, disk, gpus, model: Option<&str>| Host {
+            id: id.into(),
+            region: region.into(),
+            cores,
+            memory_gb: mem,
+            disk_gb: disk,
+            gpus,
+            gpu_model: model.map(Into::into),
+            uri: None,
+            hostname: Some(format!("{id}.lobster.local")),
+        };
+        let ty = |name: &str, desc: &str, gdesc: Option<&str>, price, v, m, s, g, model: Option<&str>| InstanceType {
+            name: name.into(),
+            description: desc.into(),
+            gpu_description: gdesc.map(Into::into),
+            price_cents_per_hour: price,
+            vcpus: v,
+            memory_gib: m,
+            storage_gib: s,
+            gpus: g,
+            gpu_model: model.map(Into::into),
+        };
+        let tpl = |name: &str, vmid, display: &str, os: &str, nv, user: Option<&str>| Template {
+            name: name.into(),
+            vmid,
+            display_name: display.into(),
+            os_type: os.into(),
+            has_nvidia: nv,
+            default_username: user.map(Into::into),
+        };
+        Fleet {
+            regions: vec![
+                region("us-east-1", "Wilmington, DE", "Wilmington", "DE", "192.0.2.0/24"),
+                region("us-east-dev", "Philadelphia, PA", "Philadelphia", "PA", "198.51.100.0/24"),
+                region("igl", "Chicago, IL", "Chicago", "IL", "203.0.113.0/24"),
+            ],
+            hosts: vec![
+                host("px1", "us-east-dev", 128, 512, 4096, 4, Some("A4000")),
+                host("phl-gpu-01", "us-east-dev", 96, 512, 4096, 4, Some("A6000")),
+                host("wil-gpu-26", "us-east-1", 128, 768, 8192, 8, Some("A5000")),
+                host("wil-cpu-03", "us-east-1", 64, 256, 4096, 0, None),
+                host("igl-gpu-01", "igl", 128, 512, 4096, 8, Some("A4000")),
+            ],
+            instance_types: vec![
+                ty("v1_cpu_small", "CPU Only Instance", Some("N/A - CPU Only"), 3, 2, 8, 100, 0, None),
+                ty("v1_cpu_medium", "CPU Only Instance", Some("N/A - CPU Only"), 6, 4, 16, 250, 0, None),
+                ty("gpu_1x_a4000", "Single GPU Instance", Some("NVIDIA RTX A4000 (16GB VRAM)"), 45, 8, 32, 250, 1, Some("A4000")),
+                ty("gpu_1x_a5000", "Single GPU Instance", Some("NVIDIA RTX A5000 (24GB VRAM)"), 60, 8, 32, 250, 1, Some("A5000")),
+                ty("gpu_1x_a6000", "Single GPU Instance", Some("NVIDIA RTX A6000 (48GB VRAM)"), 80, 12, 64, 500, 1, Some("A6000")),
+                ty("gpu_2x_a4000", "Multi GPU Instance", Some("2x NVIDIA RTX A4000 (16GB VRAM)"), 90, 16, 64, 500, 2, Some("A4000")),
+                ty("gpu_4x_a5000", "Multi GPU Instance", Some("4x NVIDIA RTX A5000 (24GB VRAM)"), 240, 32, 128, 1000, 4, Some("A5000")),
+            ],
+            templates: vec![
+                tpl("UBUNTU-22-04", 100, "Ubuntu 22.04 Server", "linux", false, None),
+                tpl("UBUNTU-22-04-NV", 101, "Ubuntu 22.04 + NVIDIA", "linux", true, None),
+                tpl("UBUNTU-22-04-NV-DK", 102, "Ubuntu 22.04 + NVIDIA + Docker", "linux", true, None),
+                tpl("WIN10", 103, "Windows 10 (Cloudbase-Init)", "windows", true, Some("bluelobster")),
+            ],
+            default_gpu_template: default_gpu_template(),
+            default_cpu_template: default_cpu_template(),
+            custom_pricing: CustomPricing {
+                cents_per_vcpu: 1,
+                cents_per_8gb_memory: 1,
+                cents_per_gpu: 40,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_fleet_is_valid() {
+        let f = Fleet::demo();
+        f.validate().unwrap();
+        for t in &f.instance_types {
+            // Every demo type can be placed somewhere in the demo fleet.
+            assert!(
+                f.hosts.iter().any(|h| t.resources().fits_in(&h.capacity())
+                    && (t.gpus == 0 || h.gpu_model == t.gpu_model)),
+                "{} has no host",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn validation_reports_bad_references() {
+        let mut f = Fleet::demo();
+        f.hosts[0].region = "nowhere".into();
+        f.regions[0].ip_pools.push("bogus".into());
+        f.default_gpu_template = "NOPE".into();
+        assert_eq!(f.validate().unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn custom_price_rounds_memory_up() {
+        let f = Fleet::demo();
+        let r = Resources { cores: 4, memory_gb: 12, disk_gb: 100, gpus: 1 };
+        assert_eq!(f.custom_price(&r), 4 + 2 + 40);
+    }
+}

@@ -1,0 +1,55 @@
+//! IPv4 pool math: pools are written as CIDR blocks (network, gateway `.1` and broadcast left
+//! out) or explicit `first-last` ranges.
+
+use std::net::Ipv4Addr;
+
+pub fn parse_pool(spec: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let spec = spec.trim();
+    if let Some((a, b)) = spec.split_once('-') {
+        let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad address {a:?}"))?;
+        let last: Ipv4Addr = b.trim().parse().map_err(|_| format!("bad address {b:?}"))?;
+        let (f, l) = (u32::from(first), u32::from(last));
+        if f > l || l - f > 1 << 20 {
+            return Err(format!("bad range {spec:?}"));
+        }
+        return Ok((f..=l).map(Ipv4Addr::from).collect());
+    }
+    let (addr, prefix) = spec
+        .split_once('/')
+        .ok_or_else(|| format!("pool {spec:?} is neither CIDR nor a range"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let prefix: u32 = prefix.parse().map_err(|_| format!("bad prefix {prefix:?}"))?;
+    if !(12..=30).contains(&prefix) {
+        return Err(format!("prefix /{prefix} out of range 12..=30"));
+    }
+    let mask = u32::MAX << (32 - prefix);
+    let net = u32::from(addr) & mask;
+    let bcast = net | !mask;
+    // Skip network, the conventional gateway (.1) and broadcast.
+    Ok((net + 2..bcast).map(Ipv4Addr::from).collect())
+}
+
+/// Whether a string is a dotted-quad IPv4 address (used to validate path parameters).
+pub fn is_ipv4(s: &str) -> bool {
+    s.parse::<Ipv4Addr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_skips_network_gateway_broadcast() {
+        let p = parse_pool("192.0.2.0/29").unwrap();
+        let s: Vec<String> = p.iter().map(|a| a.to_string()).collect();
+        assert_eq!(s, ["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6"]);
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_pool("10.0.0.250-10.0.1.1").unwrap().len(), 8);
+        assert!(parse_pool("10.0.0.5-10.0.0.1").is_err());
+        assert!(parse_pool("nonsense").is_err());
+        assert!(parse_pool("10.0.0.0/8").is_err());
+    }
+}
