@@ -1,1 +1,63 @@
+//! The `Hypervisor` trait and its drivers. A driver speaks in core types and knows nothing of
+//! HTTP or the database. Every operation names the host it acts on and is idempotent: the
+//! engine (not the driver) owns retries and state, and may repeat any call after a crash.
 
+pub mod sim;
+
+use async_trait::async_trait;
+use lobster_core::capacity::Resources;
+use lobster_core::fleet::Host;
+use lobster_core::instance::PowerStatus;
+
+/// Everything a driver needs to build a VM: the disk source, cloud-init data and shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    pub id: String,
+    pub hostname: String,
+    pub resources: Resources,
+    pub gpu_model: Option<String>,
+    pub template: Option<String>,
+    pub iso_url: Option<String>,
+    pub username: String,
+    pub ssh_keys: Vec<String>,
+    pub password: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// Worth retrying: timeouts, a busy host, a lost connection.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help: the host refuses the request.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl DriverError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DriverError::Transient(_))
+    }
+}
+
+pub type DriverResult<T> = Result<T, DriverError>;
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync + 'static {
+    /// The driver's name as configured (`sim`, `libvirt`).
+    fn kind(&self) -> &'static str;
+    async fn health(&self) -> DriverResult<()>;
+    /// Creates the VM (stopped) unless it already exists.
+    async fn create(&self, host: &Host, spec: &VmSpec) -> DriverResult<()>;
+    async fn start(&self, host: &Host, vm: &str) -> DriverResult<()>;
+    /// Graceful (ACPI) shutdown.
+    async fn shutdown(&self, host: &Host, vm: &str) -> DriverResult<()>;
+    /// Immediate power off.
+    async fn stop(&self, host: &Host, vm: &str) -> DriverResult<()>;
+    /// Hard reboot: the VM is running afterwards.
+    async fn reboot(&self, host: &Host, vm: &str) -> DriverResult<()>;
+    /// Removes the VM and its disks; a VM that does not exist is already destroyed.
+    async fn destroy(&self, host: &Host, vm: &str) -> DriverResult<()>;
+    /// `None` when the VM does not exist on the host.
+    async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>>;
+}

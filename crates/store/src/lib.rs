@@ -1,1 +1,168 @@
+//! Persistence. One implementation over sqlx's `Any` driver serves both SQLite (embedded
+//! default, WAL) and PostgreSQL: the SQL is written once in the dialect both accept, and the
+//! few real differences (row locking on claim, transaction start) sit behind `Backend`.
+//!
+//! SQLite gets a single-connection write pool so that write transactions queue in-process
+//! instead of failing with SQLITE_BUSY; reads use a separate pool and see WAL snapshots.
 
+pub mod accounts;
+pub mod hosts;
+pub mod instances;
+mod migrate;
+pub mod tasks;
+
+use lobster_core::Error;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::time::Duration;
+
+pub use accounts::{AccountRow, KeyRow, TeamRow};
+pub use hosts::HostRow;
+pub use instances::{InstanceRow, NewInstance, Scope};
+pub use tasks::{NewTask, TaskFilter, TaskRow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+/// A write transaction. Commands do all their writes through one of these.
+pub struct Tx {
+    backend: Backend,
+    inner: Transaction<'static, Any>,
+}
+
+pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    Error::Internal(format!("database: {e}"))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and runs migrations.
+    /// `sqlite:///path/file.db` or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Store, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(Error::Internal(format!("unsupported database url {url:?}")));
+        };
+        let store = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+                let opts = |n: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(n)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                for p in [
+                                    "PRAGMA journal_mode = WAL",
+                                    "PRAGMA synchronous = NORMAL",
+                                    "PRAGMA busy_timeout = 10000",
+                                    "PRAGMA foreign_keys = ON",
+                                ] {
+                                    conn.execute(p).await?;
+                                }
+                                Ok(())
+                            })
+                        })
+                };
+                let write = opts(1).connect(&url).await.map_err(db_err)?;
+                let read = opts(4).connect(&url).await.map_err(db_err)?;
+                Store { backend, read, write }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(db_err)?;
+                Store { backend, read: pool.clone(), write: pool }
+            }
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        let inner = match self.backend {
+            // IMMEDIATE takes the write lock up front, so a transaction that reads and then
+            // writes cannot fail half-way when another process (the admin CLI) also writes.
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.write.begin().await,
+        }
+        .map_err(db_err)?;
+        Ok(Tx { backend: self.backend, inner })
+    }
+
+    /// Liveness probe for the health endpoint.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.read).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    pub(crate) fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), Error> {
+        self.inner.commit().await.map_err(db_err)
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+pub(crate) fn get_i64(row: &AnyRow, col: &str) -> Result<i64, Error> {
+    use sqlx::Row;
+    row.try_get::<i64, _>(col).map_err(db_err)
+}
+
+pub(crate) fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>, Error> {
+    use sqlx::Row;
+    row.try_get::<Option<i64>, _>(col).map_err(db_err)
+}
+
+pub(crate) fn get_str(row: &AnyRow, col: &str) -> Result<String, Error> {
+    use sqlx::Row;
+    row.try_get::<String, _>(col).map_err(db_err)
+}
+
+pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, Error> {
+    use sqlx::Row;
+    row.try_get::<Option<String>, _>(col).map_err(db_err)
+}
+
+#[cfg(test)]
+mod contract_tests;

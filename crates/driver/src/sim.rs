@@ -1,0 +1,374 @@
+//! The `sim` driver: hosts modelled in memory with finite capacity, per-operation latency and
+//! failure injection (random, from a seeded generator, and scripted "fail the next N calls").
+//! It backs the demo fleet and the control-plane tests.
+
+use crate::{DriverError, DriverResult, Hypervisor, VmSpec};
+use async_trait::async_trait;
+use lobster_core::capacity::Resources;
+use lobster_core::fleet::Host;
+use lobster_core::instance::PowerStatus;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Start,
+    Shutdown,
+    Stop,
+    Reboot,
+    Destroy,
+}
+
+/// Per-operation latency in milliseconds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimDelays {
+    pub create: u64,
+    pub start: u64,
+    pub shutdown: u64,
+    pub stop: u64,
+    pub reboot: u64,
+    pub destroy: u64,
+}
+
+impl SimDelays {
+    pub fn zero() -> Self {
+        SimDelays { create: 0, start: 0, shutdown: 0, stop: 0, reboot: 0, destroy: 0 }
+    }
+
+    fn of(&self, op: Op) -> u64 {
+        match op {
+            Op::Create => self.create,
+            Op::Start => self.start,
+            Op::Shutdown => self.shutdown,
+            Op::Stop => self.stop,
+            Op::Reboot => self.reboot,
+            Op::Destroy => self.destroy,
+        }
+    }
+}
+
+impl Default for SimDelays {
+    /// Roughly what a small VM on a real host takes, scaled down so the demo feels alive.
+    fn default() -> Self {
+        SimDelays { create: 3000, start: 800, shutdown: 1500, stop: 200, reboot: 1500, destroy: 800 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    pub delays_ms: SimDelays,
+    /// Probability (0..=1) that any call fails transiently before doing anything.
+    pub failure_rate: f64,
+    /// Seed for the failure generator, so a failing run can be replayed.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig { delays_ms: SimDelays::default(), failure_rate: 0.0, seed: 1 }
+    }
+}
+
+impl SimConfig {
+    /// No latency, no random failures: what the test suites use.
+    pub fn instant() -> Self {
+        SimConfig { delays_ms: SimDelays::zero(), failure_rate: 0.0, seed: 1 }
+    }
+}
+
+/// When a scripted failure strikes: before the call has any effect, or after it (the host did
+/// the work but the answer was lost, as with a timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailWhen {
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimVm {
+    pub spec: VmSpec,
+    pub power: PowerStatus,
+    pub boots: u32,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    /// host id -> vm id -> vm
+    hosts: HashMap<String, HashMap<String, SimVm>>,
+    scripted: HashMap<Op, Vec<(FailWhen, bool)>>,
+}
+
+#[derive(Debug)]
+pub struct SimDriver {
+    cfg: SimConfig,
+    rng: Mutex<StdRng>,
+    state: Mutex<SimState>,
+}
+
+impl SimDriver {
+    pub fn new(cfg: SimConfig) -> Self {
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        SimDriver { cfg, rng: Mutex::new(rng), state: Mutex::new(SimState::default()) }
+    }
+
+    /// Makes the next `n` calls of `op` fail; `transient` decides whether retrying may help.
+    pub fn fail_next(&self, op: Op, n: usize, when: FailWhen, transient: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.scripted.entry(op).or_default().extend(std::iter::repeat_n((when, transient), n));
+    }
+
+    pub fn vm(&self, host: &str, vm: &str) -> Option<SimVm> {
+        let st = self.state.lock().unwrap();
+        st.hosts.get(host).and_then(|h| h.get(vm)).cloned()
+    }
+
+    pub fn vm_count(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.hosts.values().map(|h| h.len()).sum()
+    }
+
+    /// Resources the sim host has handed out, as the hypervisor itself would report.
+    pub fn used_on(&self, host: &str) -> Resources {
+        let st = self.state.lock().unwrap();
+        let mut used = Resources::default();
+        for vm in st.hosts.get(host).into_iter().flat_map(|h| h.values()) {
+            used.cores += vm.spec.resources.cores;
+            used.memory_gb += vm.spec.resources.memory_gb;
+            used.disk_gb += vm.spec.resources.disk_gb;
+            used.gpus += vm.spec.resources.gpus;
+        }
+        used
+    }
+
+    fn scripted(&self, op: Op) -> Option<(FailWhen, bool)> {
+        let mut st = self.state.lock().unwrap();
+        let q = st.scripted.get_mut(&op)?;
+        if q.is_empty() {
+            None
+        } else {
+            Some(q.remove(0))
+        }
+    }
+
+    /// Latency, then the chance of failing before the operation has any effect.
+    async fn enter(&self, op: Op) -> DriverResult<Option<(FailWhen, bool)>> {
+        let d = self.cfg.delays_ms.of(op);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        if self.cfg.failure_rate > 0.0 {
+            let roll: f64 = self.rng.lock().unwrap().gen();
+            if roll < self.cfg.failure_rate {
+                return Err(DriverError::Transient(format!("sim: injected {op:?} failure")));
+            }
+        }
+        match self.scripted(op) {
+            Some((FailWhen::Before, t)) => Err(failure(op, t)),
+            other => Ok(other),
+        }
+    }
+
+    fn with_vm<T>(&self, host: &Host, vm: &str, f: impl FnOnce(&mut SimVm) -> T) -> DriverResult<T> {
+        let mut st = self.state.lock().unwrap();
+        let v = st
+            .hosts
+            .get_mut(&host.id)
+            .and_then(|h| h.get_mut(vm))
+            .ok_or_else(|| DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id)))?;
+        Ok(f(v))
+    }
+
+    async fn power(&self, op: Op, host: &Host, vm: &str, to: PowerStatus) -> DriverResult<()> {
+        let after = self.enter(op).await?;
+        self.with_vm(host, vm, |v| {
+            if to == PowerStatus::Running && (v.power == PowerStatus::Stopped || op == Op::Reboot) {
+                v.boots += 1;
+            }
+            v.power = to;
+        })?;
+        finish(op, after)
+    }
+}
+
+fn failure(op: Op, transient: bool) -> DriverError {
+    let msg = format!("sim: scripted {op:?} failure");
+    if transient {
+        DriverError::Transient(msg)
+    } else {
+        DriverError::Permanent(msg)
+    }
+}
+
+fn finish(op: Op, after: Option<(FailWhen, bool)>) -> DriverResult<()> {
+    match after {
+        Some((FailWhen::After, t)) => Err(failure(op, t)),
+        _ => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Hypervisor for SimDriver {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn health(&self) -> DriverResult<()> {
+        Ok(())
+    }
+
+    async fn create(&self, host: &Host, spec: &VmSpec) -> DriverResult<()> {
+        let after = self.enter(Op::Create).await?;
+        {
+            let mut st = self.state.lock().unwrap();
+            let vms = st.hosts.entry(host.id.clone()).or_default();
+            if !vms.contains_key(&spec.id) {
+                // A real hypervisor refuses what it cannot hold; the control plane must never
+                // ask for it, and tests rely on this check to catch overbooking.
+                let mut used = spec.resources;
+                for vm in vms.values() {
+                    used.cores += vm.spec.resources.cores;
+                    used.memory_gb += vm.spec.resources.memory_gb;
+                    used.disk_gb += vm.spec.resources.disk_gb;
+                    used.gpus += vm.spec.resources.gpus;
+                }
+                if !used.fits_in(&host.capacity()) {
+                    return Err(DriverError::Permanent(format!("sim: host {} is out of capacity", host.id)));
+                }
+                let vm = SimVm { spec: spec.clone(), power: PowerStatus::Stopped, boots: 0 };
+                vms.insert(spec.id.clone(), vm);
+            }
+        }
+        finish(Op::Create, after)
+    }
+
+    async fn start(&self, host: &Host, vm: &str) -> DriverResult<()> {
+        self.power(Op::Start, host, vm, PowerStatus::Running).await
+    }
+
+    async fn shutdown(&self, host: &Host, vm: &str) -> DriverResult<()> {
+        self.power(Op::Shutdown, host, vm, PowerStatus::Stopped).await
+    }
+
+    async fn stop(&self, host: &Host, vm: &str) -> DriverResult<()> {
+        self.power(Op::Stop, host, vm, PowerStatus::Stopped).await
+    }
+
+    async fn reboot(&self, host: &Host, vm: &str) -> DriverResult<()> {
+        self.power(Op::Reboot, host, vm, PowerStatus::Running).await
+    }
+
+    async fn destroy(&self, host: &Host, vm: &str) -> DriverResult<()> {
+        let after = self.enter(Op::Destroy).await?;
+        {
+            let mut st = self.state.lock().unwrap();
+            if let Some(h) = st.hosts.get_mut(&host.id) {
+                h.remove(vm);
+            }
+        }
+        finish(Op::Destroy, after)
+    }
+
+    async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {
+        let st = self.state.lock().unwrap();
+        Ok(st.hosts.get(&host.id).and_then(|h| h.get(vm)).map(|v| v.power))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lobster_core::fleet::Fleet;
+
+    fn spec(id: &str, cores: i64) -> VmSpec {
+        VmSpec {
+            id: id.into(),
+            hostname: id.into(),
+            resources: Resources { cores, memory_gb: 8, disk_gb: 40, gpus: 0 },
+            gpu_model: None,
+            template: Some("UBUNTU-22-04".into()),
+            iso_url: None,
+            username: "ubuntu".into(),
+            ssh_keys: vec![],
+            password: None,
+            ip_address: None,
+        }
+    }
+
+    fn host() -> Host {
+        Fleet::demo().host("wil-cpu-03").unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn create_is_idempotent_and_starts_stopped() {
+        let d = SimDriver::new(SimConfig::instant());
+        let h = host();
+        d.create(&h, &spec("a", 4)).await.unwrap();
+        d.create(&h, &spec("a", 4)).await.unwrap();
+        assert_eq!(d.vm_count(), 1);
+        assert_eq!(d.power_state(&h, "a").await.unwrap(), Some(PowerStatus::Stopped));
+        d.start(&h, "a").await.unwrap();
+        assert_eq!(d.power_state(&h, "a").await.unwrap(), Some(PowerStatus::Running));
+    }
+
+    #[tokio::test]
+    async fn refuses_beyond_capacity() {
+        let d = SimDriver::new(SimConfig::instant());
+        let h = host(); // 64 cores
+        d.create(&h, &spec("a", 48)).await.unwrap();
+        let e = d.create(&h, &spec("b", 32)).await.unwrap_err();
+        assert!(!e.is_transient());
+        assert_eq!(d.used_on(&h.id).cores, 48);
+    }
+
+    #[tokio::test]
+    async fn destroy_is_idempotent() {
+        let d = SimDriver::new(SimConfig::instant());
+        let h = host();
+        d.create(&h, &spec("a", 4)).await.unwrap();
+        d.destroy(&h, "a").await.unwrap();
+        d.destroy(&h, "a").await.unwrap();
+        assert_eq!(d.power_state(&h, "a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn scripted_failures_before_and_after() {
+        let d = SimDriver::new(SimConfig::instant());
+        let h = host();
+        d.fail_next(Op::Create, 1, FailWhen::Before, true);
+        assert!(d.create(&h, &spec("a", 4)).await.unwrap_err().is_transient());
+        assert_eq!(d.vm_count(), 0, "failed before: no effect");
+        d.fail_next(Op::Create, 1, FailWhen::After, true);
+        assert!(d.create(&h, &spec("a", 4)).await.is_err());
+        assert_eq!(d.vm_count(), 1, "failed after: the work happened");
+        d.create(&h, &spec("a", 4)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn random_failures_follow_the_seed() {
+        let cfg = SimConfig { failure_rate: 0.5, ..SimConfig::instant() };
+        let run = || async {
+            let d = SimDriver::new(cfg.clone());
+            let mut out = vec![];
+            for i in 0..20 {
+                out.push(d.create(&host(), &spec(&format!("v{i}"), 1)).await.is_ok());
+            }
+            out
+        };
+        let a = run().await;
+        assert_eq!(a, run().await);
+        assert!(a.iter().any(|x| *x) && a.iter().any(|x| !*x));
+    }
+
+    #[tokio::test]
+    async fn power_on_unknown_vm_is_permanent_error() {
+        let d = SimDriver::new(SimConfig::instant());
+        assert!(!d.start(&host(), "ghost").await.unwrap_err().is_transient());
+    }
+}

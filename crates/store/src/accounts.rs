@@ -1,0 +1,224 @@
+//! Accounts (organisations), teams and API keys.
+
+use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Store};
+use lobster_core::Error;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamRow {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub id: String,
+    pub account_id: String,
+    pub prefix: String,
+    pub name: String,
+    pub role: String,
+    pub staff: bool,
+    pub team_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+fn account(r: &AnyRow) -> Result<AccountRow, Error> {
+    Ok(AccountRow {
+        id: get_str(r, "id")?,
+        name: get_str(r, "name")?,
+        created_at: get_i64(r, "created_at")?,
+    })
+}
+
+fn team(r: &AnyRow) -> Result<TeamRow, Error> {
+    Ok(TeamRow {
+        id: get_str(r, "id")?,
+        account_id: get_str(r, "account_id")?,
+        name: get_str(r, "name")?,
+        created_at: get_i64(r, "created_at")?,
+    })
+}
+
+fn key(r: &AnyRow) -> Result<KeyRow, Error> {
+    Ok(KeyRow {
+        id: get_str(r, "id")?,
+        account_id: get_str(r, "account_id")?,
+        prefix: get_str(r, "prefix")?,
+        name: get_str(r, "name")?,
+        role: get_str(r, "role")?,
+        staff: get_i64(r, "staff")? != 0,
+        team_id: get_opt_str(r, "team_id")?,
+        created_at: get_i64(r, "created_at")?,
+        expires_at: get_opt_i64(r, "expires_at")?,
+        revoked_at: get_opt_i64(r, "revoked_at")?,
+    })
+}
+
+const KEY_COLS: &str =
+    "id, account_id, prefix, name, role, staff, team_id, created_at, expires_at, revoked_at";
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation() || d.message().contains("UNIQUE") || d.message().contains("duplicate key")
+        }
+        _ => false,
+    }
+}
+
+impl Store {
+    pub async fn account_create(&self, id: &str, name: &str, now: i64) -> Result<AccountRow, Error> {
+        sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(now)
+            .execute(self.writer())
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::conflict("already_exists", format!("account {name:?} already exists"))
+                } else {
+                    db_err(e)
+                }
+            })?;
+        Ok(AccountRow { id: id.into(), name: name.into(), created_at: now })
+    }
+
+    /// Finds an account by id or by name.
+    pub async fn account_find(&self, id_or_name: &str) -> Result<Option<AccountRow>, Error> {
+        let row = sqlx::query("SELECT id, name, created_at FROM accounts WHERE id = $1 OR name = $1")
+            .bind(id_or_name)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(account).transpose()
+    }
+
+    pub async fn account_list(&self) -> Result<Vec<AccountRow>, Error> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM accounts ORDER BY created_at, name")
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(account).collect()
+    }
+
+    pub async fn team_create(&self, row: &TeamRow) -> Result<(), Error> {
+        sqlx::query("INSERT INTO teams (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&row.id)
+            .bind(&row.account_id)
+            .bind(&row.name)
+            .bind(row.created_at)
+            .execute(self.writer())
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::conflict("already_exists", format!("team {:?} already exists", row.name))
+                } else {
+                    db_err(e)
+                }
+            })?;
+        Ok(())
+    }
+
+    /// A team of the account, by id or name.
+    pub async fn team_find(&self, account_id: &str, id_or_name: &str) -> Result<Option<TeamRow>, Error> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, created_at FROM teams WHERE account_id = $1 AND (id = $2 OR name = $2)",
+        )
+        .bind(account_id)
+        .bind(id_or_name)
+        .fetch_optional(self.reader())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(team).transpose()
+    }
+
+    pub async fn team_list(&self, account_id: &str) -> Result<Vec<TeamRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, name, created_at FROM teams WHERE account_id = $1 ORDER BY name",
+        )
+        .bind(account_id)
+        .fetch_all(self.reader())
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(team).collect()
+    }
+
+    /// Stores a key by the SHA-256 digest of its secret; the secret itself is never stored.
+    pub async fn key_create(&self, row: &KeyRow, digest: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, digest, prefix, name, role, staff, team_id, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
+        )
+        .bind(&row.id)
+        .bind(&row.account_id)
+        .bind(digest)
+        .bind(&row.prefix)
+        .bind(&row.name)
+        .bind(&row.role)
+        .bind(row.staff as i64)
+        .bind(&row.team_id)
+        .bind(row.created_at)
+        .bind(row.expires_at)
+        .execute(self.writer())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::conflict("already_exists", "an identical key already exists")
+            } else {
+                db_err(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The key with this digest, if it exists (revocation and expiry are the caller's check).
+    pub async fn key_by_digest(&self, digest: &str) -> Result<Option<KeyRow>, Error> {
+        let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE digest = $1");
+        let row = sqlx::query(&sql)
+            .bind(digest)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key).transpose()
+    }
+
+    pub async fn key_list(&self, account_id: Option<&str>) -> Result<Vec<KeyRow>, Error> {
+        let rows = match account_id {
+            Some(a) => {
+                let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE account_id = $1 ORDER BY created_at, id");
+                sqlx::query(&sql).bind(a).fetch_all(self.reader()).await
+            }
+            None => {
+                let sql = format!("SELECT {KEY_COLS} FROM api_keys ORDER BY created_at, id");
+                sqlx::query(&sql).fetch_all(self.reader()).await
+            }
+        }
+        .map_err(db_err)?;
+        rows.iter().map(key).collect()
+    }
+
+    /// Revokes a key by id or prefix; returns false when no unrevoked key matched.
+    pub async fn key_revoke(&self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE (id = $2 OR prefix = $2) AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id_or_prefix)
+        .execute(self.writer())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() > 0)
+    }
+}

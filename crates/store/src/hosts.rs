@@ -1,0 +1,226 @@
+//! Hosts, their reserved capacity, and the IP pools. Reservation is a conditional UPDATE that
+//! only succeeds while the host still has room, so it holds across processes (invariant 1).
+
+use crate::{db_err, get_i64, get_opt_str, get_str, Backend, Store, Tx};
+use lobster_core::capacity::{HostFree, Resources};
+use lobster_core::fleet::Fleet;
+use lobster_core::Error;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRow {
+    pub id: String,
+    pub region: String,
+    pub gpu_model: Option<String>,
+    pub status: String,
+    pub total: Resources,
+    pub used: Resources,
+}
+
+impl HostRow {
+    pub fn free(&self) -> Resources {
+        Resources {
+            cores: self.total.cores - self.used.cores,
+            memory_gb: self.total.memory_gb - self.used.memory_gb,
+            disk_gb: self.total.disk_gb - self.used.disk_gb,
+            gpus: self.total.gpus - self.used.gpus,
+        }
+    }
+
+    pub fn as_free(&self) -> HostFree {
+        HostFree {
+            host_id: self.id.clone(),
+            region: self.region.clone(),
+            gpu_model: self.gpu_model.clone(),
+            free: self.free(),
+            available: self.status == "available",
+        }
+    }
+}
+
+fn host(r: &AnyRow) -> Result<HostRow, Error> {
+    Ok(HostRow {
+        id: get_str(r, "id")?,
+        region: get_str(r, "region")?,
+        gpu_model: get_opt_str(r, "gpu_model")?,
+        status: get_str(r, "status")?,
+        total: Resources {
+            cores: get_i64(r, "cores_total")?,
+            memory_gb: get_i64(r, "memory_total")?,
+            disk_gb: get_i64(r, "disk_total")?,
+            gpus: get_i64(r, "gpus_total")?,
+        },
+        used: Resources {
+            cores: get_i64(r, "cores_used")?,
+            memory_gb: get_i64(r, "memory_used")?,
+            disk_gb: get_i64(r, "disk_used")?,
+            gpus: get_i64(r, "gpus_used")?,
+        },
+    })
+}
+
+impl Store {
+    /// Makes the database's hosts and IP pools match the fleet configuration. Reservations are
+    /// kept; hosts no longer configured are retired (no new placements) rather than deleted.
+    pub async fn fleet_sync(&self, fleet: &Fleet) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE hosts SET status = 'retired'")
+            .execute(&mut *tx.conn())
+            .await
+            .map_err(db_err)?;
+        for h in &fleet.hosts {
+            sqlx::query(
+                "INSERT INTO hosts (id, region, gpu_model, status, cores_total, memory_total, disk_total, gpus_total)
+                 VALUES ($1, $2, $3, 'available', $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET region = excluded.region, gpu_model = excluded.gpu_model,
+                   status = 'available', cores_total = excluded.cores_total, memory_total = excluded.memory_total,
+                   disk_total = excluded.disk_total, gpus_total = excluded.gpus_total",
+            )
+            .bind(&h.id)
+            .bind(&h.region)
+            .bind(&h.gpu_model)
+            .bind(h.cores)
+            .bind(h.memory_gb)
+            .bind(h.disk_gb)
+            .bind(h.gpus)
+            .execute(&mut *tx.conn())
+            .await
+            .map_err(db_err)?;
+        }
+        for r in &fleet.regions {
+            let mut seq = 0i64;
+            for pool in &r.ip_pools {
+                let addrs = lobster_core::ip::parse_pool(pool).map_err(Error::Internal)?;
+                for a in addrs {
+                    seq += 1;
+                    sqlx::query(
+                        "INSERT INTO ip_addresses (address, region, seq) VALUES ($1, $2, $3) ON CONFLICT (address) DO NOTHING",
+                    )
+                    .bind(a.to_string())
+                    .bind(&r.name)
+                    .bind(seq)
+                    .execute(&mut *tx.conn())
+                    .await
+                    .map_err(db_err)?;
+                }
+            }
+        }
+        tx.commit().await
+    }
+
+    pub async fn host_list(&self) -> Result<Vec<HostRow>, Error> {
+        let rows = sqlx::query("SELECT * FROM hosts ORDER BY id")
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(host).collect()
+    }
+
+    /// Free addresses per region.
+    pub async fn ip_free_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT region, COUNT(*) AS n FROM ip_addresses WHERE instance_id IS NULL GROUP BY region",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(|r| Ok((get_str(r, "region")?, get_i64(r, "n")?))).collect()
+    }
+
+    /// Every (address, instance) pair currently held: for invariant checks.
+    pub async fn ip_assignments(&self) -> Result<Vec<(String, String)>, Error> {
+        let rows = sqlx::query(
+            "SELECT address, instance_id FROM ip_addresses WHERE instance_id IS NOT NULL ORDER BY address",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(|r| Ok((get_str(r, "address")?, get_str(r, "instance_id")?))).collect()
+    }
+}
+
+impl Tx {
+    /// Reserves `r` on the host if it still has room; false when it does not.
+    pub async fn host_reserve(&mut self, host_id: &str, r: &Resources) -> Result<bool, Error> {
+        let res = sqlx::query(
+            "UPDATE hosts SET cores_used = cores_used + $1, memory_used = memory_used + $2,
+                disk_used = disk_used + $3, gpus_used = gpus_used + $4
+             WHERE id = $5 AND status = 'available'
+               AND cores_used + $1 <= cores_total AND memory_used + $2 <= memory_total
+               AND disk_used + $3 <= disk_total AND gpus_used + $4 <= gpus_total",
+        )
+        .bind(r.cores)
+        .bind(r.memory_gb)
+        .bind(r.disk_gb)
+        .bind(r.gpus)
+        .bind(host_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    pub async fn host_release(&mut self, host_id: &str, r: &Resources) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE hosts SET cores_used = cores_used - $1, memory_used = memory_used - $2,
+                disk_used = disk_used - $3, gpus_used = gpus_used - $4 WHERE id = $5",
+        )
+        .bind(r.cores)
+        .bind(r.memory_gb)
+        .bind(r.disk_gb)
+        .bind(r.gpus)
+        .bind(host_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Takes the lowest free address of the region for the instance; None when the pool is
+    /// exhausted. The outer `instance_id IS NULL` re-check makes a lost race a retry, never a
+    /// double assignment.
+    pub async fn ip_allocate(&mut self, region: &str, instance_id: &str, now: i64) -> Result<Option<String>, Error> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2
+             WHERE address = (SELECT address FROM ip_addresses WHERE region = $3 AND instance_id IS NULL
+                              ORDER BY seq LIMIT 1{lock})
+               AND instance_id IS NULL
+             RETURNING address"
+        );
+        for _ in 0..5 {
+            let row = sqlx::query(&sql)
+                .bind(instance_id)
+                .bind(now)
+                .bind(region)
+                .fetch_optional(self.conn())
+                .await
+                .map_err(db_err)?;
+            if let Some(r) = row {
+                return Ok(Some(get_str(&r, "address")?));
+            }
+            let free = sqlx::query("SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1")
+                .bind(region)
+                .fetch_optional(self.conn())
+                .await
+                .map_err(db_err)?;
+            if free.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Returns every address the instance holds to its pool.
+    pub async fn ip_release_all(&mut self, instance_id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL WHERE instance_id = $1")
+            .bind(instance_id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! Instances. Tenant reads are always scoped (account, and team for team-scoped keys);
+//! engine writes are guarded by the instance's active task so that only the task that holds
+//! the instance can move it on (invariant 3).
+
+use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Store, Tx};
+use lobster_core::capacity::Resources;
+use lobster_core::Error;
+use sqlx::any::AnyRow;
+
+/// Whose instances a query may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub account_id: String,
+    pub team_id: Option<String>,
+}
+
+impl Scope {
+    /// SQL condition and binds, numbered from `first`.
+    fn clause(&self, first: usize) -> (String, Vec<&str>) {
+        match &self.team_id {
+            Some(t) => (
+                format!("account_id = ${first} AND team_id = ${}", first + 1),
+                vec![self.account_id.as_str(), t.as_str()],
+            ),
+            None => (format!("account_id = ${first}"), vec![self.account_id.as_str()]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    pub id: String,
+    pub account_id: String,
+    pub team_id: Option<String>,
+    pub team_name: Option<String>,
+    pub name: String,
+    pub host_id: String,
+    pub region: String,
+    pub instance_type: Option<String>,
+    pub template_name: Option<String>,
+    pub iso_url: Option<String>,
+    pub os_type: Option<String>,
+    pub resources: Resources,
+    pub gpu_model: Option<String>,
+    pub price_cents_per_hour: i64,
+    pub status: String,
+    pub power_status: String,
+    pub ip_address: Option<String>,
+    pub username: String,
+    pub ssh_key: Option<String>,
+    pub password: Option<String>,
+    pub metadata: Option<String>,
+    pub active_task_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub ready_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+}
+
+/// What a launch writes; the rest starts out as `creating`/`stopped`.
+pub type NewInstance = InstanceRow;
+
+const COLS: &str = "i.id, i.account_id, i.team_id, t.name AS team_name, i.name, i.host_id, i.region,
+    i.instance_type, i.template_name, i.iso_url, i.os_type, i.cores, i.memory_gb, i.disk_gb, i.gpus,
+    i.gpu_model, i.price_cents_per_hour, i.status, i.power_status, i.ip_address, i.username, i.ssh_key,
+    i.password, i.metadata, i.active_task_id, i.created_at, i.updated_at, i.ready_at, i.deleted_at";
+const FROM: &str = "FROM instances i LEFT JOIN teams t ON t.id = i.team_id";
+const LIVE: &str = "i.status IN ('creating', 'rented', 'terminating')";
+
+fn row(r: &AnyRow) -> Result<InstanceRow, Error> {
+    Ok(InstanceRow {
+        id: get_str(r, "id")?,
+        account_id: get_str(r, "account_id")?,
+        team_id: get_opt_str(r, "team_id")?,
+        team_name: get_opt_str(r, "team_name")?,
+        name: get_str(r, "name")?,
+        host_id: get_str(r, "host_id")?,
+        region: get_str(r, "region")?,
+        instance_type: get_opt_str(r, "instance_type")?,
+        template_name: get_opt_str(r, "template_name")?,
+        iso_url: get_opt_str(r, "iso_url")?,
+        os_type: get_opt_str(r, "os_type")?,
+        resources: Resources {
+            cores: get_i64(r, "cores")?,
+            memory_gb: get_i64(r, "memory_gb")?,
+            disk_gb: get_i64(r, "disk_gb")?,
+            gpus: get_i64(r, "gpus")?,
+        },
+        gpu_model: get_opt_str(r, "gpu_model")?,
+        price_cents_per_hour: get_i64(r, "price_cents_per_hour")?,
+        status: get_str(r, "status")?,
+        power_status: get_str(r, "power_status")?,
+        ip_address: get_opt_str(r, "ip_address")?,
+        username: get_str(r, "username")?,
+        ssh_key: get_opt_str(r, "ssh_key")?,
+        password: get_opt_str(r, "password")?,
+        metadata: get_opt_str(r, "metadata")?,
+        active_task_id: get_opt_str(r, "active_task_id")?,
+        created_at: get_i64(r, "created_at")?,
+        updated_at: get_i64(r, "updated_at")?,
+        ready_at: get_opt_i64(r, "ready_at")?,
+        deleted_at: get_opt_i64(r, "deleted_at")?,
+    })
+}
+
+fn scoped(scope: &Scope, first: usize) -> (String, Vec<&str>) {
+    let (c, b) = scope.clause(first);
+    (c.replace("account_id", "i.account_id").replace("team_id", "i.team_id"), b)
+}
+
+impl Store {
+    /// A live instance the scope may see.
+    pub async fn instance_get(&self, scope: &Scope, id: &str) -> Result<Option<InstanceRow>, Error> {
+        let (cond, binds) = scoped(scope, 2);
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
+        let mut q = sqlx::query(&sql).bind(id);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let r = q.fetch_optional(self.reader()).await.map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Live instances the scope may see, newest first.
+    pub async fn instance_list(&self, scope: &Scope) -> Result<Vec<InstanceRow>, Error> {
+        let (cond, binds) = scoped(scope, 1);
+        let sql = format!("SELECT {COLS} {FROM} WHERE {cond} AND {LIVE} ORDER BY i.created_at DESC, i.id DESC");
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(self.reader()).await.map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Any instance by id, whatever its state: for the engine and invariant checks.
+    pub async fn instance_by_id(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1");
+        let r = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await.map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Every instance in every state: for invariant checks and operator views.
+    pub async fn instance_all(&self) -> Result<Vec<InstanceRow>, Error> {
+        let sql = format!("SELECT {COLS} {FROM} ORDER BY i.created_at");
+        let rows = sqlx::query(&sql).fetch_all(self.reader()).await.map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+}
+
+impl Tx {
+    pub async fn instance_insert(&mut self, i: &NewInstance) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO instances (id, account_id, team_id, name, host_id, region, instance_type, template_name,
+               iso_url, os_type, cores, memory_gb, disk_gb, gpus, gpu_model, price_cents_per_hour, status,
+               power_status, ip_address, username, ssh_key, password, metadata, active_task_id, created_at,
+               updated_at, ready_at, deleted_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+               $21, $22, $23, $24, $25, $26, $27, $28)",
+        )
+        .bind(&i.id)
+        .bind(&i.account_id)
+        .bind(&i.team_id)
+        .bind(&i.name)
+        .bind(&i.host_id)
+        .bind(&i.region)
+        .bind(&i.instance_type)
+        .bind(&i.template_name)
+        .bind(&i.iso_url)
+        .bind(&i.os_type)
+        .bind(i.resources.cores)
+        .bind(i.resources.memory_gb)
+        .bind(i.resources.disk_gb)
+        .bind(i.resources.gpus)
+        .bind(&i.gpu_model)
+        .bind(i.price_cents_per_hour)
+        .bind(&i.status)
+        .bind(&i.power_status)
+        .bind(&i.ip_address)
+        .bind(&i.username)
+        .bind(&i.ssh_key)
+        .bind(&i.password)
+        .bind(&i.metadata)
+        .bind(&i.active_task_id)
+        .bind(i.created_at)
+        .bind(i.updated_at)
+        .bind(i.ready_at)
+        .bind(i.deleted_at)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Reads a live instance inside the transaction (for decisions the write depends on).
+    pub async fn instance_get(&mut self, scope: &Scope, id: &str) -> Result<Option<InstanceRow>, Error> {
+        let (cond, binds) = scoped(scope, 2);
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
+        let mut q = sqlx::query(&sql).bind(id);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let r = q.fetch_optional(self.conn()).await.map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Gives a settled (`rented`, idle) instance to `task_id`, optionally moving it to
+    /// `new_status`. False when the instance is not settled or not in scope.
+    pub async fn instance_claim(
+        &mut self,
+        scope: &Scope,
+        id: &str,
+        task_id: &str,
+        new_status: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let (cond, binds) = scope.clause(5);
+        let sql = format!(
+            "UPDATE instances SET active_task_id = $1, status = $2, updated_at = $3
+             WHERE id = $4 AND {cond} AND status = 'rented' AND active_task_id IS NULL"
+        );
+        let mut q = sqlx::query(&sql).bind(task_id).bind(new_status).bind(now).bind(id);
+        for b in binds {
+            q = q.bind(b);
+        }
+        Ok(q.execute(self.conn()).await.map_err(db_err)?.rows_affected() == 1)
+    }
+
+    /// True when another live instance of the account already has this name.
+    pub async fn instance_name_taken(&mut self, account_id: &str, name: &str, except: &str) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "SELECT 1 AS x FROM instances WHERE account_id = $1 AND name = $2 AND id <> $3
+               AND status IN ('creating', 'rented', 'terminating') LIMIT 1",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(except)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.is_some())
+    }
+
+    pub async fn instance_rename(&mut self, id: &str, name: &str, now: i64) -> Result<(), Error> {
+        sqlx::query("UPDATE instances SET name = $1, updated_at = $2 WHERE id = $3")
+            .bind(name)
+            .bind(now)
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The create task finished: the instance is rented and running, and the one-time
+    /// password is forgotten. Only the task holding the instance may do this.
+    pub async fn instance_created(&mut self, id: &str, task_id: &str, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
+               password = NULL, ready_at = $1, updated_at = $1
+             WHERE id = $2 AND active_task_id = $3 AND status = 'creating'",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(task_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Ends the instance (`deleted` or `failed`). True exactly once per instance, so the
+    /// caller releases capacity exactly once.
+    pub async fn instance_end(&mut self, id: &str, task_id: &str, status: &str, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE instances SET status = $1, active_task_id = NULL, password = NULL, deleted_at = $2, updated_at = $2
+             WHERE id = $3 AND active_task_id = $4 AND status IN ('creating', 'terminating')",
+        )
+        .bind(status)
+        .bind(now)
+        .bind(id)
+        .bind(task_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Releases the instance from its task, recording the power state the task left behind.
+    pub async fn instance_release(&mut self, id: &str, task_id: &str, power: Option<&str>, now: i64) -> Result<bool, Error> {
+        let r = match power {
+            Some(p) => sqlx::query(
+                "UPDATE instances SET active_task_id = NULL, power_status = $1, updated_at = $2
+                 WHERE id = $3 AND active_task_id = $4",
+            )
+            .bind(p)
+            .bind(now)
+            .bind(id)
+            .bind(task_id),
+            None => sqlx::query(
+                "UPDATE instances SET active_task_id = NULL, updated_at = $1 WHERE id = $2 AND active_task_id = $3",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(task_id),
+        }
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,39 @@
+//! Schema migrations, numbered and applied once each, inside a transaction. The SQL is the
+//! subset SQLite and PostgreSQL share (BIGINT, TEXT, partial indexes, ON CONFLICT).
+
+use crate::{db_err, Store};
+use lobster_core::Error;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+pub(crate) async fn run(store: &Store) -> Result<(), Error> {
+    let pool = store.writer();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map_err(db_err)?;
+    for (version, sql) in MIGRATIONS {
+        let mut tx = store.begin().await?;
+        let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(*version)
+            .fetch_optional(&mut *tx.conn())
+            .await
+            .map_err(db_err)?;
+        if done.is_some() {
+            continue;
+        }
+        for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(stmt).execute(&mut *tx.conn()).await.map_err(db_err)?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(*version)
+            .bind(0i64)
+            .execute(&mut *tx.conn())
+            .await
+            .map_err(db_err)?;
+        tx.commit().await?;
+    }
+    Ok(())
+}

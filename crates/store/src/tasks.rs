@@ -1,0 +1,260 @@
+//! Durable tasks. A task row is written in the same transaction as the state change that
+//! needs it; workers claim it with a lease, heartbeat, and finish it only while they still
+//! hold the lease, so a task reclaimed after a crash is never finished twice.
+
+use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Scope, Store, Tx};
+use lobster_core::Error;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub id: String,
+    pub account_id: String,
+    pub team_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub operation: String,
+    pub status: String,
+    pub params: String,
+    pub message: Option<String>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub run_after: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: String,
+    pub account_id: String,
+    pub team_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub operation: String,
+    pub params: String,
+    pub message: String,
+    pub max_attempts: i64,
+    pub now: i64,
+}
+
+const COLS: &str = "id, account_id, team_id, instance_id, operation, status, params, message, attempts,
+    max_attempts, lease_owner, lease_until, run_after, created_at, updated_at, finished_at";
+
+/// Claimable: pending and due, or processing with an expired lease (its worker died).
+const CLAIMABLE: &str =
+    "((status = 'PENDING' AND run_after <= $3) OR (status = 'PROCESSING' AND lease_until < $3))";
+
+fn row(r: &AnyRow) -> Result<TaskRow, Error> {
+    Ok(TaskRow {
+        id: get_str(r, "id")?,
+        account_id: get_str(r, "account_id")?,
+        team_id: get_opt_str(r, "team_id")?,
+        instance_id: get_opt_str(r, "instance_id")?,
+        operation: get_str(r, "operation")?,
+        status: get_str(r, "status")?,
+        params: get_str(r, "params")?,
+        message: get_opt_str(r, "message")?,
+        attempts: get_i64(r, "attempts")?,
+        max_attempts: get_i64(r, "max_attempts")?,
+        lease_owner: get_opt_str(r, "lease_owner")?,
+        lease_until: get_opt_i64(r, "lease_until")?,
+        run_after: get_i64(r, "run_after")?,
+        created_at: get_i64(r, "created_at")?,
+        updated_at: get_i64(r, "updated_at")?,
+        finished_at: get_opt_i64(r, "finished_at")?,
+    })
+}
+
+/// Filters for the task list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFilter {
+    pub since: i64,
+    pub status: Option<String>,
+    pub limit: i64,
+}
+
+impl Store {
+    pub async fn task_get(&self, scope: &Scope, id: &str) -> Result<Option<TaskRow>, Error> {
+        let (cond, binds) = scope_clause(scope, 2);
+        let sql = format!("SELECT {COLS} FROM tasks WHERE id = $1 AND {cond}");
+        let mut q = sqlx::query(&sql).bind(id);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let r = q.fetch_optional(self.reader()).await.map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Tasks of the scope created since `filter.since`, newest first, and how many match.
+    pub async fn task_list(&self, scope: &Scope, filter: &TaskFilter) -> Result<(Vec<TaskRow>, i64), Error> {
+        let (cond, binds) = scope_clause(scope, 1);
+        let n = binds.len();
+        let mut where_ = format!("{cond} AND created_at >= ${}", n + 1);
+        if filter.status.is_some() {
+            where_.push_str(&format!(" AND status = ${}", n + 2));
+        }
+        let list_sql = format!(
+            "SELECT {COLS} FROM tasks WHERE {where_} ORDER BY created_at DESC, id DESC LIMIT {}",
+            filter.limit.max(0)
+        );
+        let count_sql = format!("SELECT COUNT(*) AS n FROM tasks WHERE {where_}");
+        let mut list = sqlx::query(&list_sql);
+        let mut count = sqlx::query(&count_sql);
+        for b in &binds {
+            list = list.bind(*b);
+            count = count.bind(*b);
+        }
+        list = list.bind(filter.since);
+        count = count.bind(filter.since);
+        if let Some(s) = &filter.status {
+            list = list.bind(s.as_str());
+            count = count.bind(s.as_str());
+        }
+        let rows = list.fetch_all(self.reader()).await.map_err(db_err)?;
+        let total = get_i64(&count.fetch_one(self.reader()).await.map_err(db_err)?, "n")?;
+        Ok((rows.iter().map(row).collect::<Result<_, _>>()?, total))
+    }
+
+    pub async fn task_by_id(&self, id: &str) -> Result<Option<TaskRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM tasks WHERE id = $1");
+        let r = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await.map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    pub async fn task_all(&self) -> Result<Vec<TaskRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM tasks ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).fetch_all(self.reader()).await.map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Claims the oldest claimable task for `worker` until `now + lease_ms`.
+    pub async fn task_claim(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Option<TaskRow>, Error> {
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE tasks SET status = 'PROCESSING', lease_owner = $1, lease_until = $2,
+               attempts = attempts + 1, updated_at = $3
+             WHERE id = (SELECT id FROM tasks WHERE {CLAIMABLE} ORDER BY created_at, id LIMIT 1{lock})
+               AND {CLAIMABLE}
+             RETURNING {COLS}"
+        );
+        let r = sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(self.writer())
+            .await
+            .map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Extends the lease; false when the worker no longer holds it.
+    pub async fn task_heartbeat(&self, id: &str, worker: &str, until: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE tasks SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING'",
+        )
+        .bind(until)
+        .bind(id)
+        .bind(worker)
+        .execute(self.writer())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records progress text on a task the worker holds.
+    pub async fn task_progress(&self, id: &str, worker: &str, message: &str, now: i64) -> Result<(), Error> {
+        sqlx::query("UPDATE tasks SET message = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING'")
+            .bind(message)
+            .bind(now)
+            .bind(id)
+            .bind(worker)
+            .execute(self.writer())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Counts by status, for health and tests.
+    pub async fn task_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(|r| Ok((get_str(r, "status")?, get_i64(r, "n")?))).collect()
+    }
+
+    /// Puts a failed attempt back in the queue; false when the lease was lost.
+    pub async fn task_retry(&self, id: &str, worker: &str, run_after: i64, message: &str, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
+               message = $2, updated_at = $3
+             WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
+        )
+        .bind(run_after)
+        .bind(message)
+        .bind(now)
+        .bind(id)
+        .bind(worker)
+        .execute(self.writer())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+fn scope_clause(scope: &Scope, first: usize) -> (String, Vec<&str>) {
+    match &scope.team_id {
+        Some(t) => (
+            format!("account_id = ${first} AND team_id = ${}", first + 1),
+            vec![scope.account_id.as_str(), t.as_str()],
+        ),
+        None => (format!("account_id = ${first}"), vec![scope.account_id.as_str()]),
+    }
+}
+
+impl Tx {
+    pub async fn task_insert(&mut self, t: &NewTask) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO tasks (id, account_id, team_id, instance_id, operation, status, params, message, attempts,
+               max_attempts, run_after, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $7, 0, $8, $9, $9, $9)",
+        )
+        .bind(&t.id)
+        .bind(&t.account_id)
+        .bind(&t.team_id)
+        .bind(&t.instance_id)
+        .bind(&t.operation)
+        .bind(&t.params)
+        .bind(&t.message)
+        .bind(t.max_attempts)
+        .bind(t.now)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Finishes a task the worker still holds (COMPLETED or FAILED). False when the lease was
+    /// lost to another worker: then the caller must roll back its transaction.
+    pub async fn task_finish(&mut self, id: &str, worker: &str, status: &str, message: &str, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE tasks SET status = $1, message = $2, updated_at = $3, finished_at = $3, lease_owner = NULL,
+               lease_until = NULL
+             WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
+        )
+        .bind(status)
+        .bind(message)
+        .bind(now)
+        .bind(id)
+        .bind(worker)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+}
