@@ -1,1 +1,80 @@
+//! The service layer: commands and queries named `<resource>_<verb>`, shared by every dialect
+//! and the CLI. Authorization, business validation, one store transaction per command, and
+//! tasks enqueued inside that same transaction. The app never sees HTTP types.
 
+pub mod admin;
+pub mod auth;
+pub mod catalog;
+pub mod health;
+pub mod instances;
+pub mod launch;
+pub mod tasks;
+
+use lobster_core::clock::SharedClock;
+use lobster_core::fleet::Fleet;
+use lobster_driver::Hypervisor;
+use lobster_engine::{Engine, EngineConfig};
+use lobster_store::Store;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub use launch::{Credentials, CustomTarget, LaunchCustom, LaunchInstance, Launched};
+pub use lobster_core::{Error, FieldError};
+
+pub struct App {
+    store: Store,
+    fleet: Arc<Fleet>,
+    driver: Arc<dyn Hypervisor>,
+    clock: SharedClock,
+    engine: Arc<Engine>,
+    wake: Arc<Notify>,
+}
+
+impl App {
+    /// Builds the app and its task engine (whose workers the caller may spawn).
+    pub async fn new(
+        store: Store,
+        driver: Arc<dyn Hypervisor>,
+        fleet: Fleet,
+        clock: SharedClock,
+        engine_cfg: EngineConfig,
+    ) -> Result<Arc<App>, Error> {
+        fleet
+            .validate()
+            .map_err(|errs| Error::Internal(format!("invalid fleet: {}", errs.join("; "))))?;
+        store.fleet_sync(&fleet).await?;
+        let fleet = Arc::new(fleet);
+        let wake = Arc::new(Notify::new());
+        let engine = Engine::new(
+            store.clone(),
+            Arc::clone(&driver),
+            Arc::clone(&fleet),
+            Arc::clone(&clock),
+            engine_cfg,
+            Arc::clone(&wake),
+        );
+        Ok(Arc::new(App { store, fleet, driver, clock, engine, wake }))
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now().millis()
+    }
+
+    /// Tells idle workers that a task was just committed.
+    pub(crate) fn wake_workers(&self) {
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+}

@@ -1,1 +1,187 @@
+//! The durable task engine. Workers claim tasks with a lease, heartbeat while a driver call
+//! runs, retry transient failures with backoff, and finish a task in the same transaction as
+//! the state change it makes — only while they still hold the lease. A worker that dies
+//! leaves its task to be reclaimed when the lease expires (DESIGN invariant 2).
 
+mod steps;
+
+use lobster_core::clock::SharedClock;
+use lobster_core::fleet::Fleet;
+use lobster_core::task::backoff_ms;
+use lobster_core::Error;
+use lobster_driver::{DriverError, Hypervisor};
+use lobster_store::{Store, TaskRow};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub workers: usize,
+    pub lease_ms: i64,
+    /// How often idle workers look for due retries and expired leases.
+    pub poll_ms: u64,
+    pub max_attempts: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { workers: 4, lease_ms: 30_000, poll_ms: 500, max_attempts: 5 }
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    driver: Arc<dyn Hypervisor>,
+    fleet: Arc<Fleet>,
+    clock: SharedClock,
+    cfg: EngineConfig,
+    worker_id: String,
+    wake: Arc<Notify>,
+    /// When a worker loop last looked for work (health reporting); 0 = never.
+    last_poll: AtomicI64,
+}
+
+/// How a task run ended, before it is written down.
+pub(crate) enum Outcome {
+    Done(String),
+    /// Retry later (transient failure, attempts left).
+    Retry(String),
+    /// Give up: run the task's compensation and mark it FAILED.
+    Fail(String),
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        driver: Arc<dyn Hypervisor>,
+        fleet: Arc<Fleet>,
+        clock: SharedClock,
+        cfg: EngineConfig,
+        wake: Arc<Notify>,
+    ) -> Arc<Engine> {
+        let worker_id = format!("w-{}", lobster_core::ids::new_uuid());
+        Arc::new(Engine { store, driver, fleet, clock, cfg, worker_id, wake, last_poll: AtomicI64::new(0) })
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Milliseconds since a worker loop last polled, or None when no loop runs.
+    pub fn last_poll(&self) -> Option<i64> {
+        match self.last_poll.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Claims and runs one task; false when nothing was claimable.
+    pub async fn run_once(&self) -> Result<bool, Error> {
+        let now = self.clock.now().millis();
+        let Some(task) = self.store.task_claim(&self.worker_id, now, self.cfg.lease_ms).await? else {
+            return Ok(false);
+        };
+        self.run_claimed(task).await?;
+        Ok(true)
+    }
+
+    /// Runs tasks until none is claimable now. Tests use this instead of sleeping.
+    pub async fn run_until_idle(&self) -> Result<usize, Error> {
+        let mut n = 0;
+        while self.run_once().await? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Claims a task and drops it without finishing, as a worker killed mid-task would.
+    pub async fn claim_and_abandon(&self) -> Result<Option<TaskRow>, Error> {
+        let now = self.clock.now().millis();
+        self.store.task_claim(&self.worker_id, now, self.cfg.lease_ms).await
+    }
+
+    async fn run_claimed(&self, task: TaskRow) -> Result<(), Error> {
+        let work = self.execute(&task);
+        let beat = self.heartbeat(&task.id);
+        let outcome = tokio::select! {
+            o = work => o,
+            lost = beat => {
+                tracing::warn!(task = %task.id, "lease lost: {lost}; abandoning");
+                return Ok(());
+            }
+        };
+        self.record(&task, outcome).await
+    }
+
+    /// Extends the lease every third of its length; returns only when the lease is lost.
+    async fn heartbeat(&self, id: &str) -> String {
+        let every = Duration::from_millis((self.cfg.lease_ms / 3).max(1) as u64);
+        loop {
+            tokio::time::sleep(every).await;
+            let until = self.clock.now().millis() + self.cfg.lease_ms;
+            match self.store.task_heartbeat(id, &self.worker_id, until).await {
+                Ok(true) => {}
+                Ok(false) => return "another worker holds it".into(),
+                Err(e) => tracing::warn!(task = %id, "heartbeat failed: {e}"),
+            }
+        }
+    }
+
+    async fn record(&self, task: &TaskRow, outcome: Outcome) -> Result<(), Error> {
+        match outcome {
+            Outcome::Done(msg) => self.finish(task, true, &msg).await,
+            Outcome::Fail(msg) => self.finish(task, false, &msg).await,
+            Outcome::Retry(msg) => {
+                let now = self.clock.now().millis();
+                let at = now + backoff_ms(task.attempts);
+                self.store.task_retry(&task.id, &self.worker_id, at, &msg, now).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Classifies a driver error given the attempts used so far.
+    pub(crate) fn on_driver_error(&self, task: &TaskRow, what: &str, e: DriverError) -> Outcome {
+        let msg = format!("{what}: {e}");
+        if e.is_transient() && task.attempts < task.max_attempts {
+            Outcome::Retry(format!("{msg} (attempt {} of {}, will retry)", task.attempts, task.max_attempts))
+        } else {
+            Outcome::Fail(msg)
+        }
+    }
+
+    /// Background workers: each claims tasks until none is due, then waits for a wake-up or
+    /// the poll interval. They stop when `shutdown` turns true.
+    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.cfg.workers.max(1))
+            .map(|_| {
+                let engine = Arc::clone(self);
+                let mut stop = shutdown.clone();
+                tokio::spawn(async move {
+                    loop {
+                        if *stop.borrow() {
+                            return;
+                        }
+                        engine.last_poll.store(engine.clock.now().millis().max(1), Ordering::Relaxed);
+                        match engine.run_once().await {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => tracing::error!("task engine: {e}"),
+                        }
+                        tokio::select! {
+                            _ = engine.wake.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(engine.cfg.poll_ms)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+}

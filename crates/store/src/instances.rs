@@ -309,4 +309,20 @@ impl Tx {
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
     }
+
+    /// Gives up a claim and puts the instance back in `status` (a delete that failed leaves
+    /// the instance rented so the tenant can try again).
+    pub async fn instance_unclaim(&mut self, id: &str, task_id: &str, status: &str, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE instances SET active_task_id = NULL, status = $1, updated_at = $2 WHERE id = $3 AND active_task_id = $4",
+        )
+        .bind(status)
+        .bind(now)
+        .bind(id)
+        .bind(task_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
 }

@@ -1,0 +1,323 @@
+//! Launching instances: standard (by instance type and region) and custom (exact shape, on a
+//! named host or anywhere in a region). Placement, capacity and IP reservation, the instance
+//! row and its create task are written in one transaction.
+
+use crate::auth::scope;
+use crate::App;
+use lobster_core::auth::{Caller, Permission};
+use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
+use lobster_core::fleet::Template;
+use lobster_core::{ids, Error, FieldError};
+use lobster_store::{HostRow, InstanceRow, NewTask};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// A standard launch, already schema-checked by the dialect.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchInstance {
+    pub region: String,
+    pub instance_type: String,
+    pub ssh_key: Option<String>,
+    pub password: Option<String>,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub template_name: Option<String>,
+    pub iso_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CustomTarget {
+    Host(String),
+    Region { region: String, gpu_model: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchCustom {
+    pub target: CustomTarget,
+    pub resources: Resources,
+    pub instance_type: Option<String>,
+    pub name: Option<String>,
+    pub username: Option<String>,
+    pub template_name: Option<String>,
+    pub iso_url: Option<String>,
+    pub ssh_key: Option<String>,
+    pub password: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Launched {
+    pub instance: InstanceRow,
+    pub task_id: String,
+    pub credentials: Option<Credentials>,
+}
+
+/// Everything decided before the transaction starts.
+struct Plan {
+    region: String,
+    hosts: Vec<String>,
+    resources: Resources,
+    gpu_model_of: Vec<Option<String>>,
+    instance_type: Option<String>,
+    price: i64,
+    template: Option<Template>,
+    iso_url: Option<String>,
+    username: String,
+    ssh_key: Option<String>,
+    password: Option<String>,
+    generated_password: bool,
+    name: String,
+    metadata: Option<BTreeMap<String, String>>,
+    /// What to say when no candidate host has room.
+    conflict: Error,
+}
+
+impl App {
+    pub async fn instance_launch(&self, caller: &Caller, cmd: LaunchInstance) -> Result<Launched, Error> {
+        caller.require(Permission::InstanceWrite)?;
+        let fleet = &self.fleet;
+        let (Some(itype), Some(_)) = (fleet.instance_type(&cmd.instance_type), fleet.region(&cmd.region)) else {
+            return Err(self.invalid_type_or_region());
+        };
+        let r = itype.resources();
+        let hosts = self.store.host_list().await?;
+        let candidates = candidates(&hosts, &cmd.region, &r, itype.gpu_model.as_deref());
+        let template = self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
+        let (username, password, generated) = credentials(&template, cmd.username, cmd.password);
+        auth_method_required(&template, &cmd.ssh_key, &password)?;
+        let name = cmd.name.unwrap_or_else(|| auto_name(&itype.name));
+        let plan = Plan {
+            region: cmd.region,
+            gpu_model_of: candidates.iter().map(|h| h.gpu_model.clone()).collect(),
+            hosts: candidates.into_iter().map(|h| h.id).collect(),
+            resources: r,
+            instance_type: Some(itype.name.clone()),
+            price: itype.price_cents_per_hour,
+            template,
+            iso_url: cmd.iso_url,
+            username,
+            ssh_key: cmd.ssh_key,
+            password,
+            generated_password: generated,
+            name,
+            metadata: cmd.metadata,
+            conflict: Error::conflict("resource_conflict", "Requested resources not available in specified region"),
+        };
+        self.launch(caller, plan).await
+    }
+
+    pub async fn instance_launch_custom(&self, caller: &Caller, cmd: LaunchCustom) -> Result<Launched, Error> {
+        caller.require(Permission::InstanceWrite)?;
+        caller.require(Permission::Staff)?;
+        let r = cmd.resources;
+        let problems = custom_shape_problems(&r);
+        if !problems.is_empty() {
+            let details: serde_json::Map<String, Value> =
+                problems.into_iter().map(|(f, m)| (f.to_string(), json!(m))).collect();
+            return Err(Error::bad_request_with("invalid_request", "Invalid resource specifications", Value::Object(details)));
+        }
+        let hosts = self.store.host_list().await?;
+        let (region, candidates, conflict) = match &cmd.target {
+            CustomTarget::Host(id) => {
+                let h = hosts.iter().find(|h| &h.id == id && self.fleet.host(id).is_some()).ok_or_else(|| {
+                    let valid: Vec<_> = self.fleet.hosts.iter().map(|h| h.id.clone()).collect();
+                    Error::bad_request_with("invalid_request", format!("Unknown host {id}"), json!({ "valid_hosts": valid }))
+                })?;
+                let free = h.free();
+                let conflict = Error::Conflict {
+                    code: "resource_conflict",
+                    message: "Requested resources not available on specified host".into(),
+                    details: Some(json!({ "available_resources": {
+                        "cores": free.cores, "memory": free.memory_gb, "storage": free.disk_gb, "gpus": free.gpus
+                    }})),
+                };
+                let fits = h.status == "available" && r.fits_in(&free) && (r.gpus == 0 || h.gpu_model.is_some());
+                let c = if fits { vec![h.clone()] } else { vec![] };
+                (h.region.clone(), c, conflict)
+            }
+            CustomTarget::Region { region, gpu_model } => {
+                if self.fleet.region(region).is_none() {
+                    return Err(self.invalid_type_or_region());
+                }
+                let c = candidates(&hosts, region, &r, gpu_model.as_deref());
+                let conflict = Error::conflict("resource_conflict", "Requested resources not available in specified region");
+                (region.clone(), c, conflict)
+            }
+        };
+        let template = self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
+        let (username, password, generated) = credentials(&template, cmd.username, cmd.password);
+        auth_method_required(&template, &cmd.ssh_key, &password)?;
+        let price = match cmd.instance_type.as_deref().and_then(|t| self.fleet.instance_type(t)) {
+            Some(t) => t.price_cents_per_hour,
+            None => self.fleet.custom_price(&r),
+        };
+        let name = cmd.name.unwrap_or_else(|| auto_name("custom"));
+        let plan = Plan {
+            region,
+            gpu_model_of: candidates.iter().map(|h| h.gpu_model.clone()).collect(),
+            hosts: candidates.into_iter().map(|h| h.id).collect(),
+            resources: r,
+            instance_type: cmd.instance_type,
+            price,
+            template,
+            iso_url: cmd.iso_url,
+            username,
+            ssh_key: cmd.ssh_key,
+            password,
+            generated_password: generated,
+            name,
+            metadata: cmd.metadata,
+            conflict,
+        };
+        self.launch(caller, plan).await
+    }
+
+    fn invalid_type_or_region(&self) -> Error {
+        let types: Vec<_> = self.fleet.instance_types.iter().map(|t| t.name.clone()).collect();
+        let regions: Vec<_> = self.fleet.regions.iter().map(|r| r.name.clone()).collect();
+        Error::bad_request_with(
+            "invalid_request",
+            "Invalid instance type or region specified",
+            json!({ "valid_instance_types": types, "valid_regions": regions }),
+        )
+    }
+
+    /// The named template, or the default for the shape; none when booting from an ISO alone.
+    fn pick_template(&self, name: Option<&str>, has_iso: bool, gpus: i64) -> Result<Option<Template>, Error> {
+        let name = match name {
+            Some(n) => n,
+            None if has_iso => return Ok(None),
+            None => self.fleet.default_template_for(gpus),
+        };
+        match self.fleet.template(name) {
+            Some(t) => Ok(Some(t.clone())),
+            None => {
+                let valid: Vec<_> = self.fleet.templates.iter().map(|t| t.name.clone()).collect();
+                Err(Error::bad_request_with(
+                    "invalid_request",
+                    format!("Unknown template {name}"),
+                    json!({ "valid_templates": valid }),
+                ))
+            }
+        }
+    }
+
+    /// Reserves capacity on the first candidate with room, takes an IP, writes the instance
+    /// and its create task, all in one transaction.
+    async fn launch(&self, caller: &Caller, p: Plan) -> Result<Launched, Error> {
+        let now = self.now();
+        let id = ids::new_instance_id();
+        let task_id = ids::new_task_id();
+        let mut tx = self.store.begin().await?;
+        let mut chosen = None;
+        for (i, h) in p.hosts.iter().enumerate() {
+            if tx.host_reserve(h, &p.resources).await? {
+                chosen = Some(i);
+                break;
+            }
+        }
+        let Some(ci) = chosen else { return Err(p.conflict) };
+        let host_id = p.hosts[ci].clone();
+        let Some(ip) = tx.ip_allocate(&p.region, &id, now).await? else {
+            return Err(Error::conflict("resource_conflict", "No IP addresses available in the specified region"));
+        };
+        let gpu_model = if p.resources.gpus > 0 { p.gpu_model_of[ci].clone() } else { None };
+        let metadata = p.metadata.as_ref().map(|m| serde_json::to_string(m).expect("string map"));
+        let instance = InstanceRow {
+            id: id.clone(),
+            account_id: caller.account_id.clone(),
+            team_id: caller.team_id.clone(),
+            team_name: None,
+            name: p.name,
+            host_id: host_id.clone(),
+            region: p.region,
+            instance_type: p.instance_type,
+            template_name: p.template.as_ref().map(|t| t.name.clone()),
+            iso_url: p.iso_url,
+            os_type: Some(p.template.as_ref().map_or("custom".into(), |t| t.os_type.clone())),
+            resources: p.resources,
+            gpu_model,
+            price_cents_per_hour: p.price,
+            status: "creating".into(),
+            power_status: "stopped".into(),
+            ip_address: Some(ip),
+            username: p.username.clone(),
+            ssh_key: p.ssh_key,
+            password: p.password.clone(),
+            metadata,
+            active_task_id: Some(task_id.clone()),
+            created_at: now,
+            updated_at: now,
+            ready_at: None,
+            deleted_at: None,
+        };
+        tx.instance_insert(&instance).await?;
+        let params = json!({ "vm_uuid": id, "host_id": host_id, "account_id": caller.account_id });
+        tx.task_insert(&NewTask {
+            id: task_id.clone(),
+            account_id: caller.account_id.clone(),
+            team_id: caller.team_id.clone(),
+            instance_id: Some(id.clone()),
+            operation: "create_instance".into(),
+            params: params.to_string(),
+            message: "Allocating resources".into(),
+            max_attempts: self.engine.config().max_attempts,
+            now,
+        })
+        .await?;
+        tx.commit().await?;
+        self.wake_workers();
+        let credentials = match (p.generated_password, p.password) {
+            (true, Some(password)) => Some(Credentials { username: p.username, password }),
+            _ => None,
+        };
+        // Read back through the scoped query so the answer carries the team name.
+        let instance = self.store.instance_get(&scope(caller), &id).await?.unwrap_or(instance);
+        Ok(Launched { instance, task_id, credentials })
+    }
+}
+
+fn candidates(hosts: &[HostRow], region: &str, r: &Resources, gpu_model: Option<&str>) -> Vec<HostRow> {
+    let free: Vec<_> = hosts.iter().map(HostRow::as_free).collect();
+    placement_order(&free, region, r, gpu_model)
+        .into_iter()
+        .filter_map(|f| hosts.iter().find(|h| h.id == f.host_id).cloned())
+        .collect()
+}
+
+/// Username and password after template defaults; Windows gets a generated password when the
+/// request has none (returned once, in `credentials`).
+fn credentials(t: &Option<Template>, username: Option<String>, password: Option<String>) -> (String, Option<String>, bool) {
+    let windows = t.as_ref().is_some_and(Template::is_windows);
+    let default_user = t.as_ref().and_then(|t| t.default_username.clone()).unwrap_or_else(|| "ubuntu".into());
+    let username = username.unwrap_or(default_user);
+    match password {
+        Some(p) => (username, Some(p), false),
+        None if windows => (username, Some(ids::new_password(16)), true),
+        None => (username, None, false),
+    }
+}
+
+fn auth_method_required(t: &Option<Template>, ssh_key: &Option<String>, password: &Option<String>) -> Result<(), Error> {
+    let windows = t.as_ref().is_some_and(Template::is_windows);
+    if windows || ssh_key.is_some() || password.is_some() {
+        return Ok(());
+    }
+    Err(Error::Invalid(vec![FieldError::new(
+        &["body"],
+        "value_error",
+        "Value error, one authentication method is required: ssh_key or password",
+    )]))
+}
+
+fn auto_name(prefix: &str) -> String {
+    let id = ids::new_uuid();
+    format!("{}-{}", prefix.replace('_', "-"), &id[..8])
+}
