@@ -56,7 +56,9 @@ impl App {
             return Err(Error::operation_in_progress());
         }
         let inst = tx.instance_get(&sc, id).await?.ok_or_else(|| Error::not_found("instance", id))?;
-        let params = json!({ "vm_uuid": id, "host_id": inst.host_id, "account_id": inst.account_id });
+        let params = json!({
+            "vm_uuid": id, "host_id": inst.host_id, "account_id": inst.account_id, "ip_address": inst.ip_address,
+        });
         tx.task_insert(&NewTask {
             id: task_id.clone(),
             account_id: inst.account_id.clone(),

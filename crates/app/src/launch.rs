@@ -259,7 +259,9 @@ impl App {
             deleted_at: None,
         };
         tx.instance_insert(&instance).await?;
-        let params = json!({ "vm_uuid": id, "host_id": host_id, "account_id": caller.account_id });
+        let params = json!({
+            "vm_uuid": id, "host_id": host_id, "account_id": caller.account_id, "ip_address": instance.ip_address,
+        });
         tx.task_insert(&NewTask {
             id: task_id.clone(),
             account_id: caller.account_id.clone(),

@@ -1,0 +1,90 @@
+//! Blue Lobster v1 (`/api/v1`, `X-API-Key`). Contract: `bluelobster-openapi.json`.
+
+mod body;
+mod catalog;
+mod error;
+mod health;
+mod instances;
+mod launch;
+pub mod openapi;
+mod tasks;
+mod views;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use lobster_app::App;
+use lobster_core::auth::Caller;
+use lobster_core::Error;
+use std::sync::Arc;
+
+pub use error::{BlError, BlResult};
+
+/// Largest request body accepted; launch bodies are a few hundred bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub type Ctx = axum::extract::State<Arc<App>>;
+
+/// The caller, authenticated from `X-API-Key`.
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<Arc<App>> for Auth {
+    type Rejection = BlError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .ok_or(BlError(Error::Unauthorized))?;
+        Ok(Auth(app.authenticate(key).await?))
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/openapi.json", get(openapi::document))
+        .route("/tasks", get(tasks::task_list))
+        .route("/tasks/{task_id}", get(tasks::task_get))
+        .route("/resources", get(catalog::resources))
+        .route("/instances", get(instances::instance_list))
+        .route("/instances/available", get(catalog::instance_types_available))
+        .route("/instances/templates", get(catalog::templates))
+        .route("/instances/launch-instance", post(launch::instance_launch))
+        .route("/instances/launch-custom", post(launch::instance_launch_custom))
+        .route("/instances/{instance_id}", get(instances::instance_get).delete(instances::instance_delete))
+        .route("/instances/{instance_id}/rename", put(instances::instance_rename))
+        .route("/instances/{instance_id}/reboot", post(instances::instance_reboot))
+        .route("/instances/{instance_id}/shutdown", post(instances::instance_shutdown))
+        .route("/instances/{instance_id}/force-shutdown", post(instances::instance_force_shutdown))
+        .route("/instances/{instance_id}/power-on", post(instances::instance_power_on))
+        .route("/instances/{instance_id}/power-cycle", post(instances::instance_power_cycle))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({ "error": "method_not_allowed", "message": "Method not allowed" })),
+    )
+}
+
+/// Reads a body, answering 413 in the dialect's shape when it is too large.
+pub(crate) fn body_bytes(
+    b: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, axum::response::Response> {
+    b.map_err(|e| {
+        (
+            e.status(),
+            Json(serde_json::json!({ "error": "invalid_body", "message": e.body_text() })),
+        )
+            .into_response()
+    })
+}

@@ -1,0 +1,98 @@
+use super::body::invalid;
+use super::views::{task, task_summary};
+use super::{Auth, BlResult, Ctx};
+use axum::extract::{Path, RawQuery};
+use axum::Json;
+use lobster_core::task::TaskStatus;
+use lobster_core::FieldError;
+use serde_json::{json, Value};
+
+pub async fn task_get(ctx: Ctx, Auth(caller): Auth, Path(task_id): Path<String>) -> BlResult<Json<Value>> {
+    let t = ctx.0.task_get(&caller, &task_id).await?;
+    Ok(Json(task(&t)))
+}
+
+/// `limit` (1.., capped at 100), `days` (1.., capped at 7), `status` (a task state).
+pub async fn task_list(ctx: Ctx, Auth(caller): Auth, RawQuery(q): RawQuery) -> BlResult<Json<Value>> {
+    let (mut limit, mut days, mut status) = (50i64, 1i64, None);
+    let mut errors = vec![];
+    for (k, v) in form_pairs(q.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "limit" => limit = query_int(&mut errors, "limit", &v).unwrap_or(limit),
+            "days" => days = query_int(&mut errors, "days", &v).unwrap_or(days),
+            "status" if !v.is_empty() => match TaskStatus::parse(&v) {
+                Some(s) => status = Some(s.as_str()),
+                None => errors.push(
+                    FieldError::new(&["query", "status"], "enum", "Input should be 'PENDING', 'PROCESSING', 'COMPLETED' or 'FAILED'")
+                        .with_input(json!(v)),
+                ),
+            },
+            _ => {}
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    let (limit, days) = (limit.min(100), days.min(7));
+    let (rows, total) = ctx.0.task_list(&caller, limit, days, status).await?;
+    Ok(Json(json!({
+        "tasks": rows.iter().map(task_summary).collect::<Vec<_>>(),
+        "total": total,
+        "limit": limit,
+        "days": days,
+    })))
+}
+
+fn query_int(errors: &mut Vec<FieldError>, name: &str, v: &str) -> Option<i64> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Some(n),
+        Ok(_) => {
+            errors.push(
+                FieldError::new(&["query", name], "greater_than_equal", "Input should be greater than or equal to 1")
+                    .with_input(json!(v)),
+            );
+            None
+        }
+        Err(_) => {
+            errors.push(
+                FieldError::new(&["query", name], "int_parsing", "Input should be a valid integer, unable to parse string as an integer")
+                    .with_input(json!(v)),
+            );
+            None
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs, percent-decoded.
+pub(crate) fn form_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
