@@ -42,7 +42,6 @@ impl App {
         fleet
             .validate()
             .map_err(|errs| Error::Internal(format!("invalid fleet: {}", errs.join("; "))))?;
-        store.fleet_sync(&fleet).await?;
         let fleet = Arc::new(fleet);
         let wake = Arc::new(Notify::new());
         let engine = Engine::new(
@@ -54,6 +53,12 @@ impl App {
             Arc::clone(&wake),
         );
         Ok(Arc::new(App { store, fleet, driver, clock, engine, wake }))
+    }
+
+    /// Makes the database's hosts and IP pools match the configured fleet. `serve` does this on
+    /// start; operator commands do not, so they never disturb a running server's fleet.
+    pub async fn fleet_sync(&self) -> Result<(), Error> {
+        self.store.fleet_sync(&self.fleet).await
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

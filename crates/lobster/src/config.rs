@@ -1,0 +1,163 @@
+//! Configuration: built-in defaults, then a TOML file (`--config`), then `LOBSTER_*`
+//! environment variables and command-line flags (clap merges those two, flags first).
+
+use lobster_core::fleet::Fleet;
+use lobster_driver::sim::SimConfig;
+use lobster_engine::EngineConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub driver: Option<String>,
+    pub engine: EngineSection,
+    pub sim: SimConfig,
+    /// The whole fleet; the demo fleet when absent.
+    pub fleet: Option<Fleet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub workers: usize,
+    pub lease_seconds: i64,
+    pub poll_ms: u64,
+    pub max_attempts: i64,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection { workers: d.workers, lease_seconds: d.lease_ms / 1000, poll_ms: d.poll_ms, max_attempts: d.max_attempts }
+    }
+}
+
+impl EngineSection {
+    pub fn to_engine(&self) -> EngineConfig {
+        EngineConfig {
+            workers: self.workers.max(1),
+            lease_ms: self.lease_seconds.max(1) * 1000,
+            poll_ms: self.poll_ms.max(10),
+            max_attempts: self.max_attempts.max(1),
+        }
+    }
+}
+
+/// Flags and environment, as clap parsed them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "LOBSTER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded SQLite database.
+    #[arg(long, env = "LOBSTER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://…` or `postgres://…`; overrides --data-dir.
+    #[arg(long, env = "LOBSTER_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub driver: String,
+    pub engine: EngineConfig,
+    pub sim: SimConfig,
+    pub fleet: Fleet,
+}
+
+pub fn load(args: &CommonArgs, listen: Option<String>, driver: Option<String>) -> Result<Config, String> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("lobster-data"));
+    let database_url = args
+        .database_url
+        .clone()
+        .or(file.database_url)
+        .unwrap_or_else(|| format!("sqlite://{}/lobster.db", data_dir.display()));
+    Ok(Config {
+        listen: listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+        database_url,
+        data_dir,
+        driver: driver.or(file.driver).unwrap_or_else(|| "sim".into()),
+        engine: file.engine.to_engine(),
+        sim: file.sim,
+        fleet: file.fleet.unwrap_or_else(Fleet::demo),
+    })
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+impl Config {
+    /// Creates the SQLite directory when the database lives there.
+    pub fn prepare_storage(&self) -> Result<(), String> {
+        if self.database_url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&self.data_dir)
+                .map_err(|e| format!("cannot create {}: {e}", self.data_dir.display()))?;
+            if let Some(path) = self.database_url.strip_prefix("sqlite://") {
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(parent) = Path::new(path).parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_with_nothing_configured() {
+        let c = load(&CommonArgs::default(), None, None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://lobster-data/lobster.db");
+        assert_eq!(c.driver, "sim");
+        assert_eq!(c.fleet, Fleet::demo());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        std::fs::write(
+            &p,
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/x\"\n[engine]\nworkers = 2\n[sim]\nfailure_rate = 0.1\n[sim.delays_ms]\ncreate = 5\n",
+        )
+        .unwrap();
+        let args = CommonArgs { config: Some(p.clone()), ..Default::default() };
+        let c = load(&args, None, None).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.database_url, "sqlite:///var/lib/x/lobster.db");
+        assert_eq!(c.engine.workers, 2);
+        assert_eq!(c.sim.delays_ms.create, 5);
+        let args = CommonArgs { config: Some(p), database_url: Some("postgres://db/x".into()), ..Default::default() };
+        let c = load(&args, Some("127.0.0.1:1".into()), None).unwrap();
+        assert_eq!((c.listen.as_str(), c.database_url.as_str()), ("127.0.0.1:1", "postgres://db/x"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        std::fs::write(&p, "lisen = \"typo\"\n").unwrap();
+        let args = CommonArgs { config: Some(p), ..Default::default() };
+        assert!(load(&args, None, None).unwrap_err().contains("lisen"));
+    }
+}

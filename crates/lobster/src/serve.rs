@@ -1,0 +1,90 @@
+//! `lobster serve`: opens the store, syncs the fleet, starts the task workers and the HTTP
+//! server, and shuts both down gracefully on SIGINT/SIGTERM.
+
+use crate::config::Config;
+use lobster_app::App;
+use lobster_core::clock::{system_clock, SharedClock};
+use lobster_driver::sim::SimDriver;
+use lobster_driver::Hypervisor;
+use lobster_store::Store;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub fn driver(cfg: &Config) -> Result<Arc<dyn Hypervisor>, String> {
+    match cfg.driver.as_str() {
+        "sim" => Ok(Arc::new(SimDriver::new(cfg.sim.clone()))),
+        other => Err(format!("unknown driver {other:?}: this build has `sim`")),
+    }
+}
+
+/// Store, driver and app for `cfg`, without starting anything.
+pub async fn build(cfg: &Config, driver: Arc<dyn Hypervisor>, clock: SharedClock) -> Result<Arc<App>, String> {
+    cfg.prepare_storage()?;
+    let store = Store::connect(&cfg.database_url).await.map_err(|e| e.to_string())?;
+    App::new(store, driver, cfg.fleet.clone(), clock, cfg.engine.clone()).await.map_err(|e| e.to_string())
+}
+
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let app = build(&cfg, driver(&cfg)?, system_clock()).await?;
+    app.fleet_sync().await.map_err(|e| e.to_string())?;
+    let bootstrap = std::env::var("LOBSTER_BOOTSTRAP_KEY").ok().filter(|k| !k.is_empty());
+    if let Some(key) = &bootstrap {
+        app.bootstrap_key(key).await.map_err(|e| format!("LOBSTER_BOOTSTRAP_KEY: {e}"))?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = app.engine().spawn(stop_rx);
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    announce(&cfg, addr, bootstrap.is_some());
+    let router = lobster_api::router(Arc::clone(&app));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopping task workers");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    app.store().close().await;
+    println!("lobster stopped");
+    Ok(())
+}
+
+fn announce(cfg: &Config, addr: std::net::SocketAddr, bootstrapped: bool) {
+    let db = if cfg.database_url.starts_with("sqlite:") { cfg.database_url.clone() } else { "postgres".into() };
+    println!("lobster listening on http://{addr} (driver {}, database {db})", cfg.driver);
+    println!("API docs: http://{addr}/docs");
+    if bootstrapped {
+        println!("LOBSTER_BOOTSTRAP_KEY is an owner+staff key of account `default`.");
+    } else {
+        let dd = cfg.data_dir.display();
+        println!("Get an API key:");
+        println!("  lobster admin --data-dir {dd} account create acme");
+        println!("  lobster admin --data-dir {dd} key create --account acme --role owner");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
