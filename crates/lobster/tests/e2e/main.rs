@@ -1,0 +1,13 @@
+//! End-to-end tests through HTTP: the real router, store and engine, the `sim` driver.
+//! Runs on SQLite, and on PostgreSQL when `LOBSTER_TEST_POSTGRES_URL` is set.
+
+mod support;
+
+mod auth;
+mod catalog;
+mod engine;
+mod instances;
+mod launch;
+mod launch_custom;
+mod power;
+mod tasks;

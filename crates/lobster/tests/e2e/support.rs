@@ -1,0 +1,227 @@
+//! `TestApp::spawn`: the real router on port 0 with a temporary SQLite file (or a fresh
+//! PostgreSQL schema when `LOBSTER_TEST_POSTGRES_URL` is set), the `sim` driver with no
+//! latency, and a manual clock. No background workers run: tests drain the task queue
+//! explicitly, so every intermediate state can be observed deterministically.
+
+use lobster_app::admin::NewKey;
+use lobster_app::App;
+use lobster_core::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use lobster_core::fleet::Fleet;
+use lobster_driver::sim::{SimConfig, SimDriver};
+use lobster_engine::{Engine, EngineConfig};
+use lobster_store::Store;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxvYnN0ZXI= test@lobster";
+
+pub struct TestApp {
+    pub base: String,
+    pub app: Arc<App>,
+    pub sim: Arc<SimDriver>,
+    pub clock: Arc<ManualClock>,
+    pub fleet: Fleet,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig { workers: 1, lease_ms: 30_000, poll_ms: 50, max_attempts: 3 }
+}
+
+async fn database_url(dir: &tempfile::TempDir) -> String {
+    match std::env::var("LOBSTER_TEST_POSTGRES_URL") {
+        Ok(base) if !base.is_empty() => fresh_pg_schema(&base).await,
+        _ => format!("sqlite://{}/lobster.db", dir.path().display()),
+    }
+}
+
+/// A new, uniquely named schema; the returned URL's connections use it.
+async fn fresh_pg_schema(base: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let schema = format!("e2e_{}", lobster_core::ids::new_uuid().replace('-', "")[..16].to_string());
+    let pool = sqlx::AnyPool::connect(base).await.expect("postgres");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.expect("schema");
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Fleet::demo(), engine_config()).await
+    }
+
+    pub async fn spawn_with(fleet: Fleet, engine: EngineConfig) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::connect(&database_url(&dir).await).await.expect("store");
+        let sim = Arc::new(SimDriver::new(SimConfig::instant()));
+        let clock = ManualClock::new(SystemClock.now());
+        let shared: SharedClock = clock.clone();
+        let app = App::new(store, sim.clone(), fleet.clone(), shared, engine).await.expect("app");
+        app.fleet_sync().await.expect("fleet sync");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let router = lobster_api::router(app.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+        TestApp {
+            base: format!("http://{addr}"),
+            app,
+            sim,
+            clock,
+            fleet,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Runs every due task to completion.
+    pub async fn drain(&self) -> usize {
+        self.app.engine().run_until_idle().await.expect("drain")
+    }
+
+    /// Another worker on the same database, as a second process would have.
+    pub fn second_engine(&self) -> Arc<Engine> {
+        let clock: SharedClock = self.clock.clone();
+        Engine::new(
+            self.app.store().clone(),
+            self.sim.clone(),
+            Arc::new(self.fleet.clone()),
+            clock,
+            engine_config(),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    }
+
+    /// A new account with an owner key.
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        self.app.account_create(name).await.expect("account");
+        self.key(name, "owner", false, None).await
+    }
+
+    /// An owner key with staff rights (the operator).
+    pub async fn staff(&self, name: &str) -> Tenant {
+        self.app.account_create(name).await.expect("account");
+        self.key(name, "owner", true, None).await
+    }
+
+    pub async fn key(&self, account: &str, role: &str, staff: bool, team: Option<&str>) -> Tenant {
+        let k = NewKey {
+            account: account.into(),
+            role: Some(role.into()),
+            staff,
+            team: team.map(Into::into),
+            expires_in_days: None,
+            name: None,
+        };
+        let (row, secret) = self.app.key_create(k).await.expect("key");
+        Tenant {
+            key: secret,
+            key_id: row.id,
+            base: self.base.clone(),
+            client: self.client.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            r = r.header("X-API-Key", k);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b.to_string());
+        }
+        r.send().await.expect("request")
+    }
+
+    /// Free capacity of a host, from the database.
+    pub async fn host_free(&self, host: &str) -> lobster_core::capacity::Resources {
+        let hosts = self.app.store().host_list().await.unwrap();
+        hosts.iter().find(|h| h.id == host).expect("host").free()
+    }
+}
+
+pub struct Tenant {
+    pub key: String,
+    pub key_id: String,
+    base: String,
+    client: reqwest::Client,
+    clock: Arc<ManualClock>,
+}
+
+impl Tenant {
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
+        let mut r = self.client.request(method, format!("{}{path}", self.base)).header("X-API-Key", &self.key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Response {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// GET and decode, asserting the status.
+    pub async fn get_json(&self, path: &str, status: StatusCode) -> Value {
+        let r = self.get(path).await;
+        expect(r, status).await
+    }
+
+    /// Launches a standard instance and returns the response (asserting 200). The clock moves
+    /// one second so that "newest first" is well defined.
+    pub async fn launch(&self, instance_type: &str, region: &str) -> Value {
+        let r = self.launch_body(json!({ "region": region, "instance_type": instance_type, "ssh_key": SSH_KEY })).await;
+        expect(r, StatusCode::OK).await
+    }
+
+    pub async fn launch_body(&self, body: Value) -> Response {
+        self.clock.advance_ms(1000);
+        self.post("/api/v1/instances/launch-instance", body).await
+    }
+
+    pub async fn instance(&self, id: &str) -> Value {
+        self.get_json(&format!("/api/v1/instances/{id}"), StatusCode::OK).await
+    }
+}
+
+/// Asserts the status (showing the body when it differs) and decodes the JSON body.
+pub async fn expect(r: Response, status: StatusCode) -> Value {
+    let got = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(got, status, "unexpected status; body: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A fleet with one small CPU host, for capacity tests: room for exactly `slots` instances of
+/// `v1_cpu_small` (2 cores, 8 GB, 100 GB).
+pub fn tiny_fleet(slots: i64) -> Fleet {
+    let mut f = Fleet::demo();
+    f.regions.truncate(1);
+    f.hosts = vec![lobster_core::fleet::Host {
+        id: "tiny-1".into(),
+        region: f.regions[0].name.clone(),
+        cores: 2 * slots,
+        memory_gb: 8 * slots,
+        disk_gb: 100 * slots,
+        gpus: 0,
+        gpu_model: None,
+        uri: None,
+        hostname: None,
+    }];
+    f
+}
