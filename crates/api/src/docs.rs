@@ -7,9 +7,10 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 pub fn router() -> Router {
-    Router::new()
-        .route("/docs", get(page))
-        .route("/openapi.json", get(|| async { Json::<Value>(crate::bluelobster::openapi::served().clone()) }))
+    Router::new().route("/docs", get(page)).route(
+        "/openapi.json",
+        get(|| async { Json::<Value>(crate::bluelobster::openapi::served().clone()) }),
+    )
 }
 
 async fn page() -> Html<&'static str> {

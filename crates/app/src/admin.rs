@@ -19,15 +19,22 @@ pub struct NewKey {
 }
 
 fn valid_label(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
 }
 
 impl App {
     pub async fn account_create(&self, name: &str) -> Result<AccountRow, Error> {
         if !valid_label(name) {
-            return Err(Error::bad_request("invalid_name", "account names are 1-64 letters, digits, '-', '_' or '.'"));
+            return Err(Error::bad_request(
+                "invalid_name",
+                "account names are 1-64 letters, digits, '-', '_' or '.'",
+            ));
         }
-        self.store.account_create(&ids::new_account_id(), name, self.now()).await
+        self.store
+            .account_create(&ids::new_account_id(), name, self.now())
+            .await
     }
 
     pub async fn account_list(&self) -> Result<Vec<AccountRow>, Error> {
@@ -35,15 +42,26 @@ impl App {
     }
 
     async fn account(&self, id_or_name: &str) -> Result<AccountRow, Error> {
-        self.store.account_find(id_or_name).await?.ok_or_else(|| Error::not_found("account", id_or_name))
+        self.store
+            .account_find(id_or_name)
+            .await?
+            .ok_or_else(|| Error::not_found("account", id_or_name))
     }
 
     pub async fn team_create(&self, account: &str, name: &str) -> Result<TeamRow, Error> {
         let acc = self.account(account).await?;
         if name.trim().is_empty() || name.len() > 100 {
-            return Err(Error::bad_request("invalid_name", "team names are 1-100 characters"));
+            return Err(Error::bad_request(
+                "invalid_name",
+                "team names are 1-100 characters",
+            ));
         }
-        let row = TeamRow { id: ids::new_team_id(), account_id: acc.id, name: name.into(), created_at: self.now() };
+        let row = TeamRow {
+            id: ids::new_team_id(),
+            account_id: acc.id,
+            name: name.into(),
+            created_at: self.now(),
+        };
         self.store.team_create(&row).await?;
         Ok(row)
     }
@@ -57,24 +75,38 @@ impl App {
     pub async fn key_create(&self, k: NewKey) -> Result<(KeyRow, String), Error> {
         let acc = self.account(&k.account).await?;
         let role = match &k.role {
-            Some(r) => Role::parse(r)
-                .ok_or_else(|| Error::bad_request("invalid_role", format!("unknown role {r:?}: owner, admin, member or viewer")))?,
+            Some(r) => Role::parse(r).ok_or_else(|| {
+                Error::bad_request(
+                    "invalid_role",
+                    format!("unknown role {r:?}: owner, admin, member or viewer"),
+                )
+            })?,
             None => Role::Member,
         };
         let team_id = match &k.team {
-            Some(t) => Some(self.store.team_find(&acc.id, t).await?.ok_or_else(|| Error::not_found("team", t))?.id),
+            Some(t) => Some(
+                self.store
+                    .team_find(&acc.id, t)
+                    .await?
+                    .ok_or_else(|| Error::not_found("team", t))?
+                    .id,
+            ),
             None => None,
         };
         let now = self.now();
         let expires_at = match k.expires_in_days {
             Some(d) if !(1..=365).contains(&d) => {
-                return Err(Error::bad_request("invalid_expiry", "--expires-in-days must be 1-365"))
+                return Err(Error::bad_request(
+                    "invalid_expiry",
+                    "--expires-in-days must be 1-365",
+                ))
             }
             Some(d) => Some(now + d * 86_400_000),
             None => None,
         };
         let secret = ids::new_api_key_secret();
-        self.key_insert(&acc.id, &secret, role, k.staff, team_id, expires_at, k.name).await
+        self.key_insert(&acc.id, &secret, role, k.staff, team_id, expires_at, k.name)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -127,7 +159,10 @@ impl App {
     /// owner and staff, so scripts can use every endpoint). Idempotent.
     pub async fn bootstrap_key(&self, secret: &str) -> Result<AccountRow, Error> {
         if secret.len() < 16 {
-            return Err(Error::bad_request("invalid_key", "LOBSTER_BOOTSTRAP_KEY must be at least 16 characters"));
+            return Err(Error::bad_request(
+                "invalid_key",
+                "LOBSTER_BOOTSTRAP_KEY must be at least 16 characters",
+            ));
         }
         let acc = match self.store.account_find("default").await? {
             Some(a) => a,
@@ -138,9 +173,17 @@ impl App {
                 Err(e) => return Err(e),
             },
         };
-        if self.store.key_by_digest(&key_digest(secret)).await?.is_none() {
+        if self
+            .store
+            .key_by_digest(&key_digest(secret))
+            .await?
+            .is_none()
+        {
             let name = Some("bootstrap key".to_string());
-            match self.key_insert(&acc.id, secret, Role::Owner, true, None, None, name).await {
+            match self
+                .key_insert(&acc.id, secret, Role::Owner, true, None, None, name)
+                .await
+            {
                 Ok(_) | Err(Error::Conflict { .. }) => {}
                 Err(e) => return Err(e),
             }

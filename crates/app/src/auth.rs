@@ -13,7 +13,10 @@ pub fn key_digest(secret: &str) -> String {
 
 /// The instances and tasks a caller may see.
 pub fn scope(caller: &Caller) -> Scope {
-    Scope { account_id: caller.account_id.clone(), team_id: caller.team_id.clone() }
+    Scope {
+        account_id: caller.account_id.clone(),
+        team_id: caller.team_id.clone(),
+    }
 }
 
 impl App {
@@ -21,7 +24,11 @@ impl App {
         if secret.is_empty() || secret.len() > 256 {
             return Err(Error::Unauthorized);
         }
-        let key = self.store.key_by_digest(&key_digest(secret)).await?.ok_or(Error::Unauthorized)?;
+        let key = self
+            .store
+            .key_by_digest(&key_digest(secret))
+            .await?
+            .ok_or(Error::Unauthorized)?;
         let now = self.now();
         if key.revoked_at.is_some() || key.expires_at.is_some_and(|t| t <= now) {
             return Err(Error::Unauthorized);

@@ -23,9 +23,18 @@ pub struct HostResources {
 }
 
 impl App {
-    pub async fn instance_types_available(&self, caller: &Caller) -> Result<Vec<TypeAvailability>, Error> {
+    pub async fn instance_types_available(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<TypeAvailability>, Error> {
         caller.require(Permission::Read)?;
-        let hosts: Vec<_> = self.store.host_list().await?.iter().map(HostRow::as_free).collect();
+        let hosts: Vec<_> = self
+            .store
+            .host_list()
+            .await?
+            .iter()
+            .map(HostRow::as_free)
+            .collect();
         let ips: HashMap<String, i64> = self.store.ip_free_counts().await?.into_iter().collect();
         Ok(self
             .fleet
@@ -37,10 +46,16 @@ impl App {
                     .regions
                     .iter()
                     .filter(|r| ips.get(&r.name).copied().unwrap_or(0) > 0)
-                    .filter(|r| !placement_order(&hosts, &r.name, &t.resources(), t.gpu_model.as_deref()).is_empty())
+                    .filter(|r| {
+                        !placement_order(&hosts, &r.name, &t.resources(), t.gpu_model.as_deref())
+                            .is_empty()
+                    })
                     .cloned()
                     .collect();
-                TypeAvailability { instance_type: t.clone(), regions }
+                TypeAvailability {
+                    instance_type: t.clone(),
+                    regions,
+                }
             })
             .collect())
     }
@@ -58,7 +73,10 @@ impl App {
             .host_list()
             .await?
             .into_iter()
-            .map(|h| HostResources { region: self.fleet.region(&h.region).cloned(), host: h })
+            .map(|h| HostResources {
+                region: self.fleet.region(&h.region).cloned(),
+                host: h,
+            })
             .collect())
     }
 }

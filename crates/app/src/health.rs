@@ -15,7 +15,11 @@ pub struct Health {
 impl App {
     pub async fn health(&self) -> Health {
         let now = self.now();
-        let database = if self.store.ping().await.is_ok() { "operational" } else { "unavailable" };
+        let database = if self.store.ping().await.is_ok() {
+            "operational"
+        } else {
+            "unavailable"
+        };
         let poll = self.engine.config().poll_ms as i64;
         let task_engine = match self.engine.last_poll() {
             None => "stopped",
@@ -23,7 +27,11 @@ impl App {
             Some(t) if now - t <= poll * 4 + self.engine.config().lease_ms => "operational",
             Some(_) => "degraded",
         };
-        let driver = if self.driver.health().await.is_ok() { "operational" } else { "unavailable" };
+        let driver = if self.driver.health().await.is_ok() {
+            "operational"
+        } else {
+            "unavailable"
+        };
         let status = if database != "operational" {
             "unhealthy"
         } else if task_engine != "operational" || driver != "operational" {
@@ -31,6 +39,12 @@ impl App {
         } else {
             "healthy"
         };
-        Health { status, database, task_engine, driver, timestamp: now }
+        Health {
+            status,
+            database,
+            task_engine,
+            driver,
+            timestamp: now,
+        }
     }
 }

@@ -19,7 +19,10 @@ pub struct Queued {
 impl App {
     pub async fn instance_get(&self, caller: &Caller, id: &str) -> Result<InstanceRow, Error> {
         caller.require(Permission::Read)?;
-        self.store.instance_get(&scope(caller), id).await?.ok_or_else(|| Error::not_found("instance", id))
+        self.store
+            .instance_get(&scope(caller), id)
+            .await?
+            .ok_or_else(|| Error::not_found("instance", id))
     }
 
     pub async fn instance_list(&self, caller: &Caller) -> Result<Vec<InstanceRow>, Error> {
@@ -27,12 +30,24 @@ impl App {
         self.store.instance_list(&scope(caller)).await
     }
 
-    pub async fn instance_power(&self, caller: &Caller, id: &str, op: PowerOp) -> Result<Queued, Error> {
-        self.instance_enqueue(caller, id, TaskKind::Power(op), InstanceStatus::Rented).await
+    pub async fn instance_power(
+        &self,
+        caller: &Caller,
+        id: &str,
+        op: PowerOp,
+    ) -> Result<Queued, Error> {
+        self.instance_enqueue(caller, id, TaskKind::Power(op), InstanceStatus::Rented)
+            .await
     }
 
     pub async fn instance_delete(&self, caller: &Caller, id: &str) -> Result<Queued, Error> {
-        self.instance_enqueue(caller, id, TaskKind::DeleteInstance, InstanceStatus::Terminating).await
+        self.instance_enqueue(
+            caller,
+            id,
+            TaskKind::DeleteInstance,
+            InstanceStatus::Terminating,
+        )
+        .await
     }
 
     /// Claims a settled instance for a new task (409 when another operation holds it) and
@@ -49,13 +64,22 @@ impl App {
         let now = self.now();
         let task_id = ids::new_task_id();
         let mut tx = self.store.begin().await?;
-        if !tx.instance_claim(&sc, id, &task_id, new_status.as_str(), now).await? {
-            let row = tx.instance_get(&sc, id).await?.ok_or_else(|| Error::not_found("instance", id))?;
+        if !tx
+            .instance_claim(&sc, id, &task_id, new_status.as_str(), now)
+            .await?
+        {
+            let row = tx
+                .instance_get(&sc, id)
+                .await?
+                .ok_or_else(|| Error::not_found("instance", id))?;
             let status = InstanceStatus::parse(&row.status).unwrap_or(InstanceStatus::Failed);
             check_mutable(status, row.active_task_id.is_some(), id)?;
             return Err(Error::operation_in_progress());
         }
-        let inst = tx.instance_get(&sc, id).await?.ok_or_else(|| Error::not_found("instance", id))?;
+        let inst = tx
+            .instance_get(&sc, id)
+            .await?
+            .ok_or_else(|| Error::not_found("instance", id))?;
         let params = json!({
             "vm_uuid": id, "host_id": inst.host_id, "account_id": inst.account_id, "ip_address": inst.ip_address,
         });
@@ -73,12 +97,20 @@ impl App {
         .await?;
         tx.commit().await?;
         self.wake_workers();
-        Ok(Queued { task_id, instance: inst })
+        Ok(Queued {
+            task_id,
+            instance: inst,
+        })
     }
 
     /// Changes the display name (3-64 letters, digits, `-`, `_`; unique among the account's
     /// live instances). No task: the hostname follows on the next power cycle.
-    pub async fn instance_rename(&self, caller: &Caller, id: &str, name: &str) -> Result<InstanceRow, Error> {
+    pub async fn instance_rename(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: &str,
+    ) -> Result<InstanceRow, Error> {
         caller.require(Permission::InstanceWrite)?;
         if !validate::display_name(name) {
             return Err(Error::bad_request(
@@ -88,9 +120,15 @@ impl App {
         }
         let sc = scope(caller);
         let mut tx = self.store.begin().await?;
-        let mut inst = tx.instance_get(&sc, id).await?.ok_or_else(|| Error::not_found("instance", id))?;
+        let mut inst = tx
+            .instance_get(&sc, id)
+            .await?
+            .ok_or_else(|| Error::not_found("instance", id))?;
         if inst.status == InstanceStatus::Terminating.as_str() {
-            return Err(Error::bad_request("invalid_state", "VM is not in 'rented' status: terminating"));
+            return Err(Error::bad_request(
+                "invalid_state",
+                "VM is not in 'rented' status: terminating",
+            ));
         }
         if tx.instance_name_taken(&inst.account_id, name, id).await? {
             return Err(Error::conflict(

@@ -29,7 +29,10 @@ pub struct LaunchInstance {
 #[derive(Debug, Clone)]
 pub enum CustomTarget {
     Host(String),
-    Region { region: String, gpu_model: Option<String> },
+    Region {
+        region: String,
+        gpu_model: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -80,16 +83,24 @@ struct Plan {
 }
 
 impl App {
-    pub async fn instance_launch(&self, caller: &Caller, cmd: LaunchInstance) -> Result<Launched, Error> {
+    pub async fn instance_launch(
+        &self,
+        caller: &Caller,
+        cmd: LaunchInstance,
+    ) -> Result<Launched, Error> {
         caller.require(Permission::InstanceWrite)?;
         let fleet = &self.fleet;
-        let (Some(itype), Some(_)) = (fleet.instance_type(&cmd.instance_type), fleet.region(&cmd.region)) else {
+        let (Some(itype), Some(_)) = (
+            fleet.instance_type(&cmd.instance_type),
+            fleet.region(&cmd.region),
+        ) else {
             return Err(self.invalid_type_or_region());
         };
         let r = itype.resources();
         let hosts = self.store.host_list().await?;
         let candidates = candidates(&hosts, &cmd.region, &r, itype.gpu_model.as_deref());
-        let template = self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
+        let template =
+            self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
         let (username, password, generated) = credentials(&template, cmd.username, cmd.password);
         auth_method_required(&template, &cmd.ssh_key, &password)?;
         let name = cmd.name.unwrap_or_else(|| auto_name(&itype.name));
@@ -108,28 +119,48 @@ impl App {
             generated_password: generated,
             name,
             metadata: cmd.metadata,
-            conflict: Error::conflict("resource_conflict", "Requested resources not available in specified region"),
+            conflict: Error::conflict(
+                "resource_conflict",
+                "Requested resources not available in specified region",
+            ),
         };
         self.launch(caller, plan).await
     }
 
-    pub async fn instance_launch_custom(&self, caller: &Caller, cmd: LaunchCustom) -> Result<Launched, Error> {
+    pub async fn instance_launch_custom(
+        &self,
+        caller: &Caller,
+        cmd: LaunchCustom,
+    ) -> Result<Launched, Error> {
         caller.require(Permission::InstanceWrite)?;
         caller.require(Permission::Staff)?;
         let r = cmd.resources;
         let problems = custom_shape_problems(&r);
         if !problems.is_empty() {
-            let details: serde_json::Map<String, Value> =
-                problems.into_iter().map(|(f, m)| (f.to_string(), json!(m))).collect();
-            return Err(Error::bad_request_with("invalid_request", "Invalid resource specifications", Value::Object(details)));
+            let details: serde_json::Map<String, Value> = problems
+                .into_iter()
+                .map(|(f, m)| (f.to_string(), json!(m)))
+                .collect();
+            return Err(Error::bad_request_with(
+                "invalid_request",
+                "Invalid resource specifications",
+                Value::Object(details),
+            ));
         }
         let hosts = self.store.host_list().await?;
         let (region, candidates, conflict) = match &cmd.target {
             CustomTarget::Host(id) => {
-                let h = hosts.iter().find(|h| &h.id == id && self.fleet.host(id).is_some()).ok_or_else(|| {
-                    let valid: Vec<_> = self.fleet.hosts.iter().map(|h| h.id.clone()).collect();
-                    Error::bad_request_with("invalid_request", format!("Unknown host {id}"), json!({ "valid_hosts": valid }))
-                })?;
+                let h = hosts
+                    .iter()
+                    .find(|h| &h.id == id && self.fleet.host(id).is_some())
+                    .ok_or_else(|| {
+                        let valid: Vec<_> = self.fleet.hosts.iter().map(|h| h.id.clone()).collect();
+                        Error::bad_request_with(
+                            "invalid_request",
+                            format!("Unknown host {id}"),
+                            json!({ "valid_hosts": valid }),
+                        )
+                    })?;
                 let free = h.free();
                 let conflict = Error::Conflict {
                     code: "resource_conflict",
@@ -138,7 +169,9 @@ impl App {
                         "cores": free.cores, "memory": free.memory_gb, "storage": free.disk_gb, "gpus": free.gpus
                     }})),
                 };
-                let fits = h.status == "available" && r.fits_in(&free) && (r.gpus == 0 || h.gpu_model.is_some());
+                let fits = h.status == "available"
+                    && r.fits_in(&free)
+                    && (r.gpus == 0 || h.gpu_model.is_some());
                 let c = if fits { vec![h.clone()] } else { vec![] };
                 (h.region.clone(), c, conflict)
             }
@@ -147,14 +180,22 @@ impl App {
                     return Err(self.invalid_type_or_region());
                 }
                 let c = candidates(&hosts, region, &r, gpu_model.as_deref());
-                let conflict = Error::conflict("resource_conflict", "Requested resources not available in specified region");
+                let conflict = Error::conflict(
+                    "resource_conflict",
+                    "Requested resources not available in specified region",
+                );
                 (region.clone(), c, conflict)
             }
         };
-        let template = self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
+        let template =
+            self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
         let (username, password, generated) = credentials(&template, cmd.username, cmd.password);
         auth_method_required(&template, &cmd.ssh_key, &password)?;
-        let price = match cmd.instance_type.as_deref().and_then(|t| self.fleet.instance_type(t)) {
+        let price = match cmd
+            .instance_type
+            .as_deref()
+            .and_then(|t| self.fleet.instance_type(t))
+        {
             Some(t) => t.price_cents_per_hour,
             None => self.fleet.custom_price(&r),
         };
@@ -180,7 +221,12 @@ impl App {
     }
 
     fn invalid_type_or_region(&self) -> Error {
-        let types: Vec<_> = self.fleet.instance_types.iter().map(|t| t.name.clone()).collect();
+        let types: Vec<_> = self
+            .fleet
+            .instance_types
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         let regions: Vec<_> = self.fleet.regions.iter().map(|r| r.name.clone()).collect();
         Error::bad_request_with(
             "invalid_request",
@@ -190,7 +236,12 @@ impl App {
     }
 
     /// The named template, or the default for the shape; none when booting from an ISO alone.
-    fn pick_template(&self, name: Option<&str>, has_iso: bool, gpus: i64) -> Result<Option<Template>, Error> {
+    fn pick_template(
+        &self,
+        name: Option<&str>,
+        has_iso: bool,
+        gpus: i64,
+    ) -> Result<Option<Template>, Error> {
         let name = match name {
             Some(n) => n,
             None if has_iso => return Ok(None),
@@ -199,7 +250,12 @@ impl App {
         match self.fleet.template(name) {
             Some(t) => Ok(Some(t.clone())),
             None => {
-                let valid: Vec<_> = self.fleet.templates.iter().map(|t| t.name.clone()).collect();
+                let valid: Vec<_> = self
+                    .fleet
+                    .templates
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .collect();
                 Err(Error::bad_request_with(
                     "invalid_request",
                     format!("Unknown template {name}"),
@@ -223,13 +279,25 @@ impl App {
                 break;
             }
         }
-        let Some(ci) = chosen else { return Err(p.conflict) };
+        let Some(ci) = chosen else {
+            return Err(p.conflict);
+        };
         let host_id = p.hosts[ci].clone();
         let Some(ip) = tx.ip_allocate(&p.region, &id, now).await? else {
-            return Err(Error::conflict("resource_conflict", "No IP addresses available in the specified region"));
+            return Err(Error::conflict(
+                "resource_conflict",
+                "No IP addresses available in the specified region",
+            ));
         };
-        let gpu_model = if p.resources.gpus > 0 { p.gpu_model_of[ci].clone() } else { None };
-        let metadata = p.metadata.as_ref().map(|m| serde_json::to_string(m).expect("string map"));
+        let gpu_model = if p.resources.gpus > 0 {
+            p.gpu_model_of[ci].clone()
+        } else {
+            None
+        };
+        let metadata = p
+            .metadata
+            .as_ref()
+            .map(|m| serde_json::to_string(m).expect("string map"));
         let instance = InstanceRow {
             id: id.clone(),
             account_id: caller.account_id.clone(),
@@ -241,7 +309,11 @@ impl App {
             instance_type: p.instance_type,
             template_name: p.template.as_ref().map(|t| t.name.clone()),
             iso_url: p.iso_url,
-            os_type: Some(p.template.as_ref().map_or("custom".into(), |t| t.os_type.clone())),
+            os_type: Some(
+                p.template
+                    .as_ref()
+                    .map_or("custom".into(), |t| t.os_type.clone()),
+            ),
             resources: p.resources,
             gpu_model,
             price_cents_per_hour: p.price,
@@ -277,16 +349,32 @@ impl App {
         tx.commit().await?;
         self.wake_workers();
         let credentials = match (p.generated_password, p.password) {
-            (true, Some(password)) => Some(Credentials { username: p.username, password }),
+            (true, Some(password)) => Some(Credentials {
+                username: p.username,
+                password,
+            }),
             _ => None,
         };
         // Read back through the scoped query so the answer carries the team name.
-        let instance = self.store.instance_get(&scope(caller), &id).await?.unwrap_or(instance);
-        Ok(Launched { instance, task_id, credentials })
+        let instance = self
+            .store
+            .instance_get(&scope(caller), &id)
+            .await?
+            .unwrap_or(instance);
+        Ok(Launched {
+            instance,
+            task_id,
+            credentials,
+        })
     }
 }
 
-fn candidates(hosts: &[HostRow], region: &str, r: &Resources, gpu_model: Option<&str>) -> Vec<HostRow> {
+fn candidates(
+    hosts: &[HostRow],
+    region: &str,
+    r: &Resources,
+    gpu_model: Option<&str>,
+) -> Vec<HostRow> {
     let free: Vec<_> = hosts.iter().map(HostRow::as_free).collect();
     placement_order(&free, region, r, gpu_model)
         .into_iter()
@@ -296,9 +384,16 @@ fn candidates(hosts: &[HostRow], region: &str, r: &Resources, gpu_model: Option<
 
 /// Username and password after template defaults; Windows gets a generated password when the
 /// request has none (returned once, in `credentials`).
-fn credentials(t: &Option<Template>, username: Option<String>, password: Option<String>) -> (String, Option<String>, bool) {
+fn credentials(
+    t: &Option<Template>,
+    username: Option<String>,
+    password: Option<String>,
+) -> (String, Option<String>, bool) {
     let windows = t.as_ref().is_some_and(Template::is_windows);
-    let default_user = t.as_ref().and_then(|t| t.default_username.clone()).unwrap_or_else(|| "ubuntu".into());
+    let default_user = t
+        .as_ref()
+        .and_then(|t| t.default_username.clone())
+        .unwrap_or_else(|| "ubuntu".into());
     let username = username.unwrap_or(default_user);
     match password {
         Some(p) => (username, Some(p), false),
@@ -307,7 +402,11 @@ fn credentials(t: &Option<Template>, username: Option<String>, password: Option<
     }
 }
 
-fn auth_method_required(t: &Option<Template>, ssh_key: &Option<String>, password: &Option<String>) -> Result<(), Error> {
+fn auth_method_required(
+    t: &Option<Template>,
+    ssh_key: &Option<String>,
+    password: &Option<String>,
+) -> Result<(), Error> {
     let windows = t.as_ref().is_some_and(Template::is_windows);
     if windows || ssh_key.is_some() || password.is_some() {
         return Ok(());

@@ -52,7 +52,14 @@ impl App {
             engine_cfg,
             Arc::clone(&wake),
         );
-        Ok(Arc::new(App { store, fleet, driver, clock, engine, wake }))
+        Ok(Arc::new(App {
+            store,
+            fleet,
+            driver,
+            clock,
+            engine,
+            wake,
+        }))
     }
 
     /// Makes the database's hosts and IP pools match the configured fleet. `serve` does this on

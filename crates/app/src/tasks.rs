@@ -9,7 +9,10 @@ use lobster_store::{TaskFilter, TaskRow};
 impl App {
     pub async fn task_get(&self, caller: &Caller, id: &str) -> Result<TaskRow, Error> {
         caller.require(Permission::Read)?;
-        self.store.task_get(&scope(caller), id).await?.ok_or_else(|| Error::not_found("task", id))
+        self.store
+            .task_get(&scope(caller), id)
+            .await?
+            .ok_or_else(|| Error::not_found("task", id))
     }
 
     /// Tasks of the last `days` days, newest first, at most `limit`; and the total matching.

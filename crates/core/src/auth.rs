@@ -98,7 +98,10 @@ mod tests {
         let v = caller(Role::Viewer, false);
         assert!(v.can(Permission::Read));
         assert!(!v.can(Permission::InstanceWrite));
-        assert!(matches!(v.require(Permission::InstanceWrite), Err(Error::Forbidden { .. })));
+        assert!(matches!(
+            v.require(Permission::InstanceWrite),
+            Err(Error::Forbidden { .. })
+        ));
     }
 
     #[test]

@@ -122,12 +122,35 @@ mod tests {
 
     #[test]
     fn custom_rules() {
-        assert!(custom_shape_problems(&Resources { cores: 16, memory_gb: 64, disk_gb: 200, gpus: 2 }).is_empty());
-        assert!(custom_shape_problems(&Resources { cores: 1, memory_gb: 8, disk_gb: 40, gpus: 0 }).is_empty());
-        let p = custom_shape_problems(&Resources { cores: 6, memory_gb: 9, disk_gb: 39, gpus: 9 });
+        assert!(custom_shape_problems(&Resources {
+            cores: 16,
+            memory_gb: 64,
+            disk_gb: 200,
+            gpus: 2
+        })
+        .is_empty());
+        assert!(custom_shape_problems(&Resources {
+            cores: 1,
+            memory_gb: 8,
+            disk_gb: 40,
+            gpus: 0
+        })
+        .is_empty());
+        let p = custom_shape_problems(&Resources {
+            cores: 6,
+            memory_gb: 9,
+            disk_gb: 39,
+            gpus: 9,
+        });
         let fields: Vec<_> = p.iter().map(|(f, _)| *f).collect();
         assert_eq!(fields, ["cores", "memory", "disk_size", "gpu_count"]);
-        assert!(!custom_shape_problems(&Resources { cores: 128, memory_gb: 8, disk_gb: 40, gpus: 0 }).is_empty());
+        assert!(!custom_shape_problems(&Resources {
+            cores: 128,
+            memory_gb: 8,
+            disk_gb: 40,
+            gpus: 0
+        })
+        .is_empty());
     }
 
     #[test]
@@ -147,7 +170,10 @@ mod tests {
 
     #[test]
     fn cpu_requests_prefer_cpu_hosts() {
-        let hosts = vec![host("gpu", "r", Some("A4000"), 64, 4), host("cpu", "r", None, 64, 0)];
+        let hosts = vec![
+            host("gpu", "r", Some("A4000"), 64, 4),
+            host("cpu", "r", None, 64, 0),
+        ];
         let order: Vec<_> = placement_order(&hosts, "r", &shape(4, 0), None)
             .iter()
             .map(|h| h.host_id.as_str())

@@ -23,7 +23,8 @@ impl Timestamp {
     pub fn rfc3339(self) -> String {
         let secs = self.0.div_euclid(1000);
         let dt = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        dt.format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+        dt.format(&Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
     }
 
     /// Parses RFC 3339 / ISO 8601 date-times with an offset (`Z` or `+hh:mm`).
@@ -79,7 +80,10 @@ mod tests {
 
     #[test]
     fn formats_utc_with_z() {
-        assert_eq!(Timestamp(1_705_314_600_000).rfc3339(), "2024-01-15T10:30:00Z");
+        assert_eq!(
+            Timestamp(1_705_314_600_000).rfc3339(),
+            "2024-01-15T10:30:00Z"
+        );
     }
 
     #[test]

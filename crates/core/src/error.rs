@@ -71,6 +71,9 @@ pub enum Error {
         message: String,
         details: Option<Value>,
     },
+    /// The request body exceeds the size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -99,7 +102,11 @@ impl Error {
         }
     }
 
-    pub fn bad_request_with(code: &'static str, message: impl Into<String>, details: Value) -> Self {
+    pub fn bad_request_with(
+        code: &'static str,
+        message: impl Into<String>,
+        details: Value,
+    ) -> Self {
         Error::BadRequest {
             code,
             message: message.into(),

@@ -164,7 +164,9 @@ impl Fleet {
 
     pub fn custom_price(&self, r: &Resources) -> i64 {
         let p = &self.custom_pricing;
-        r.cores * p.cents_per_vcpu + (r.memory_gb + 7) / 8 * p.cents_per_8gb_memory + r.gpus * p.cents_per_gpu
+        r.cores * p.cents_per_vcpu
+            + (r.memory_gb + 7) / 8 * p.cents_per_8gb_memory
+            + r.gpus * p.cents_per_gpu
     }
 
     /// Checks references and pools; returns every problem found.
@@ -178,13 +180,35 @@ impl Fleet {
                 }
             }
         };
-        dup(self.regions.iter().map(|r| r.name.as_str()).collect(), "region", &mut errs);
-        dup(self.hosts.iter().map(|h| h.id.as_str()).collect(), "host", &mut errs);
-        dup(self.instance_types.iter().map(|t| t.name.as_str()).collect(), "instance type", &mut errs);
-        dup(self.templates.iter().map(|t| t.name.as_str()).collect(), "template", &mut errs);
+        dup(
+            self.regions.iter().map(|r| r.name.as_str()).collect(),
+            "region",
+            &mut errs,
+        );
+        dup(
+            self.hosts.iter().map(|h| h.id.as_str()).collect(),
+            "host",
+            &mut errs,
+        );
+        dup(
+            self.instance_types
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect(),
+            "instance type",
+            &mut errs,
+        );
+        dup(
+            self.templates.iter().map(|t| t.name.as_str()).collect(),
+            "template",
+            &mut errs,
+        );
         for h in &self.hosts {
             if self.region(&h.region).is_none() {
-                errs.push(format!("host {:?} names unknown region {:?}", h.id, h.region));
+                errs.push(format!(
+                    "host {:?} names unknown region {:?}",
+                    h.id, h.region
+                ));
             }
             if h.gpus > 0 && h.gpu_model.is_none() {
                 errs.push(format!("host {:?} has GPUs but no gpu_model", h.id));
@@ -231,7 +255,15 @@ impl Fleet {
             uri: None,
             hostname: Some(format!("{id}.lobster.local")),
         };
-        let ty = |name: &str, desc: &str, gdesc: Option<&str>, price, v, m, s, g, model: Option<&str>| InstanceType {
+        let ty = |name: &str,
+                  desc: &str,
+                  gdesc: Option<&str>,
+                  price,
+                  v,
+                  m,
+                  s,
+                  g,
+                  model: Option<&str>| InstanceType {
             name: name.into(),
             description: desc.into(),
             gpu_description: gdesc.map(Into::into),
@@ -252,8 +284,20 @@ impl Fleet {
         };
         Fleet {
             regions: vec![
-                region("us-east-1", "Wilmington, DE", "Wilmington", "DE", "192.0.2.0/24"),
-                region("us-east-dev", "Philadelphia, PA", "Philadelphia", "PA", "198.51.100.0/24"),
+                region(
+                    "us-east-1",
+                    "Wilmington, DE",
+                    "Wilmington",
+                    "DE",
+                    "192.0.2.0/24",
+                ),
+                region(
+                    "us-east-dev",
+                    "Philadelphia, PA",
+                    "Philadelphia",
+                    "PA",
+                    "198.51.100.0/24",
+                ),
                 region("igl", "Chicago, IL", "Chicago", "IL", "203.0.113.0/24"),
             ],
             hosts: vec![
@@ -264,19 +308,117 @@ impl Fleet {
                 host("igl-gpu-01", "igl", 128, 512, 4096, 8, Some("A4000")),
             ],
             instance_types: vec![
-                ty("v1_cpu_small", "CPU Only Instance", Some("N/A - CPU Only"), 3, 2, 8, 100, 0, None),
-                ty("v1_cpu_medium", "CPU Only Instance", Some("N/A - CPU Only"), 6, 4, 16, 250, 0, None),
-                ty("gpu_1x_a4000", "Single GPU Instance", Some("NVIDIA RTX A4000 (16GB VRAM)"), 45, 8, 32, 250, 1, Some("A4000")),
-                ty("gpu_1x_a5000", "Single GPU Instance", Some("NVIDIA RTX A5000 (24GB VRAM)"), 60, 8, 32, 250, 1, Some("A5000")),
-                ty("gpu_1x_a6000", "Single GPU Instance", Some("NVIDIA RTX A6000 (48GB VRAM)"), 80, 12, 64, 500, 1, Some("A6000")),
-                ty("gpu_2x_a4000", "Multi GPU Instance", Some("2x NVIDIA RTX A4000 (16GB VRAM)"), 90, 16, 64, 500, 2, Some("A4000")),
-                ty("gpu_4x_a5000", "Multi GPU Instance", Some("4x NVIDIA RTX A5000 (24GB VRAM)"), 240, 32, 128, 1000, 4, Some("A5000")),
+                ty(
+                    "v1_cpu_small",
+                    "CPU Only Instance",
+                    Some("N/A - CPU Only"),
+                    3,
+                    2,
+                    8,
+                    100,
+                    0,
+                    None,
+                ),
+                ty(
+                    "v1_cpu_medium",
+                    "CPU Only Instance",
+                    Some("N/A - CPU Only"),
+                    6,
+                    4,
+                    16,
+                    250,
+                    0,
+                    None,
+                ),
+                ty(
+                    "gpu_1x_a4000",
+                    "Single GPU Instance",
+                    Some("NVIDIA RTX A4000 (16GB VRAM)"),
+                    45,
+                    8,
+                    32,
+                    250,
+                    1,
+                    Some("A4000"),
+                ),
+                ty(
+                    "gpu_1x_a5000",
+                    "Single GPU Instance",
+                    Some("NVIDIA RTX A5000 (24GB VRAM)"),
+                    60,
+                    8,
+                    32,
+                    250,
+                    1,
+                    Some("A5000"),
+                ),
+                ty(
+                    "gpu_1x_a6000",
+                    "Single GPU Instance",
+                    Some("NVIDIA RTX A6000 (48GB VRAM)"),
+                    80,
+                    12,
+                    64,
+                    500,
+                    1,
+                    Some("A6000"),
+                ),
+                ty(
+                    "gpu_2x_a4000",
+                    "Multi GPU Instance",
+                    Some("2x NVIDIA RTX A4000 (16GB VRAM)"),
+                    90,
+                    16,
+                    64,
+                    500,
+                    2,
+                    Some("A4000"),
+                ),
+                ty(
+                    "gpu_4x_a5000",
+                    "Multi GPU Instance",
+                    Some("4x NVIDIA RTX A5000 (24GB VRAM)"),
+                    240,
+                    32,
+                    128,
+                    1000,
+                    4,
+                    Some("A5000"),
+                ),
             ],
             templates: vec![
-                tpl("UBUNTU-22-04", 100, "Ubuntu 22.04 Server", "linux", false, None),
-                tpl("UBUNTU-22-04-NV", 101, "Ubuntu 22.04 + NVIDIA", "linux", true, None),
-                tpl("UBUNTU-22-04-NV-DK", 102, "Ubuntu 22.04 + NVIDIA + Docker", "linux", true, None),
-                tpl("WIN10", 103, "Windows 10 (Cloudbase-Init)", "windows", true, Some("bluelobster")),
+                tpl(
+                    "UBUNTU-22-04",
+                    100,
+                    "Ubuntu 22.04 Server",
+                    "linux",
+                    false,
+                    None,
+                ),
+                tpl(
+                    "UBUNTU-22-04-NV",
+                    101,
+                    "Ubuntu 22.04 + NVIDIA",
+                    "linux",
+                    true,
+                    None,
+                ),
+                tpl(
+                    "UBUNTU-22-04-NV-DK",
+                    102,
+                    "Ubuntu 22.04 + NVIDIA + Docker",
+                    "linux",
+                    true,
+                    None,
+                ),
+                tpl(
+                    "WIN10",
+                    103,
+                    "Windows 10 (Cloudbase-Init)",
+                    "windows",
+                    true,
+                    Some("bluelobster"),
+                ),
             ],
             default_gpu_template: default_gpu_template(),
             default_cpu_template: default_cpu_template(),
@@ -320,7 +462,12 @@ mod tests {
     #[test]
     fn custom_price_rounds_memory_up() {
         let f = Fleet::demo();
-        let r = Resources { cores: 4, memory_gb: 12, disk_gb: 100, gpus: 1 };
+        let r = Resources {
+            cores: 4,
+            memory_gb: 12,
+            disk_gb: 100,
+            gpus: 1,
+        };
         assert_eq!(f.custom_price(&r), 4 + 2 + 40);
     }
 }

@@ -25,7 +25,14 @@ pub fn new_uuid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex(&b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 pub fn new_instance_id() -> String {
@@ -65,7 +72,11 @@ pub fn new_password(len: usize) -> String {
     let mut rng = rand::thread_rng();
     let mut out: Vec<u8> = (0..len)
         .map(|i| {
-            let set = sets[if i < 4 { i } else { (rng.next_u32() % 4) as usize }];
+            let set = sets[if i < 4 {
+                i
+            } else {
+                (rng.next_u32() % 4) as usize
+            }];
             set[(rng.next_u32() as usize) % set.len()]
         })
         .collect();

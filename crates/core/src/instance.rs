@@ -134,7 +134,10 @@ mod tests {
         assert!(check_mutable(InstanceStatus::Rented, false, "x").is_ok());
         assert!(matches!(
             check_mutable(InstanceStatus::Rented, true, "x"),
-            Err(Error::Conflict { code: "operation_in_progress", .. })
+            Err(Error::Conflict {
+                code: "operation_in_progress",
+                ..
+            })
         ));
         assert!(matches!(
             check_mutable(InstanceStatus::Creating, true, "x"),
@@ -142,7 +145,10 @@ mod tests {
         ));
         assert!(matches!(
             check_mutable(InstanceStatus::Terminating, true, "x"),
-            Err(Error::BadRequest { code: "invalid_state", .. })
+            Err(Error::BadRequest {
+                code: "invalid_state",
+                ..
+            })
         ));
         assert!(matches!(
             check_mutable(InstanceStatus::Deleted, false, "x"),

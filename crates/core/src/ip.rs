@@ -18,7 +18,9 @@ pub fn parse_pool(spec: &str) -> Result<Vec<Ipv4Addr>, String> {
         .split_once('/')
         .ok_or_else(|| format!("pool {spec:?} is neither CIDR nor a range"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
-    let prefix: u32 = prefix.parse().map_err(|_| format!("bad prefix {prefix:?}"))?;
+    let prefix: u32 = prefix
+        .parse()
+        .map_err(|_| format!("bad prefix {prefix:?}"))?;
     if !(12..=30).contains(&prefix) {
         return Err(format!("prefix /{prefix} out of range 12..=30"));
     }
@@ -42,7 +44,16 @@ mod tests {
     fn cidr_skips_network_gateway_broadcast() {
         let p = parse_pool("192.0.2.0/29").unwrap();
         let s: Vec<String> = p.iter().map(|a| a.to_string()).collect();
-        assert_eq!(s, ["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6"]);
+        assert_eq!(
+            s,
+            [
+                "192.0.2.2",
+                "192.0.2.3",
+                "192.0.2.4",
+                "192.0.2.5",
+                "192.0.2.6"
+            ]
+        );
     }
 
     #[test]

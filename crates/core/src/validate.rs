@@ -11,17 +11,26 @@ pub const SSH_KEY_PATTERN: &str = "^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp256|ecd
 pub const TEMPLATE_PATTERN: &str = "^[A-Z0-9-]+$";
 
 fn pattern_mismatch(p: &str) -> (&'static str, String) {
-    ("string_pattern_mismatch", format!("String should match pattern '{p}'"))
+    (
+        "string_pattern_mismatch",
+        format!("String should match pattern '{p}'"),
+    )
 }
 
 pub fn length(s: &str, min: usize, max: usize) -> Check {
     let n = s.chars().count();
     if n < min {
         let unit = if min == 1 { "character" } else { "characters" };
-        return Err(("string_too_short", format!("String should have at least {min} {unit}")));
+        return Err((
+            "string_too_short",
+            format!("String should have at least {min} {unit}"),
+        ));
     }
     if n > max {
-        return Err(("string_too_long", format!("String should have at most {max} characters")));
+        return Err((
+            "string_too_long",
+            format!("String should have at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -44,8 +53,7 @@ pub fn instance_name(s: &str) -> Check {
 /// Rename rule: 3-64 characters of letters, digits, hyphen and underscore.
 pub fn display_name(s: &str) -> bool {
     (3..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
@@ -109,8 +117,7 @@ fn ssh_key_matches(s: &str) -> bool {
 
 pub fn template_name(s: &str) -> Check {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-')
     {
         Ok(())
@@ -132,7 +139,10 @@ mod tests {
         assert!(instance_name("ab-").is_err());
         assert!(instance_name("a_b").is_err());
         assert_eq!(instance_name("").unwrap_err().0, "string_too_short");
-        assert_eq!(instance_name(&"a".repeat(65)).unwrap_err().0, "string_too_long");
+        assert_eq!(
+            instance_name(&"a".repeat(65)).unwrap_err().0,
+            "string_too_long"
+        );
         assert!(instance_name(&"a".repeat(64)).is_ok());
     }
 

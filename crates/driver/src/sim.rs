@@ -38,7 +38,14 @@ pub struct SimDelays {
 
 impl SimDelays {
     pub fn zero() -> Self {
-        SimDelays { create: 0, start: 0, shutdown: 0, stop: 0, reboot: 0, destroy: 0 }
+        SimDelays {
+            create: 0,
+            start: 0,
+            shutdown: 0,
+            stop: 0,
+            reboot: 0,
+            destroy: 0,
+        }
     }
 
     fn of(&self, op: Op) -> u64 {
@@ -56,7 +63,14 @@ impl SimDelays {
 impl Default for SimDelays {
     /// Roughly what a small VM on a real host takes, scaled down so the demo feels alive.
     fn default() -> Self {
-        SimDelays { create: 3000, start: 800, shutdown: 1500, stop: 200, reboot: 1500, destroy: 800 }
+        SimDelays {
+            create: 3000,
+            start: 800,
+            shutdown: 1500,
+            stop: 200,
+            reboot: 1500,
+            destroy: 800,
+        }
     }
 }
 
@@ -72,14 +86,22 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { delays_ms: SimDelays::default(), failure_rate: 0.0, seed: 1 }
+        SimConfig {
+            delays_ms: SimDelays::default(),
+            failure_rate: 0.0,
+            seed: 1,
+        }
     }
 }
 
 impl SimConfig {
     /// No latency, no random failures: what the test suites use.
     pub fn instant() -> Self {
-        SimConfig { delays_ms: SimDelays::zero(), failure_rate: 0.0, seed: 1 }
+        SimConfig {
+            delays_ms: SimDelays::zero(),
+            failure_rate: 0.0,
+            seed: 1,
+        }
     }
 }
 
@@ -115,13 +137,20 @@ pub struct SimDriver {
 impl SimDriver {
     pub fn new(cfg: SimConfig) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed);
-        SimDriver { cfg, rng: Mutex::new(rng), state: Mutex::new(SimState::default()) }
+        SimDriver {
+            cfg,
+            rng: Mutex::new(rng),
+            state: Mutex::new(SimState::default()),
+        }
     }
 
     /// Makes the next `n` calls of `op` fail; `transient` decides whether retrying may help.
     pub fn fail_next(&self, op: Op, n: usize, when: FailWhen, transient: bool) {
         let mut st = self.state.lock().unwrap();
-        st.scripted.entry(op).or_default().extend(std::iter::repeat_n((when, transient), n));
+        st.scripted
+            .entry(op)
+            .or_default()
+            .extend(std::iter::repeat_n((when, transient), n));
     }
 
     pub fn vm(&self, host: &str, vm: &str) -> Option<SimVm> {
@@ -166,7 +195,9 @@ impl SimDriver {
         if self.cfg.failure_rate > 0.0 {
             let roll: f64 = self.rng.lock().unwrap().gen();
             if roll < self.cfg.failure_rate {
-                return Err(DriverError::Transient(format!("sim: injected {op:?} failure")));
+                return Err(DriverError::Transient(format!(
+                    "sim: injected {op:?} failure"
+                )));
             }
         }
         match self.scripted(op) {
@@ -175,7 +206,12 @@ impl SimDriver {
         }
     }
 
-    fn with_vm<T>(&self, host: &Host, vm: &str, f: impl FnOnce(&mut SimVm) -> T) -> DriverResult<T> {
+    fn with_vm<T>(
+        &self,
+        host: &Host,
+        vm: &str,
+        f: impl FnOnce(&mut SimVm) -> T,
+    ) -> DriverResult<T> {
         let mut st = self.state.lock().unwrap();
         let v = st
             .hosts
@@ -239,9 +275,16 @@ impl Hypervisor for SimDriver {
                     used.gpus += vm.spec.resources.gpus;
                 }
                 if !used.fits_in(&host.capacity()) {
-                    return Err(DriverError::Permanent(format!("sim: host {} is out of capacity", host.id)));
+                    return Err(DriverError::Permanent(format!(
+                        "sim: host {} is out of capacity",
+                        host.id
+                    )));
                 }
-                let vm = SimVm { spec: spec.clone(), power: PowerStatus::Stopped, boots: 0 };
+                let vm = SimVm {
+                    spec: spec.clone(),
+                    power: PowerStatus::Stopped,
+                    boots: 0,
+                };
                 vms.insert(spec.id.clone(), vm);
             }
         }
@@ -253,7 +296,8 @@ impl Hypervisor for SimDriver {
     }
 
     async fn shutdown(&self, host: &Host, vm: &str) -> DriverResult<()> {
-        self.power(Op::Shutdown, host, vm, PowerStatus::Stopped).await
+        self.power(Op::Shutdown, host, vm, PowerStatus::Stopped)
+            .await
     }
 
     async fn stop(&self, host: &Host, vm: &str) -> DriverResult<()> {
@@ -277,7 +321,11 @@ impl Hypervisor for SimDriver {
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {
         let st = self.state.lock().unwrap();
-        Ok(st.hosts.get(&host.id).and_then(|h| h.get(vm)).map(|v| v.power))
+        Ok(st
+            .hosts
+            .get(&host.id)
+            .and_then(|h| h.get(vm))
+            .map(|v| v.power))
     }
 }
 
@@ -290,7 +338,12 @@ mod tests {
         VmSpec {
             id: id.into(),
             hostname: id.into(),
-            resources: Resources { cores, memory_gb: 8, disk_gb: 40, gpus: 0 },
+            resources: Resources {
+                cores,
+                memory_gb: 8,
+                disk_gb: 40,
+                gpus: 0,
+            },
             gpu_model: None,
             template: Some("UBUNTU-22-04".into()),
             iso_url: None,
@@ -312,9 +365,15 @@ mod tests {
         d.create(&h, &spec("a", 4)).await.unwrap();
         d.create(&h, &spec("a", 4)).await.unwrap();
         assert_eq!(d.vm_count(), 1);
-        assert_eq!(d.power_state(&h, "a").await.unwrap(), Some(PowerStatus::Stopped));
+        assert_eq!(
+            d.power_state(&h, "a").await.unwrap(),
+            Some(PowerStatus::Stopped)
+        );
         d.start(&h, "a").await.unwrap();
-        assert_eq!(d.power_state(&h, "a").await.unwrap(), Some(PowerStatus::Running));
+        assert_eq!(
+            d.power_state(&h, "a").await.unwrap(),
+            Some(PowerStatus::Running)
+        );
     }
 
     #[tokio::test]
@@ -342,7 +401,11 @@ mod tests {
         let d = SimDriver::new(SimConfig::instant());
         let h = host();
         d.fail_next(Op::Create, 1, FailWhen::Before, true);
-        assert!(d.create(&h, &spec("a", 4)).await.unwrap_err().is_transient());
+        assert!(d
+            .create(&h, &spec("a", 4))
+            .await
+            .unwrap_err()
+            .is_transient());
         assert_eq!(d.vm_count(), 0, "failed before: no effect");
         d.fail_next(Op::Create, 1, FailWhen::After, true);
         assert!(d.create(&h, &spec("a", 4)).await.is_err());
@@ -352,7 +415,10 @@ mod tests {
 
     #[tokio::test]
     async fn random_failures_follow_the_seed() {
-        let cfg = SimConfig { failure_rate: 0.5, ..SimConfig::instant() };
+        let cfg = SimConfig {
+            failure_rate: 0.5,
+            ..SimConfig::instant()
+        };
         let run = || async {
             let d = SimDriver::new(cfg.clone());
             let mut out = vec![];

@@ -27,7 +27,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workers: 4, lease_ms: 30_000, poll_ms: 500, max_attempts: 5 }
+        EngineConfig {
+            workers: 4,
+            lease_ms: 30_000,
+            poll_ms: 500,
+            max_attempts: 5,
+        }
     }
 }
 
@@ -62,7 +67,16 @@ impl Engine {
         wake: Arc<Notify>,
     ) -> Arc<Engine> {
         let worker_id = format!("w-{}", lobster_core::ids::new_uuid());
-        Arc::new(Engine { store, driver, fleet, clock, cfg, worker_id, wake, last_poll: AtomicI64::new(0) })
+        Arc::new(Engine {
+            store,
+            driver,
+            fleet,
+            clock,
+            cfg,
+            worker_id,
+            wake,
+            last_poll: AtomicI64::new(0),
+        })
     }
 
     pub fn worker_id(&self) -> &str {
@@ -84,7 +98,11 @@ impl Engine {
     /// Claims and runs one task; false when nothing was claimable.
     pub async fn run_once(&self) -> Result<bool, Error> {
         let now = self.clock.now().millis();
-        let Some(task) = self.store.task_claim(&self.worker_id, now, self.cfg.lease_ms).await? else {
+        let Some(task) = self
+            .store
+            .task_claim(&self.worker_id, now, self.cfg.lease_ms)
+            .await?
+        else {
             return Ok(false);
         };
         self.run_claimed(task).await?;
@@ -103,7 +121,9 @@ impl Engine {
     /// Claims a task and drops it without finishing, as a worker killed mid-task would.
     pub async fn claim_and_abandon(&self) -> Result<Option<TaskRow>, Error> {
         let now = self.clock.now().millis();
-        self.store.task_claim(&self.worker_id, now, self.cfg.lease_ms).await
+        self.store
+            .task_claim(&self.worker_id, now, self.cfg.lease_ms)
+            .await
     }
 
     async fn run_claimed(&self, task: TaskRow) -> Result<(), Error> {
@@ -140,7 +160,9 @@ impl Engine {
             Outcome::Retry(msg) => {
                 let now = self.clock.now().millis();
                 let at = now + backoff_ms(task.attempts);
-                self.store.task_retry(&task.id, &self.worker_id, at, &msg, now).await?;
+                self.store
+                    .task_retry(&task.id, &self.worker_id, at, &msg, now)
+                    .await?;
                 Ok(())
             }
         }
@@ -150,7 +172,10 @@ impl Engine {
     pub(crate) fn on_driver_error(&self, task: &TaskRow, what: &str, e: DriverError) -> Outcome {
         let msg = format!("{what}: {e}");
         if e.is_transient() && task.attempts < task.max_attempts {
-            Outcome::Retry(format!("{msg} (attempt {} of {}, will retry)", task.attempts, task.max_attempts))
+            Outcome::Retry(format!(
+                "{msg} (attempt {} of {}, will retry)",
+                task.attempts, task.max_attempts
+            ))
         } else {
             Outcome::Fail(msg)
         }
@@ -158,7 +183,10 @@ impl Engine {
 
     /// Background workers: each claims tasks until none is due, then waits for a wake-up or
     /// the poll interval. They stop when `shutdown` turns true.
-    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.cfg.workers.max(1))
             .map(|_| {
                 let engine = Arc::clone(self);
@@ -168,7 +196,9 @@ impl Engine {
                         if *stop.borrow() {
                             return;
                         }
-                        engine.last_poll.store(engine.clock.now().millis().max(1), Ordering::Relaxed);
+                        engine
+                            .last_poll
+                            .store(engine.clock.now().millis().max(1), Ordering::Relaxed);
                         match engine.run_once().await {
                             Ok(true) => continue,
                             Ok(false) => {}

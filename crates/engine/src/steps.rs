@@ -31,7 +31,11 @@ fn spec(i: &InstanceRow) -> VmSpec {
 impl Engine {
     async fn progress(&self, task: &TaskRow, message: &str) {
         let now = self.clock.now().millis();
-        if let Err(e) = self.store.task_progress(&task.id, &self.worker_id, message, now).await {
+        if let Err(e) = self
+            .store
+            .task_progress(&task.id, &self.worker_id, message, now)
+            .await
+        {
             tracing::warn!(task = %task.id, "progress: {e}");
         }
     }
@@ -39,17 +43,18 @@ impl Engine {
     async fn target(&self, task: &TaskRow) -> Result<(TaskKind, InstanceRow, Host), Outcome> {
         let kind = TaskKind::parse(&task.operation)
             .ok_or_else(|| Outcome::Fail(format!("unknown operation {:?}", task.operation)))?;
-        let id = task.instance_id.as_deref().ok_or_else(|| Outcome::Fail("task names no instance".into()))?;
+        let id = task
+            .instance_id
+            .as_deref()
+            .ok_or_else(|| Outcome::Fail("task names no instance".into()))?;
         let inst = match self.store.instance_by_id(id).await {
             Ok(Some(i)) => i,
             Ok(None) => return Err(Outcome::Fail(format!("instance {id} does not exist"))),
             Err(e) => return Err(Outcome::Retry(format!("database: {e}"))),
         };
-        let host = self
-            .fleet
-            .host(&inst.host_id)
-            .cloned()
-            .ok_or_else(|| Outcome::Fail(format!("host {} is no longer configured", inst.host_id)))?;
+        let host = self.fleet.host(&inst.host_id).cloned().ok_or_else(|| {
+            Outcome::Fail(format!("host {} is no longer configured", inst.host_id))
+        })?;
         Ok((kind, inst, host))
     }
 
@@ -115,22 +120,32 @@ impl Engine {
                             let m = format!("{msg}; cleaning up: {e}");
                             let now = self.clock.now().millis();
                             let at = now + lobster_core::task::backoff_ms(task.attempts);
-                            self.store.task_retry(&task.id, &self.worker_id, at, &m, now).await?;
+                            self.store
+                                .task_retry(&task.id, &self.worker_id, at, &m, now)
+                                .await?;
                             return Ok(());
                         }
                         tracing::error!(vm = %inst.id, host = %host.id, "leaving a VM behind after failed create: {e}");
                     }
                 }
                 (TaskKind::Power(_), false) => {
-                    power_after_failure = self.driver.power_state(host, &inst.id).await.ok().flatten();
+                    power_after_failure =
+                        self.driver.power_state(host, &inst.id).await.ok().flatten();
                 }
                 _ => {}
             }
         }
         let now = self.clock.now().millis();
-        let status = if ok { TaskStatus::Completed } else { TaskStatus::Failed };
+        let status = if ok {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Failed
+        };
         let mut tx = self.store.begin().await?;
-        if !tx.task_finish(&task.id, &self.worker_id, status.as_str(), msg, now).await? {
+        if !tx
+            .task_finish(&task.id, &self.worker_id, status.as_str(), msg, now)
+            .await?
+        {
             return Ok(()); // lease lost: the new holder finishes it; dropping tx rolls back.
         }
         if let (Some(kind), Some(inst)) = (kind, inst) {
@@ -151,10 +166,12 @@ impl Engine {
                     tx.instance_unclaim(id, t, "rented", now).await?;
                 }
                 (TaskKind::Power(op), true) => {
-                    tx.instance_release(id, t, Some(op.result().as_str()), now).await?;
+                    tx.instance_release(id, t, Some(op.result().as_str()), now)
+                        .await?;
                 }
                 (TaskKind::Power(_), false) => {
-                    tx.instance_release(id, t, power_after_failure.map(|p| p.as_str()), now).await?;
+                    tx.instance_release(id, t, power_after_failure.map(|p| p.as_str()), now)
+                        .await?;
                 }
             }
         }

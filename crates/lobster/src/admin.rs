@@ -24,7 +24,9 @@ pub enum AdminCmd {
 #[derive(Debug, Subcommand)]
 pub enum AccountCmd {
     /// Creates an account and prints its id.
-    Create { name: String },
+    Create {
+        name: String,
+    },
     List,
 }
 
@@ -70,7 +72,8 @@ pub enum TeamCmd {
 }
 
 fn ts(ms: Option<i64>) -> String {
-    ms.map(|t| Timestamp(t).rfc3339()).unwrap_or_else(|| "-".into())
+    ms.map(|t| Timestamp(t).rfc3339())
+        .unwrap_or_else(|| "-".into())
 }
 
 pub async fn run(cfg: Config, cmd: AdminCmd) -> Result<(), String> {
@@ -88,22 +91,55 @@ pub async fn run(cfg: Config, cmd: AdminCmd) -> Result<(), String> {
                 println!("{}\t{}\t{}", a.id, a.name, ts(Some(a.created_at)));
             }
         }
-        AdminCmd::Key(KeyCmd::Create { account, role, staff, team, expires_in_days, name }) => {
-            let k = NewKey { account, role: Some(role), staff, team, expires_in_days, name };
+        AdminCmd::Key(KeyCmd::Create {
+            account,
+            role,
+            staff,
+            team,
+            expires_in_days,
+            name,
+        }) => {
+            let k = NewKey {
+                account,
+                role: Some(role),
+                staff,
+                team,
+                expires_in_days,
+                name,
+            };
             let (row, secret) = app.key_create(k).await.map_err(e)?;
-            println!("key {} for account {} (role {}{}{})", row.id, row.account_id, row.role,
+            println!(
+                "key {} for account {} (role {}{}{})",
+                row.id,
+                row.account_id,
+                row.role,
                 if row.staff { ", staff" } else { "" },
-                row.team_id.as_deref().map(|t| format!(", team {t}")).unwrap_or_default());
+                row.team_id
+                    .as_deref()
+                    .map(|t| format!(", team {t}"))
+                    .unwrap_or_default()
+            );
             println!("Store it now; it is not shown again:");
             println!("{secret}");
         }
         AdminCmd::Key(KeyCmd::List { account }) => {
             for k in app.key_list(account.as_deref()).await.map_err(e)? {
-                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!(
                     "{}\t{}…\t{}\t{}\t{}\tstaff={}\tteam={}\texpires={}\t{}",
-                    k.id, k.prefix, k.account_id, k.name, k.role, k.staff,
-                    k.team_id.as_deref().unwrap_or("-"), ts(k.expires_at), state
+                    k.id,
+                    k.prefix,
+                    k.account_id,
+                    k.name,
+                    k.role,
+                    k.staff,
+                    k.team_id.as_deref().unwrap_or("-"),
+                    ts(k.expires_at),
+                    state
                 );
             }
         }

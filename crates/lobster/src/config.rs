@@ -32,7 +32,12 @@ pub struct EngineSection {
 impl Default for EngineSection {
     fn default() -> Self {
         let d = EngineConfig::default();
-        EngineSection { workers: d.workers, lease_seconds: d.lease_ms / 1000, poll_ms: d.poll_ms, max_attempts: d.max_attempts }
+        EngineSection {
+            workers: d.workers,
+            lease_seconds: d.lease_ms / 1000,
+            poll_ms: d.poll_ms,
+            max_attempts: d.max_attempts,
+        }
     }
 }
 
@@ -73,19 +78,29 @@ pub struct Config {
     pub fleet: Fleet,
 }
 
-pub fn load(args: &CommonArgs, listen: Option<String>, driver: Option<String>) -> Result<Config, String> {
+pub fn load(
+    args: &CommonArgs,
+    listen: Option<String>,
+    driver: Option<String>,
+) -> Result<Config, String> {
     let file = match &args.config {
         Some(p) => read_file(p)?,
         None => FileConfig::default(),
     };
-    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("lobster-data"));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("lobster-data"));
     let database_url = args
         .database_url
         .clone()
         .or(file.database_url)
         .unwrap_or_else(|| format!("sqlite://{}/lobster.db", data_dir.display()));
     Ok(Config {
-        listen: listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+        listen: listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
         database_url,
         data_dir,
         driver: driver.or(file.driver).unwrap_or_else(|| "sim".into()),
@@ -96,7 +111,8 @@ pub fn load(args: &CommonArgs, listen: Option<String>, driver: Option<String>) -
 }
 
 fn read_file(p: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
 }
 
@@ -110,7 +126,8 @@ impl Config {
                 let path = path.split('?').next().unwrap_or(path);
                 if let Some(parent) = Path::new(path).parent() {
                     if !parent.as_os_str().is_empty() {
-                        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
                     }
                 }
             }
@@ -141,15 +158,25 @@ mod tests {
             "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/x\"\n[engine]\nworkers = 2\n[sim]\nfailure_rate = 0.1\n[sim.delays_ms]\ncreate = 5\n",
         )
         .unwrap();
-        let args = CommonArgs { config: Some(p.clone()), ..Default::default() };
+        let args = CommonArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
         let c = load(&args, None, None).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.database_url, "sqlite:///var/lib/x/lobster.db");
         assert_eq!(c.engine.workers, 2);
         assert_eq!(c.sim.delays_ms.create, 5);
-        let args = CommonArgs { config: Some(p), database_url: Some("postgres://db/x".into()), ..Default::default() };
+        let args = CommonArgs {
+            config: Some(p),
+            database_url: Some("postgres://db/x".into()),
+            ..Default::default()
+        };
         let c = load(&args, Some("127.0.0.1:1".into()), None).unwrap();
-        assert_eq!((c.listen.as_str(), c.database_url.as_str()), ("127.0.0.1:1", "postgres://db/x"));
+        assert_eq!(
+            (c.listen.as_str(), c.database_url.as_str()),
+            ("127.0.0.1:1", "postgres://db/x")
+        );
     }
 
     #[test]
@@ -157,7 +184,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.toml");
         std::fs::write(&p, "lisen = \"typo\"\n").unwrap();
-        let args = CommonArgs { config: Some(p), ..Default::default() };
+        let args = CommonArgs {
+            config: Some(p),
+            ..Default::default()
+        };
         assert!(load(&args, None, None).unwrap_err().contains("lisen"));
     }
 }

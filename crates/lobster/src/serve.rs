@@ -18,18 +18,30 @@ pub fn driver(cfg: &Config) -> Result<Arc<dyn Hypervisor>, String> {
 }
 
 /// Store, driver and app for `cfg`, without starting anything.
-pub async fn build(cfg: &Config, driver: Arc<dyn Hypervisor>, clock: SharedClock) -> Result<Arc<App>, String> {
+pub async fn build(
+    cfg: &Config,
+    driver: Arc<dyn Hypervisor>,
+    clock: SharedClock,
+) -> Result<Arc<App>, String> {
     cfg.prepare_storage()?;
-    let store = Store::connect(&cfg.database_url).await.map_err(|e| e.to_string())?;
-    App::new(store, driver, cfg.fleet.clone(), clock, cfg.engine.clone()).await.map_err(|e| e.to_string())
+    let store = Store::connect(&cfg.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    App::new(store, driver, cfg.fleet.clone(), clock, cfg.engine.clone())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 pub async fn run(cfg: Config) -> Result<(), String> {
     let app = build(&cfg, driver(&cfg)?, system_clock()).await?;
     app.fleet_sync().await.map_err(|e| e.to_string())?;
-    let bootstrap = std::env::var("LOBSTER_BOOTSTRAP_KEY").ok().filter(|k| !k.is_empty());
+    let bootstrap = std::env::var("LOBSTER_BOOTSTRAP_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     if let Some(key) = &bootstrap {
-        app.bootstrap_key(key).await.map_err(|e| format!("LOBSTER_BOOTSTRAP_KEY: {e}"))?;
+        app.bootstrap_key(key)
+            .await
+            .map_err(|e| format!("LOBSTER_BOOTSTRAP_KEY: {e}"))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = app.engine().spawn(stop_rx);
@@ -54,8 +66,15 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 }
 
 fn announce(cfg: &Config, addr: std::net::SocketAddr, bootstrapped: bool) {
-    let db = if cfg.database_url.starts_with("sqlite:") { cfg.database_url.clone() } else { "postgres".into() };
-    println!("lobster listening on http://{addr} (driver {}, database {db})", cfg.driver);
+    let db = if cfg.database_url.starts_with("sqlite:") {
+        cfg.database_url.clone()
+    } else {
+        "postgres".into()
+    };
+    println!(
+        "lobster listening on http://{addr} (driver {}, database {db})",
+        cfg.driver
+    );
     println!("API docs: http://{addr}/docs");
     if bootstrapped {
         println!("LOBSTER_BOOTSTRAP_KEY is an owner+staff key of account `default`.");

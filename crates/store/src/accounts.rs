@@ -71,14 +71,21 @@ const KEY_COLS: &str =
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
-            d.is_unique_violation() || d.message().contains("UNIQUE") || d.message().contains("duplicate key")
+            d.is_unique_violation()
+                || d.message().contains("UNIQUE")
+                || d.message().contains("duplicate key")
         }
         _ => false,
     }
 }
 
 impl Store {
-    pub async fn account_create(&self, id: &str, name: &str, now: i64) -> Result<AccountRow, Error> {
+    pub async fn account_create(
+        &self,
+        id: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<AccountRow, Error> {
         sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(name)
@@ -92,24 +99,30 @@ impl Store {
                     db_err(e)
                 }
             })?;
-        Ok(AccountRow { id: id.into(), name: name.into(), created_at: now })
+        Ok(AccountRow {
+            id: id.into(),
+            name: name.into(),
+            created_at: now,
+        })
     }
 
     /// Finds an account by id or by name.
     pub async fn account_find(&self, id_or_name: &str) -> Result<Option<AccountRow>, Error> {
-        let row = sqlx::query("SELECT id, name, created_at FROM accounts WHERE id = $1 OR name = $1")
-            .bind(id_or_name)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(db_err)?;
+        let row =
+            sqlx::query("SELECT id, name, created_at FROM accounts WHERE id = $1 OR name = $1")
+                .bind(id_or_name)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(db_err)?;
         row.as_ref().map(account).transpose()
     }
 
     pub async fn account_list(&self) -> Result<Vec<AccountRow>, Error> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM accounts ORDER BY created_at, name")
-            .fetch_all(self.reader())
-            .await
-            .map_err(db_err)?;
+        let rows =
+            sqlx::query("SELECT id, name, created_at FROM accounts ORDER BY created_at, name")
+                .fetch_all(self.reader())
+                .await
+                .map_err(db_err)?;
         rows.iter().map(account).collect()
     }
 
@@ -123,7 +136,10 @@ impl Store {
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    Error::conflict("already_exists", format!("team {:?} already exists", row.name))
+                    Error::conflict(
+                        "already_exists",
+                        format!("team {:?} already exists", row.name),
+                    )
                 } else {
                     db_err(e)
                 }
@@ -132,7 +148,11 @@ impl Store {
     }
 
     /// A team of the account, by id or name.
-    pub async fn team_find(&self, account_id: &str, id_or_name: &str) -> Result<Option<TeamRow>, Error> {
+    pub async fn team_find(
+        &self,
+        account_id: &str,
+        id_or_name: &str,
+    ) -> Result<Option<TeamRow>, Error> {
         let row = sqlx::query(
             "SELECT id, account_id, name, created_at FROM teams WHERE account_id = $1 AND (id = $2 OR name = $2)",
         )
@@ -197,7 +217,9 @@ impl Store {
     pub async fn key_list(&self, account_id: Option<&str>) -> Result<Vec<KeyRow>, Error> {
         let rows = match account_id {
             Some(a) => {
-                let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE account_id = $1 ORDER BY created_at, id");
+                let sql = format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE account_id = $1 ORDER BY created_at, id"
+                );
                 sqlx::query(&sql).bind(a).fetch_all(self.reader()).await
             }
             None => {

@@ -10,7 +10,10 @@ pub(crate) async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     let url = format!("sqlite://{}/t.db", dir.path().display());
     let mut out = vec![(Store::connect(&url).await.unwrap(), Some(dir))];
     if let Ok(pg) = std::env::var("LOBSTER_TEST_POSTGRES_URL") {
-        out.push((Store::connect(&fresh_pg_schema(&pg).await).await.unwrap(), None));
+        out.push((
+            Store::connect(&fresh_pg_schema(&pg).await).await.unwrap(),
+            None,
+        ));
     }
     out
 }
@@ -20,20 +23,31 @@ pub(crate) async fn fresh_pg_schema(base: &str) -> String {
     sqlx::any::install_default_drivers();
     let schema = format!("t_{}", lobster_core::ids::hex(&rand_bytes()));
     let pool = sqlx::AnyPool::connect(base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
 fn rand_bytes() -> [u8; 6] {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let b = n.to_le_bytes();
     [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
 fn res(cores: i64) -> Resources {
-    Resources { cores, memory_gb: 8, disk_gb: 40, gpus: 0 }
+    Resources {
+        cores,
+        memory_gb: 8,
+        disk_gb: 40,
+        gpus: 0,
+    }
 }
 
 #[tokio::test]
@@ -50,7 +64,13 @@ async fn reservation_never_exceeds_capacity() {
             tx.commit().await.unwrap();
         }
         assert_eq!(ok, 8);
-        let h = store.host_list().await.unwrap().into_iter().find(|h| h.id == "wil-cpu-03").unwrap();
+        let h = store
+            .host_list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|h| h.id == "wil-cpu-03")
+            .unwrap();
         assert_eq!(h.used.cores, 64);
         let mut tx = store.begin().await.unwrap();
         tx.host_release("wil-cpu-03", &res(8)).await.unwrap();
@@ -71,8 +91,17 @@ async fn fleet_sync_is_idempotent_and_keeps_reservations() {
         store.fleet_sync(&fleet).await.unwrap();
         let hosts = store.host_list().await.unwrap();
         assert_eq!(hosts.iter().find(|h| h.id == "px1").unwrap().used.cores, 4);
-        assert_eq!(hosts.iter().find(|h| h.id == "igl-gpu-01").unwrap().status, "retired");
-        let free: i64 = store.ip_free_counts().await.unwrap().iter().map(|(_, n)| n).sum();
+        assert_eq!(
+            hosts.iter().find(|h| h.id == "igl-gpu-01").unwrap().status,
+            "retired"
+        );
+        let free: i64 = store
+            .ip_free_counts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
         assert_eq!(free, 3 * 253);
     }
 }
@@ -86,14 +115,24 @@ async fn ip_allocation_is_unique_and_released() {
         let mut tx = store.begin().await.unwrap();
         let mut got = vec![];
         for i in 0..4 {
-            got.push(tx.ip_allocate("us-east-1", &format!("vm{i}"), 1).await.unwrap());
+            got.push(
+                tx.ip_allocate("us-east-1", &format!("vm{i}"), 1)
+                    .await
+                    .unwrap(),
+            );
         }
         tx.commit().await.unwrap();
         assert_eq!(got[..3].iter().flatten().count(), 3);
         assert_eq!(got[3], None, "pool exhausted");
         let mut tx = store.begin().await.unwrap();
         tx.ip_release_all("vm1").await.unwrap();
-        assert_eq!(tx.ip_allocate("us-east-1", "vm9", 2).await.unwrap().as_deref(), Some("10.9.0.2"));
+        assert_eq!(
+            tx.ip_allocate("us-east-1", "vm9", 2)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("10.9.0.2")
+        );
         tx.commit().await.unwrap();
         let held = store.ip_assignments().await.unwrap();
         assert_eq!(held.len(), 3);
@@ -122,18 +161,34 @@ async fn claim_lease_reclaim_and_finish_once() {
         tx.commit().await.unwrap();
         let a = store.task_claim("w1", 200, 1000).await.unwrap().unwrap();
         assert_eq!((a.id.as_str(), a.attempts), ("t1", 1));
-        assert!(store.task_claim("w2", 500, 1000).await.unwrap().is_none(), "leased");
+        assert!(
+            store.task_claim("w2", 500, 1000).await.unwrap().is_none(),
+            "leased"
+        );
         // w1 dies; after the lease expires w2 takes over.
         let b = store.task_claim("w2", 1300, 1000).await.unwrap().unwrap();
         assert_eq!(b.attempts, 2);
         assert!(!store.task_heartbeat("t1", "w1", 5000).await.unwrap());
         let mut tx = store.begin().await.unwrap();
-        assert!(!tx.task_finish("t1", "w1", "COMPLETED", "late", 1400).await.unwrap());
-        assert!(tx.task_finish("t1", "w2", "COMPLETED", "done", 1400).await.unwrap());
+        assert!(!tx
+            .task_finish("t1", "w1", "COMPLETED", "late", 1400)
+            .await
+            .unwrap());
+        assert!(tx
+            .task_finish("t1", "w2", "COMPLETED", "done", 1400)
+            .await
+            .unwrap());
         tx.commit().await.unwrap();
         let t = store.task_by_id("t1").await.unwrap().unwrap();
-        assert_eq!((t.status.as_str(), t.message.as_deref()), ("COMPLETED", Some("done")));
-        assert!(store.task_claim("w3", 99_999, 1000).await.unwrap().is_none());
+        assert_eq!(
+            (t.status.as_str(), t.message.as_deref()),
+            ("COMPLETED", Some("done"))
+        );
+        assert!(store
+            .task_claim("w3", 99_999, 1000)
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -144,7 +199,10 @@ async fn retry_waits_for_run_after() {
         tx.task_insert(&new_task("t1", 0)).await.unwrap();
         tx.commit().await.unwrap();
         store.task_claim("w", 10, 1000).await.unwrap().unwrap();
-        assert!(store.task_retry("t1", "w", 2000, "try again", 10).await.unwrap());
+        assert!(store
+            .task_retry("t1", "w", 2000, "try again", 10)
+            .await
+            .unwrap());
         assert!(store.task_claim("w", 1999, 1000).await.unwrap().is_none());
         assert!(store.task_claim("w", 2000, 1000).await.unwrap().is_some());
     }
@@ -160,13 +218,30 @@ async fn task_list_is_scoped_newest_first() {
             tx.task_insert(&t).await.unwrap();
         }
         tx.commit().await.unwrap();
-        let scope = Scope { account_id: "a".into(), team_id: None };
-        let f = TaskFilter { since: 0, status: None, limit: 10 };
+        let scope = Scope {
+            account_id: "a".into(),
+            team_id: None,
+        };
+        let f = TaskFilter {
+            since: 0,
+            status: None,
+            limit: 10,
+        };
         let (rows, total) = store.task_list(&scope, &f).await.unwrap();
         assert_eq!(total, 2);
-        assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t2", "t0"]);
-        let f = TaskFilter { since: 0, status: Some("COMPLETED".into()), limit: 10 };
+        assert_eq!(
+            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["t2", "t0"]
+        );
+        let f = TaskFilter {
+            since: 0,
+            status: Some("COMPLETED".into()),
+            limit: 10,
+        };
         assert_eq!(store.task_list(&scope, &f).await.unwrap().1, 0);
-        assert!(store.task_get(&scope, "t1").await.unwrap().is_none(), "other account's task");
+        assert!(
+            store.task_get(&scope, "t1").await.unwrap().is_none(),
+            "other account's task"
+        );
     }
 }

@@ -124,7 +124,9 @@ impl Store {
         .fetch_all(self.reader())
         .await
         .map_err(db_err)?;
-        rows.iter().map(|r| Ok((get_str(r, "region")?, get_i64(r, "n")?))).collect()
+        rows.iter()
+            .map(|r| Ok((get_str(r, "region")?, get_i64(r, "n")?)))
+            .collect()
     }
 
     /// Every (address, instance) pair currently held: for invariant checks.
@@ -135,7 +137,9 @@ impl Store {
         .fetch_all(self.reader())
         .await
         .map_err(db_err)?;
-        rows.iter().map(|r| Ok((get_str(r, "address")?, get_str(r, "instance_id")?))).collect()
+        rows.iter()
+            .map(|r| Ok((get_str(r, "address")?, get_str(r, "instance_id")?)))
+            .collect()
     }
 }
 
@@ -179,7 +183,12 @@ impl Tx {
     /// Takes the lowest free address of the region for the instance; None when the pool is
     /// exhausted. The outer `instance_id IS NULL` re-check makes a lost race a retry, never a
     /// double assignment.
-    pub async fn ip_allocate(&mut self, region: &str, instance_id: &str, now: i64) -> Result<Option<String>, Error> {
+    pub async fn ip_allocate(
+        &mut self,
+        region: &str,
+        instance_id: &str,
+        now: i64,
+    ) -> Result<Option<String>, Error> {
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -202,11 +211,13 @@ impl Tx {
             if let Some(r) = row {
                 return Ok(Some(get_str(&r, "address")?));
             }
-            let free = sqlx::query("SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1")
-                .bind(region)
-                .fetch_optional(self.conn())
-                .await
-                .map_err(db_err)?;
+            let free = sqlx::query(
+                "SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1",
+            )
+            .bind(region)
+            .fetch_optional(self.conn())
+            .await
+            .map_err(db_err)?;
             if free.is_none() {
                 return Ok(None);
             }
@@ -216,11 +227,13 @@ impl Tx {
 
     /// Returns every address the instance holds to its pool.
     pub async fn ip_release_all(&mut self, instance_id: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL WHERE instance_id = $1")
-            .bind(instance_id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL WHERE instance_id = $1",
+        )
+        .bind(instance_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 }

@@ -22,7 +22,10 @@ impl Scope {
                 format!("account_id = ${first} AND team_id = ${}", first + 1),
                 vec![self.account_id.as_str(), t.as_str()],
             ),
-            None => (format!("account_id = ${first}"), vec![self.account_id.as_str()]),
+            None => (
+                format!("account_id = ${first}"),
+                vec![self.account_id.as_str()],
+            ),
         }
     }
 }
@@ -105,12 +108,20 @@ fn row(r: &AnyRow) -> Result<InstanceRow, Error> {
 
 fn scoped(scope: &Scope, first: usize) -> (String, Vec<&str>) {
     let (c, b) = scope.clause(first);
-    (c.replace("account_id", "i.account_id").replace("team_id", "i.team_id"), b)
+    (
+        c.replace("account_id", "i.account_id")
+            .replace("team_id", "i.team_id"),
+        b,
+    )
 }
 
 impl Store {
     /// A live instance the scope may see.
-    pub async fn instance_get(&self, scope: &Scope, id: &str) -> Result<Option<InstanceRow>, Error> {
+    pub async fn instance_get(
+        &self,
+        scope: &Scope,
+        id: &str,
+    ) -> Result<Option<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 2);
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
         let mut q = sqlx::query(&sql).bind(id);
@@ -124,7 +135,9 @@ impl Store {
     /// Live instances the scope may see, newest first.
     pub async fn instance_list(&self, scope: &Scope) -> Result<Vec<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 1);
-        let sql = format!("SELECT {COLS} {FROM} WHERE {cond} AND {LIVE} ORDER BY i.created_at DESC, i.id DESC");
+        let sql = format!(
+            "SELECT {COLS} {FROM} WHERE {cond} AND {LIVE} ORDER BY i.created_at DESC, i.id DESC"
+        );
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = q.bind(b);
@@ -136,14 +149,21 @@ impl Store {
     /// Any instance by id, whatever its state: for the engine and invariant checks.
     pub async fn instance_by_id(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1");
-        let r = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await.map_err(db_err)?;
+        let r = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
         r.as_ref().map(row).transpose()
     }
 
     /// Every instance in every state: for invariant checks and operator views.
     pub async fn instance_all(&self) -> Result<Vec<InstanceRow>, Error> {
         let sql = format!("SELECT {COLS} {FROM} ORDER BY i.created_at");
-        let rows = sqlx::query(&sql).fetch_all(self.reader()).await.map_err(db_err)?;
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
         rows.iter().map(row).collect()
     }
 }
@@ -193,7 +213,11 @@ impl Tx {
     }
 
     /// Reads a live instance inside the transaction (for decisions the write depends on).
-    pub async fn instance_get(&mut self, scope: &Scope, id: &str) -> Result<Option<InstanceRow>, Error> {
+    pub async fn instance_get(
+        &mut self,
+        scope: &Scope,
+        id: &str,
+    ) -> Result<Option<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 2);
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
         let mut q = sqlx::query(&sql).bind(id);
@@ -219,15 +243,28 @@ impl Tx {
             "UPDATE instances SET active_task_id = $1, status = $2, updated_at = $3
              WHERE id = $4 AND {cond} AND status = 'rented' AND active_task_id IS NULL"
         );
-        let mut q = sqlx::query(&sql).bind(task_id).bind(new_status).bind(now).bind(id);
+        let mut q = sqlx::query(&sql)
+            .bind(task_id)
+            .bind(new_status)
+            .bind(now)
+            .bind(id);
         for b in binds {
             q = q.bind(b);
         }
-        Ok(q.execute(self.conn()).await.map_err(db_err)?.rows_affected() == 1)
+        Ok(q.execute(self.conn())
+            .await
+            .map_err(db_err)?
+            .rows_affected()
+            == 1)
     }
 
     /// True when another live instance of the account already has this name.
-    pub async fn instance_name_taken(&mut self, account_id: &str, name: &str, except: &str) -> Result<bool, Error> {
+    pub async fn instance_name_taken(
+        &mut self,
+        account_id: &str,
+        name: &str,
+        except: &str,
+    ) -> Result<bool, Error> {
         let r = sqlx::query(
             "SELECT 1 AS x FROM instances WHERE account_id = $1 AND name = $2 AND id <> $3
                AND status IN ('creating', 'rented', 'terminating') LIMIT 1",
@@ -254,7 +291,12 @@ impl Tx {
 
     /// The create task finished: the instance is rented and running, and the one-time
     /// password is forgotten. Only the task holding the instance may do this.
-    pub async fn instance_created(&mut self, id: &str, task_id: &str, now: i64) -> Result<bool, Error> {
+    pub async fn instance_created(
+        &mut self,
+        id: &str,
+        task_id: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
         let r = sqlx::query(
             "UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
                password = NULL, ready_at = $1, updated_at = $1
@@ -271,7 +313,13 @@ impl Tx {
 
     /// Ends the instance (`deleted` or `failed`). True exactly once per instance, so the
     /// caller releases capacity exactly once.
-    pub async fn instance_end(&mut self, id: &str, task_id: &str, status: &str, now: i64) -> Result<bool, Error> {
+    pub async fn instance_end(
+        &mut self,
+        id: &str,
+        task_id: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
         let r = sqlx::query(
             "UPDATE instances SET status = $1, active_task_id = NULL, password = NULL, deleted_at = $2, updated_at = $2
              WHERE id = $3 AND active_task_id = $4 AND status IN ('creating', 'terminating')",
@@ -287,7 +335,13 @@ impl Tx {
     }
 
     /// Releases the instance from its task, recording the power state the task left behind.
-    pub async fn instance_release(&mut self, id: &str, task_id: &str, power: Option<&str>, now: i64) -> Result<bool, Error> {
+    pub async fn instance_release(
+        &mut self,
+        id: &str,
+        task_id: &str,
+        power: Option<&str>,
+        now: i64,
+    ) -> Result<bool, Error> {
         let r = match power {
             Some(p) => sqlx::query(
                 "UPDATE instances SET active_task_id = NULL, power_status = $1, updated_at = $2
@@ -312,7 +366,13 @@ impl Tx {
 
     /// Gives up a claim and puts the instance back in `status` (a delete that failed leaves
     /// the instance rented so the tenant can try again).
-    pub async fn instance_unclaim(&mut self, id: &str, task_id: &str, status: &str, now: i64) -> Result<bool, Error> {
+    pub async fn instance_unclaim(
+        &mut self,
+        id: &str,
+        task_id: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
         let r = sqlx::query(
             "UPDATE instances SET active_task_id = NULL, status = $1, updated_at = $2 WHERE id = $3 AND active_task_id = $4",
         )

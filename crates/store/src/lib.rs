@@ -58,7 +58,11 @@ impl Store {
         };
         let store = match backend {
             Backend::Sqlite => {
-                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+                let url = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
                 let opts = |n: u32| {
                     AnyPoolOptions::new()
                         .max_connections(n)
@@ -79,7 +83,11 @@ impl Store {
                 };
                 let write = opts(1).connect(&url).await.map_err(db_err)?;
                 let read = opts(4).connect(&url).await.map_err(db_err)?;
-                Store { backend, read, write }
+                Store {
+                    backend,
+                    read,
+                    write,
+                }
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -88,7 +96,11 @@ impl Store {
                     .connect(url)
                     .await
                     .map_err(db_err)?;
-                Store { backend, read: pool.clone(), write: pool }
+                Store {
+                    backend,
+                    read: pool.clone(),
+                    write: pool,
+                }
             }
         };
         migrate::run(&store).await?;
@@ -107,12 +119,18 @@ impl Store {
             Backend::Postgres => self.write.begin().await,
         }
         .map_err(db_err)?;
-        Ok(Tx { backend: self.backend, inner })
+        Ok(Tx {
+            backend: self.backend,
+            inner,
+        })
     }
 
     /// Liveness probe for the health endpoint.
     pub async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1").execute(&self.read).await.map_err(db_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 

@@ -25,7 +25,10 @@ pub(crate) async fn run(store: &Store) -> Result<(), Error> {
             continue;
         }
         for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(stmt).execute(&mut *tx.conn()).await.map_err(db_err)?;
+            sqlx::query(stmt)
+                .execute(&mut *tx.conn())
+                .await
+                .map_err(db_err)?;
         }
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(*version)

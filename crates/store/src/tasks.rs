@@ -39,7 +39,8 @@ pub struct NewTask {
     pub now: i64,
 }
 
-const COLS: &str = "id, account_id, team_id, instance_id, operation, status, params, message, attempts,
+const COLS: &str =
+    "id, account_id, team_id, instance_id, operation, status, params, message, attempts,
     max_attempts, lease_owner, lease_until, run_after, created_at, updated_at, finished_at";
 
 /// Claimable: pending and due, or processing with an expired lease (its worker died).
@@ -88,7 +89,11 @@ impl Store {
     }
 
     /// Tasks of the scope created since `filter.since`, newest first, and how many match.
-    pub async fn task_list(&self, scope: &Scope, filter: &TaskFilter) -> Result<(Vec<TaskRow>, i64), Error> {
+    pub async fn task_list(
+        &self,
+        scope: &Scope,
+        filter: &TaskFilter,
+    ) -> Result<(Vec<TaskRow>, i64), Error> {
         let (cond, binds) = scope_clause(scope, 1);
         let n = binds.len();
         let mut where_ = format!("{cond} AND created_at >= ${}", n + 1);
@@ -119,18 +124,30 @@ impl Store {
 
     pub async fn task_by_id(&self, id: &str) -> Result<Option<TaskRow>, Error> {
         let sql = format!("SELECT {COLS} FROM tasks WHERE id = $1");
-        let r = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await.map_err(db_err)?;
+        let r = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
         r.as_ref().map(row).transpose()
     }
 
     pub async fn task_all(&self) -> Result<Vec<TaskRow>, Error> {
         let sql = format!("SELECT {COLS} FROM tasks ORDER BY created_at, id");
-        let rows = sqlx::query(&sql).fetch_all(self.reader()).await.map_err(db_err)?;
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
         rows.iter().map(row).collect()
     }
 
     /// Claims the oldest claimable task for `worker` until `now + lease_ms`.
-    pub async fn task_claim(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Option<TaskRow>, Error> {
+    pub async fn task_claim(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<TaskRow>, Error> {
         let lock = match self.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -167,7 +184,13 @@ impl Store {
     }
 
     /// Records progress text on a task the worker holds.
-    pub async fn task_progress(&self, id: &str, worker: &str, message: &str, now: i64) -> Result<(), Error> {
+    pub async fn task_progress(
+        &self,
+        id: &str,
+        worker: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<(), Error> {
         sqlx::query("UPDATE tasks SET message = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING'")
             .bind(message)
             .bind(now)
@@ -185,11 +208,20 @@ impl Store {
             .fetch_all(self.reader())
             .await
             .map_err(db_err)?;
-        rows.iter().map(|r| Ok((get_str(r, "status")?, get_i64(r, "n")?))).collect()
+        rows.iter()
+            .map(|r| Ok((get_str(r, "status")?, get_i64(r, "n")?)))
+            .collect()
     }
 
     /// Puts a failed attempt back in the queue; false when the lease was lost.
-    pub async fn task_retry(&self, id: &str, worker: &str, run_after: i64, message: &str, now: i64) -> Result<bool, Error> {
+    pub async fn task_retry(
+        &self,
+        id: &str,
+        worker: &str,
+        run_after: i64,
+        message: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
         let r = sqlx::query(
             "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
                message = $2, updated_at = $3
@@ -213,7 +245,10 @@ fn scope_clause(scope: &Scope, first: usize) -> (String, Vec<&str>) {
             format!("account_id = ${first} AND team_id = ${}", first + 1),
             vec![scope.account_id.as_str(), t.as_str()],
         ),
-        None => (format!("account_id = ${first}"), vec![scope.account_id.as_str()]),
+        None => (
+            format!("account_id = ${first}"),
+            vec![scope.account_id.as_str()],
+        ),
     }
 }
 
@@ -241,7 +276,14 @@ impl Tx {
 
     /// Finishes a task the worker still holds (COMPLETED or FAILED). False when the lease was
     /// lost to another worker: then the caller must roll back its transaction.
-    pub async fn task_finish(&mut self, id: &str, worker: &str, status: &str, message: &str, now: i64) -> Result<bool, Error> {
+    pub async fn task_finish(
+        &mut self,
+        id: &str,
+        worker: &str,
+        status: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
         let r = sqlx::query(
             "UPDATE tasks SET status = $1, message = $2, updated_at = $3, finished_at = $3, lease_owner = NULL,
                lease_until = NULL

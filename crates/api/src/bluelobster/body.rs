@@ -16,7 +16,11 @@ pub fn invalid(errors: Vec<FieldError>) -> BlError {
 /// Parses a required JSON object body.
 pub fn object(bytes: &Bytes) -> Result<Map<String, Value>, BlError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(invalid(vec![FieldError::new(&["body"], "missing", "Field required")]));
+        return Err(invalid(vec![FieldError::new(
+            &["body"],
+            "missing",
+            "Field required",
+        )]));
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
@@ -26,7 +30,11 @@ pub fn object(bytes: &Bytes) -> Result<Map<String, Value>, BlError> {
             "Input should be a valid dictionary or object to extract fields from",
         )
         .with_input(other)])),
-        Err(e) => Err(invalid(vec![FieldError::new(&["body"], "json_invalid", format!("JSON decode error: {e}"))])),
+        Err(e) => Err(invalid(vec![FieldError::new(
+            &["body"],
+            "json_invalid",
+            format!("JSON decode error: {e}"),
+        )])),
     }
 }
 
@@ -38,10 +46,19 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn new(obj: &'a Map<String, Value>) -> Self {
-        Fields { obj, errors: Vec::new() }
+        Fields {
+            obj,
+            errors: Vec::new(),
+        }
     }
 
-    fn err(&mut self, name: &str, kind: &'static str, msg: impl Into<String>, input: Option<&Value>) {
+    fn err(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        msg: impl Into<String>,
+        input: Option<&Value>,
+    ) {
         let mut e = FieldError::new(&["body", name], kind, msg);
         if let Some(v) = input {
             e = e.with_input(v.clone());
@@ -75,7 +92,12 @@ impl<'a> Fields<'a> {
         match v {
             Value::String(s) => Some(s.clone()),
             other => {
-                self.err(name, "string_type", "Input should be a valid string", Some(other));
+                self.err(
+                    name,
+                    "string_type",
+                    "Input should be a valid string",
+                    Some(other),
+                );
                 None
             }
         }
@@ -109,7 +131,12 @@ impl<'a> Fields<'a> {
             Value::Number(n) => match n.as_f64() {
                 Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => Some(f as i64),
                 Some(_) => {
-                    self.err(name, "int_from_float", "Input should be a valid integer, got a number with a fractional part", Some(v));
+                    self.err(
+                        name,
+                        "int_from_float",
+                        "Input should be a valid integer, got a number with a fractional part",
+                        Some(v),
+                    );
                     return None;
                 }
                 None => None,
@@ -117,7 +144,12 @@ impl<'a> Fields<'a> {
             Value::String(s) => match s.trim().parse::<i64>() {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    self.err(name, "int_parsing", "Input should be a valid integer, unable to parse string as an integer", Some(v));
+                    self.err(
+                        name,
+                        "int_parsing",
+                        "Input should be a valid integer, unable to parse string as an integer",
+                        Some(v),
+                    );
                     return None;
                 }
             },
@@ -128,11 +160,21 @@ impl<'a> Fields<'a> {
             return None;
         };
         if n < min {
-            self.err(name, "greater_than_equal", format!("Input should be greater than or equal to {min}"), Some(v));
+            self.err(
+                name,
+                "greater_than_equal",
+                format!("Input should be greater than or equal to {min}"),
+                Some(v),
+            );
             return None;
         }
         if n > max {
-            self.err(name, "less_than_equal", format!("Input should be less than or equal to {max}"), Some(v));
+            self.err(
+                name,
+                "less_than_equal",
+                format!("Input should be less than or equal to {max}"),
+                Some(v),
+            );
             return None;
         }
         Some(n)
@@ -150,15 +192,24 @@ impl<'a> Fields<'a> {
                             out.insert(k.clone(), s.clone());
                         }
                         other => self.errors.push(
-                            FieldError::new(&["body", name, k], "string_type", "Input should be a valid string")
-                                .with_input(other.clone()),
+                            FieldError::new(
+                                &["body", name, k],
+                                "string_type",
+                                "Input should be a valid string",
+                            )
+                            .with_input(other.clone()),
                         ),
                     }
                 }
                 Some(out)
             }
             Some(other) => {
-                self.err(name, "dict_type", "Input should be a valid dictionary", Some(other));
+                self.err(
+                    name,
+                    "dict_type",
+                    "Input should be a valid dictionary",
+                    Some(other),
+                );
                 None
             }
         }

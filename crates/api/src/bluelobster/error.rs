@@ -50,11 +50,23 @@ fn body(code: &str, message: &str) -> Map<String, Value> {
 impl IntoResponse for BlError {
     fn into_response(self) -> Response {
         let (status, value) = match self.0 {
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, Value::Object(body("unauthorized", "Invalid or missing API key"))),
-            Error::Forbidden { message } => (StatusCode::FORBIDDEN, Value::Object(body("forbidden", &message))),
-            Error::NotFound { kind: "instance", id } => (
+            Error::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                Value::Object(body("unauthorized", "Invalid or missing API key")),
+            ),
+            Error::Forbidden { message } => (
+                StatusCode::FORBIDDEN,
+                Value::Object(body("forbidden", &message)),
+            ),
+            Error::NotFound {
+                kind: "instance",
+                id,
+            } => (
                 StatusCode::NOT_FOUND,
-                Value::Object(body("instance_not_found", &format!("Instance {id} not found"))),
+                Value::Object(body(
+                    "instance_not_found",
+                    &format!("Instance {id} not found"),
+                )),
             ),
             Error::NotFound { kind: "task", id } => {
                 let mut m = body("task_not_found", "Task not found");
@@ -66,7 +78,11 @@ impl IntoResponse for BlError {
                 Value::Object(body("not_found", &format!("{kind} {id} not found"))),
             ),
             Error::Invalid(errors) => (StatusCode::UNPROCESSABLE_ENTITY, detail(&errors)),
-            Error::BadRequest { code, message, details } => {
+            Error::BadRequest {
+                code,
+                message,
+                details,
+            } => {
                 let mut m = body(code, &message);
                 if let Some(d) = details {
                     m.insert("details".into(), d);
@@ -74,17 +90,31 @@ impl IntoResponse for BlError {
                 (StatusCode::BAD_REQUEST, Value::Object(m))
             }
             // The spec puts conflict context (e.g. `available_resources`) beside the message.
-            Error::Conflict { code, message, details } => {
+            Error::Conflict {
+                code,
+                message,
+                details,
+            } => {
                 let mut m = body(code, &message);
                 if let Some(Value::Object(d)) = details {
                     m.extend(d);
                 }
                 (StatusCode::CONFLICT, Value::Object(m))
             }
-            Error::Unavailable(msg) => (StatusCode::SERVICE_UNAVAILABLE, Value::Object(body("service_unavailable", &msg))),
+            Error::TooLarge(msg) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Value::Object(body("payload_too_large", &msg)),
+            ),
+            Error::Unavailable(msg) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Object(body("service_unavailable", &msg)),
+            ),
             Error::Internal(msg) => {
                 tracing::error!("internal error: {msg}");
-                (StatusCode::INTERNAL_SERVER_ERROR, Value::Object(body("internal_error", "Internal server error")))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Value::Object(body("internal_error", "Internal server error")),
+                )
             }
         };
         (status, Json(value)).into_response()

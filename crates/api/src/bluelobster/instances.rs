@@ -12,10 +12,16 @@ use serde_json::{json, Value};
 
 pub async fn instance_list(ctx: Ctx, Auth(caller): Auth) -> BlResult<Json<Value>> {
     let rows = ctx.0.instance_list(&caller).await?;
-    Ok(Json(Value::Array(rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect())))
+    Ok(Json(Value::Array(
+        rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect(),
+    )))
 }
 
-pub async fn instance_get(ctx: Ctx, Auth(caller): Auth, Path(id): Path<String>) -> BlResult<Json<Value>> {
+pub async fn instance_get(
+    ctx: Ctx,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> BlResult<Json<Value>> {
     let row = ctx.0.instance_get(&caller, &id).await?;
     Ok(Json(instance(&ctx.0, &caller, &row)))
 }
@@ -30,7 +36,11 @@ fn queued(q: &Queued, message: &str) -> Json<Value> {
     }))
 }
 
-pub async fn instance_delete(ctx: Ctx, Auth(caller): Auth, Path(id): Path<String>) -> BlResult<Json<Value>> {
+pub async fn instance_delete(
+    ctx: Ctx,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> BlResult<Json<Value>> {
     let q = ctx.0.instance_delete(&caller, &id).await?;
     Ok(queued(&q, "Instance deletion queued"))
 }
@@ -49,7 +59,11 @@ pub async fn instance_shutdown(ctx: Ctx, a: Auth, Path(id): Path<String>) -> BlR
     power(ctx, a, id, PowerOp::Shutdown).await
 }
 
-pub async fn instance_force_shutdown(ctx: Ctx, a: Auth, Path(id): Path<String>) -> BlResult<Json<Value>> {
+pub async fn instance_force_shutdown(
+    ctx: Ctx,
+    a: Auth,
+    Path(id): Path<String>,
+) -> BlResult<Json<Value>> {
     power(ctx, a, id, PowerOp::ForceShutdown).await
 }
 
@@ -57,7 +71,11 @@ pub async fn instance_power_on(ctx: Ctx, a: Auth, Path(id): Path<String>) -> BlR
     power(ctx, a, id, PowerOp::PowerOn).await
 }
 
-pub async fn instance_power_cycle(ctx: Ctx, a: Auth, Path(id): Path<String>) -> BlResult<Json<Value>> {
+pub async fn instance_power_cycle(
+    ctx: Ctx,
+    a: Auth,
+    Path(id): Path<String>,
+) -> BlResult<Json<Value>> {
     power(ctx, a, id, PowerOp::PowerCycle).await
 }
 
@@ -69,10 +87,7 @@ pub async fn instance_rename(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, super::BlError> {
-    let bytes = match body_bytes(body) {
-        Ok(b) => b,
-        Err(r) => return Ok(r),
-    };
+    let bytes = body_bytes(body)?;
     let obj = object(&bytes)?;
     let mut f = Fields::new(&obj);
     let name = f.req_str("name");

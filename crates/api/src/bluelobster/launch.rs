@@ -42,14 +42,22 @@ fn common(f: &mut Fields) -> Common {
     let template_name = f.check("template_name", v, validate::template_name);
     let iso_url = iso_url(f);
     let metadata = f.opt_string_map("metadata");
-    Common { ssh_key, password, username, template_name, iso_url, metadata }
+    Common {
+        ssh_key,
+        password,
+        username,
+        template_name,
+        iso_url,
+        metadata,
+    }
 }
 
-pub async fn instance_launch(ctx: Ctx, Auth(caller): Auth, body: Result<Bytes, BytesRejection>) -> Result<Response, BlError> {
-    let bytes = match body_bytes(body) {
-        Ok(b) => b,
-        Err(r) => return Ok(r),
-    };
+pub async fn instance_launch(
+    ctx: Ctx,
+    Auth(caller): Auth,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, BlError> {
+    let bytes = body_bytes(body)?;
     let obj = object(&bytes)?;
     let mut f = Fields::new(&obj);
     let region = f.req_str("region");
@@ -78,12 +86,13 @@ pub async fn instance_launch_custom(
     Auth(caller): Auth,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, BlError> {
-    let bytes = match body_bytes(body) {
-        Ok(b) => b,
-        Err(r) => return Ok(r),
-    };
+    let bytes = body_bytes(body)?;
     let obj = object(&bytes)?;
-    let cmd = if is_reference_form(&obj) { reference_form(&obj)? } else { openapi_form(&obj)? };
+    let cmd = if is_reference_form(&obj) {
+        reference_form(&obj)?
+    } else {
+        openapi_form(&obj)?
+    };
     let launched = ctx.0.instance_launch_custom(&caller, cmd).await?;
     Ok(launched_response(&launched).into_response())
 }
@@ -92,7 +101,8 @@ pub async fn instance_launch_custom(
 /// the OpenAPI body names a host and `cores`/`memory`/`disk_size`.
 fn is_reference_form(obj: &Map<String, Value>) -> bool {
     let any = |keys: &[&str]| keys.iter().any(|k| obj.contains_key(*k));
-    !any(&["host", "cores", "memory", "disk_size"]) && any(&["region", "vcpus", "memory_gib", "storage_gib"])
+    !any(&["host", "cores", "memory", "disk_size"])
+        && any(&["region", "vcpus", "memory_gib", "storage_gib"])
 }
 
 fn openapi_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
@@ -136,7 +146,11 @@ fn reference_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
     let gpus = f.req_int("gpu_count", 0, 8);
     let gpu_model = f.opt_str("gpu_model");
     if gpus.is_some_and(|g| g > 0) && gpu_model.is_none() {
-        f.errors.push(FieldError::new(&["body", "gpu_model"], "missing", "Field required when gpu_count > 0"));
+        f.errors.push(FieldError::new(
+            &["body", "gpu_model"],
+            "missing",
+            "Field required when gpu_count > 0",
+        ));
     }
     let v = f.opt_str("name");
     let name = f.check("name", v, validate::instance_name);
@@ -144,7 +158,10 @@ fn reference_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
     let c = common(&mut f);
     f.finish()?;
     Ok(LaunchCustom {
-        target: CustomTarget::Region { region: region.expect("checked"), gpu_model },
+        target: CustomTarget::Region {
+            region: region.expect("checked"),
+            gpu_model,
+        },
         resources: Resources {
             cores: cores.expect("checked"),
             memory_gb: memory.expect("checked"),

@@ -34,7 +34,10 @@ pub struct Auth(pub Caller);
 impl FromRequestParts<Arc<App>> for Auth {
     type Rejection = BlError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         let key = parts
             .headers
             .get("x-api-key")
@@ -53,17 +56,44 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tasks/{task_id}", get(tasks::task_get))
         .route("/resources", get(catalog::resources))
         .route("/instances", get(instances::instance_list))
-        .route("/instances/available", get(catalog::instance_types_available))
+        .route(
+            "/instances/available",
+            get(catalog::instance_types_available),
+        )
         .route("/instances/templates", get(catalog::templates))
         .route("/instances/launch-instance", post(launch::instance_launch))
-        .route("/instances/launch-custom", post(launch::instance_launch_custom))
-        .route("/instances/{instance_id}", get(instances::instance_get).delete(instances::instance_delete))
-        .route("/instances/{instance_id}/rename", put(instances::instance_rename))
-        .route("/instances/{instance_id}/reboot", post(instances::instance_reboot))
-        .route("/instances/{instance_id}/shutdown", post(instances::instance_shutdown))
-        .route("/instances/{instance_id}/force-shutdown", post(instances::instance_force_shutdown))
-        .route("/instances/{instance_id}/power-on", post(instances::instance_power_on))
-        .route("/instances/{instance_id}/power-cycle", post(instances::instance_power_cycle))
+        .route(
+            "/instances/launch-custom",
+            post(launch::instance_launch_custom),
+        )
+        .route(
+            "/instances/{instance_id}",
+            get(instances::instance_get).delete(instances::instance_delete),
+        )
+        .route(
+            "/instances/{instance_id}/rename",
+            put(instances::instance_rename),
+        )
+        .route(
+            "/instances/{instance_id}/reboot",
+            post(instances::instance_reboot),
+        )
+        .route(
+            "/instances/{instance_id}/shutdown",
+            post(instances::instance_shutdown),
+        )
+        .route(
+            "/instances/{instance_id}/force-shutdown",
+            post(instances::instance_force_shutdown),
+        )
+        .route(
+            "/instances/{instance_id}/power-on",
+            post(instances::instance_power_on),
+        )
+        .route(
+            "/instances/{instance_id}/power-cycle",
+            post(instances::instance_power_cycle),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
@@ -76,15 +106,9 @@ async fn method_not_allowed() -> impl IntoResponse {
     )
 }
 
-/// Reads a body, answering 413 in the dialect's shape when it is too large.
+/// Reads a body; a body over the limit is 413 in the dialect's shape.
 pub(crate) fn body_bytes(
     b: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::body::Bytes, axum::response::Response> {
-    b.map_err(|e| {
-        (
-            e.status(),
-            Json(serde_json::json!({ "error": "invalid_body", "message": e.body_text() })),
-        )
-            .into_response()
-    })
+) -> Result<axum::body::Bytes, BlError> {
+    b.map_err(|e| BlError(Error::TooLarge(e.body_text())))
 }

@@ -15,7 +15,8 @@ pub async fn document() -> Json<Value> {
 pub fn served() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut doc: Value = serde_json::from_str(CONTRACT).expect("embedded OpenAPI document is valid JSON");
+        let mut doc: Value =
+            serde_json::from_str(CONTRACT).expect("embedded OpenAPI document is valid JSON");
         augment(&mut doc);
         doc
     })
@@ -61,14 +62,20 @@ fn augment(doc: &mut Value) {
         "required": true,
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RenameRequest" } } }
     });
-    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
     for (path, item) in paths.iter_mut() {
-        let Some(ops) = item.as_object_mut() else { continue };
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
         for (method, op) in ops.iter_mut() {
             let secured = op.get("security").is_some() || path != "/api/v1/health";
             let responses = op["responses"].as_object_mut().expect("responses");
             let mut add = |code: &str, what: &str| {
-                responses.entry(code.to_string()).or_insert_with(|| error_response(what));
+                responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| error_response(what));
             };
             if secured && path != "/api/v1/health" && path != "/api/v1/openapi.json" {
                 add("401", "Invalid or missing API key");
@@ -108,7 +115,10 @@ mod tests {
             for (method, op) in item.as_object().unwrap() {
                 let s = &served["paths"][path][method];
                 assert!(s.is_object(), "{method} {path} missing");
-                assert_eq!(s["parameters"], op["parameters"], "{method} {path} parameters");
+                assert_eq!(
+                    s["parameters"], op["parameters"],
+                    "{method} {path} parameters"
+                );
                 for (code, resp) in op["responses"].as_object().unwrap() {
                     assert_eq!(&s["responses"][code], resp, "{method} {path} {code}");
                 }
@@ -118,7 +128,10 @@ mod tests {
             }
         }
         for (name, schema) in contract["components"]["schemas"].as_object().unwrap() {
-            assert_eq!(&served["components"]["schemas"][name], schema, "schema {name}");
+            assert_eq!(
+                &served["components"]["schemas"][name], schema,
+                "schema {name}"
+            );
         }
     }
 }

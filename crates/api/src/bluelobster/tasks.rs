@@ -7,13 +7,21 @@ use lobster_core::task::TaskStatus;
 use lobster_core::FieldError;
 use serde_json::{json, Value};
 
-pub async fn task_get(ctx: Ctx, Auth(caller): Auth, Path(task_id): Path<String>) -> BlResult<Json<Value>> {
+pub async fn task_get(
+    ctx: Ctx,
+    Auth(caller): Auth,
+    Path(task_id): Path<String>,
+) -> BlResult<Json<Value>> {
     let t = ctx.0.task_get(&caller, &task_id).await?;
     Ok(Json(task(&t)))
 }
 
 /// `limit` (1.., capped at 100), `days` (1.., capped at 7), `status` (a task state).
-pub async fn task_list(ctx: Ctx, Auth(caller): Auth, RawQuery(q): RawQuery) -> BlResult<Json<Value>> {
+pub async fn task_list(
+    ctx: Ctx,
+    Auth(caller): Auth,
+    RawQuery(q): RawQuery,
+) -> BlResult<Json<Value>> {
     let (mut limit, mut days, mut status) = (50i64, 1i64, None);
     let mut errors = vec![];
     for (k, v) in form_pairs(q.as_deref().unwrap_or("")) {
@@ -23,8 +31,12 @@ pub async fn task_list(ctx: Ctx, Auth(caller): Auth, RawQuery(q): RawQuery) -> B
             "status" if !v.is_empty() => match TaskStatus::parse(&v) {
                 Some(s) => status = Some(s.as_str()),
                 None => errors.push(
-                    FieldError::new(&["query", "status"], "enum", "Input should be 'PENDING', 'PROCESSING', 'COMPLETED' or 'FAILED'")
-                        .with_input(json!(v)),
+                    FieldError::new(
+                        &["query", "status"],
+                        "enum",
+                        "Input should be 'PENDING', 'PROCESSING', 'COMPLETED' or 'FAILED'",
+                    )
+                    .with_input(json!(v)),
                 ),
             },
             _ => {}
@@ -48,15 +60,23 @@ fn query_int(errors: &mut Vec<FieldError>, name: &str, v: &str) -> Option<i64> {
         Ok(n) if n >= 1 => Some(n),
         Ok(_) => {
             errors.push(
-                FieldError::new(&["query", name], "greater_than_equal", "Input should be greater than or equal to 1")
-                    .with_input(json!(v)),
+                FieldError::new(
+                    &["query", name],
+                    "greater_than_equal",
+                    "Input should be greater than or equal to 1",
+                )
+                .with_input(json!(v)),
             );
             None
         }
         Err(_) => {
             errors.push(
-                FieldError::new(&["query", name], "int_parsing", "Input should be a valid integer, unable to parse string as an integer")
-                    .with_input(json!(v)),
+                FieldError::new(
+                    &["query", name],
+                    "int_parsing",
+                    "Input should be a valid integer, unable to parse string as an integer",
+                )
+                .with_input(json!(v)),
             );
             None
         }
@@ -82,7 +102,8 @@ fn decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 2;

@@ -11,12 +11,17 @@ pub fn ts(ms: i64) -> String {
 }
 
 fn metadata(raw: &Option<String>) -> Value {
-    raw.as_deref().and_then(|m| serde_json::from_str(m).ok()).unwrap_or(Value::Null)
+    raw.as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// The `VMInstance` schema plus `status` (the life-cycle state) and `iso_url`.
 pub fn instance(app: &App, caller: &Caller, i: &InstanceRow) -> Value {
-    let tpl = i.template_name.as_deref().and_then(|t| app.fleet().template(t));
+    let tpl = i
+        .template_name
+        .as_deref()
+        .and_then(|t| app.fleet().template(t));
     json!({
         "uuid": i.id,
         "name": i.name,

@@ -24,7 +24,11 @@ async fn health_is_healthy_with_workers_running() {
     // Wait (by polling the endpoint, not sleeping) until a worker loop has started.
     let mut status = String::new();
     for _ in 0..200 {
-        let b = expect(app.raw(Method::GET, "/api/v1/health", None, None).await, StatusCode::OK).await;
+        let b = expect(
+            app.raw(Method::GET, "/api/v1/health", None, None).await,
+            StatusCode::OK,
+        )
+        .await;
         status = b["status"].as_str().unwrap().to_string();
         if status == "healthy" {
             break;
@@ -38,19 +42,44 @@ async fn health_is_healthy_with_workers_running() {
 async fn available_lists_types_with_specs_price_and_regions() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let b = alice.get_json("/api/v1/instances/available", StatusCode::OK).await;
+    let b = alice
+        .get_json("/api/v1/instances/available", StatusCode::OK)
+        .await;
     let data = b["data"].as_array().unwrap();
     let names: Vec<_> = data.iter().map(|d| d["id"].as_str().unwrap()).collect();
-    for t in ["v1_cpu_small", "v1_cpu_medium", "gpu_1x_a4000", "gpu_1x_a5000", "gpu_1x_a6000", "gpu_2x_a4000", "gpu_4x_a5000"] {
+    for t in [
+        "v1_cpu_small",
+        "v1_cpu_medium",
+        "gpu_1x_a4000",
+        "gpu_1x_a5000",
+        "gpu_1x_a6000",
+        "gpu_2x_a4000",
+        "gpu_4x_a5000",
+    ] {
         assert!(names.contains(&t), "{t}");
     }
     let a4000 = data.iter().find(|d| d["id"] == "gpu_1x_a4000").unwrap();
     assert_eq!(a4000["instance_type"]["price_cents_per_hour"], 45);
-    assert_eq!(a4000["instance_type"]["specs"], json!({"vcpus": 8, "memory_gib": 32, "storage_gib": 250, "gpus": 1, "gpu_model": "A4000"}));
-    let regions: Vec<_> = a4000["regions_with_capacity_available"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(regions, ["us-east-dev", "igl"], "A4000 hosts are px1 and igl-gpu-01");
+    assert_eq!(
+        a4000["instance_type"]["specs"],
+        json!({"vcpus": 8, "memory_gib": 32, "storage_gib": 250, "gpus": 1, "gpu_model": "A4000"})
+    );
+    let regions: Vec<_> = a4000["regions_with_capacity_available"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        regions,
+        ["us-east-dev", "igl"],
+        "A4000 hosts are px1 and igl-gpu-01"
+    );
     let r0 = &a4000["regions_with_capacity_available"][0];
-    assert_eq!(r0["location"], json!({"city": "Philadelphia", "state": "PA", "country": "US"}));
+    assert_eq!(
+        r0["location"],
+        json!({"city": "Philadelphia", "state": "PA", "country": "US"})
+    );
 }
 
 #[tokio::test]
@@ -58,23 +87,49 @@ async fn available_drops_a_region_once_it_is_full() {
     let app = TestApp::spawn_with(tiny_fleet(1), engine_config()).await;
     let alice = app.tenant("alice").await;
     let regions = |b: serde_json::Value| {
-        b["data"].as_array().unwrap().iter().find(|d| d["id"] == "v1_cpu_small").unwrap()["regions_with_capacity_available"]
+        b["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == "v1_cpu_small")
+            .unwrap()["regions_with_capacity_available"]
             .as_array()
             .unwrap()
             .len()
     };
-    assert_eq!(regions(alice.get_json("/api/v1/instances/available", StatusCode::OK).await), 1);
+    assert_eq!(
+        regions(
+            alice
+                .get_json("/api/v1/instances/available", StatusCode::OK)
+                .await
+        ),
+        1
+    );
     alice.launch("v1_cpu_small", "us-east-1").await;
-    assert_eq!(regions(alice.get_json("/api/v1/instances/available", StatusCode::OK).await), 0);
+    assert_eq!(
+        regions(
+            alice
+                .get_json("/api/v1/instances/available", StatusCode::OK)
+                .await
+        ),
+        0
+    );
 }
 
 #[tokio::test]
 async fn templates_are_listed() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let b = alice.get_json("/api/v1/instances/templates", StatusCode::OK).await;
+    let b = alice
+        .get_json("/api/v1/instances/templates", StatusCode::OK)
+        .await;
     assert_eq!(b["total"], 4);
-    let win = b["templates"].as_array().unwrap().iter().find(|t| t["name"] == "WIN10").unwrap();
+    let win = b["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "WIN10")
+        .unwrap();
     assert_eq!(win["os_type"], "windows");
     assert!(win["vmid"].is_i64());
     assert!(win["has_nvidia"].is_boolean());
@@ -85,7 +140,10 @@ async fn resources_are_staff_only_and_follow_reservations() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let r = alice.get("/api/v1/resources").await;
-    assert_eq!(expect(r, StatusCode::FORBIDDEN).await["message"], "Staff permission required");
+    assert_eq!(
+        expect(r, StatusCode::FORBIDDEN).await["message"],
+        "Staff permission required"
+    );
     let op = app.staff("operator").await;
     let before = op.get_json("/api/v1/resources", StatusCode::OK).await;
     let px1 = &before["hosts"]["px1"];
@@ -96,13 +154,21 @@ async fn resources_are_staff_only_and_follow_reservations() {
     alice.launch("gpu_2x_a4000", "us-east-dev").await;
     let after = op.get_json("/api/v1/resources", StatusCode::OK).await;
     assert_eq!(after["hosts"]["px1"]["gpus_available"], 2);
-    assert_eq!(after["hosts"]["px1"]["cores_available"], px1["cores_available"].as_i64().unwrap() - 16);
+    assert_eq!(
+        after["hosts"]["px1"]["cores_available"],
+        px1["cores_available"].as_i64().unwrap() - 16
+    );
 }
 
 #[tokio::test]
 async fn openapi_and_docs_are_served() {
     let app = TestApp::spawn().await;
-    let doc = expect(app.raw(Method::GET, "/api/v1/openapi.json", None, None).await, StatusCode::OK).await;
+    let doc = expect(
+        app.raw(Method::GET, "/api/v1/openapi.json", None, None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     assert!(doc["paths"]["/api/v1/instances/launch-instance"]["post"].is_object());
     assert!(doc["paths"]["/api/v1/resources"]["get"].is_object());
     let page = app.raw(Method::GET, "/docs", None, None).await;
@@ -116,6 +182,10 @@ async fn unknown_routes_and_methods_answer_json() {
     let alice = app.tenant("alice").await;
     let b = expect(alice.get("/api/v1/nope").await, StatusCode::NOT_FOUND).await;
     assert_eq!(b["error"], "not_found");
-    let b = expect(alice.call(Method::PATCH, "/api/v1/instances", None).await, StatusCode::METHOD_NOT_ALLOWED).await;
+    let b = expect(
+        alice.call(Method::PATCH, "/api/v1/instances", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
     assert_eq!(b["error"], "method_not_allowed");
 }

@@ -9,18 +9,25 @@ async fn a_task_whose_worker_died_is_reclaimed_and_finishes() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let (id, task) = (vm["vm_uuid"].as_str().unwrap(), vm["task_id"].as_str().unwrap());
+    let (id, task) = (
+        vm["vm_uuid"].as_str().unwrap(),
+        vm["task_id"].as_str().unwrap(),
+    );
     // A worker claims the task and dies without finishing.
     let dead = app.second_engine();
     let claimed = dead.claim_and_abandon().await.unwrap().unwrap();
     assert_eq!(claimed.id, task);
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "PROCESSING");
     // Before the lease runs out nobody else may take it.
     assert_eq!(app.drain().await, 0);
     app.clock.advance_ms(engine_config().lease_ms + 1);
     assert_eq!(app.drain().await, 1);
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "COMPLETED");
     assert_eq!(alice.instance(id).await["status"], "rented");
 }
@@ -31,9 +38,18 @@ async fn a_lost_answer_after_the_vm_was_built_does_not_build_it_twice() {
     let alice = app.tenant("alice").await;
     app.sim.fail_next(Op::Create, 1, FailWhen::After, true);
     let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let (id, task) = (vm["vm_uuid"].as_str().unwrap(), vm["task_id"].as_str().unwrap());
-    assert_eq!(app.drain().await, 1, "first attempt fails and is scheduled for retry");
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let (id, task) = (
+        vm["vm_uuid"].as_str().unwrap(),
+        vm["task_id"].as_str().unwrap(),
+    );
+    assert_eq!(
+        app.drain().await,
+        1,
+        "first attempt fails and is scheduled for retry"
+    );
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "PENDING");
     assert!(t["message"].as_str().unwrap().contains("will retry"));
     app.clock.advance_ms(60_000);
@@ -49,13 +65,21 @@ async fn a_failed_create_releases_its_capacity_and_ip() {
     let free = app.host_free("tiny-1").await;
     app.sim.fail_next(Op::Start, 1, FailWhen::Before, false);
     let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let (id, task) = (vm["vm_uuid"].as_str().unwrap(), vm["task_id"].as_str().unwrap());
+    let (id, task) = (
+        vm["vm_uuid"].as_str().unwrap(),
+        vm["task_id"].as_str().unwrap(),
+    );
     assert_eq!(app.host_free("tiny-1").await.cores, 0);
     app.drain().await;
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "FAILED");
     assert!(t["message"].as_str().unwrap().contains("start"));
-    assert_eq!(alice.get(&format!("/api/v1/instances/{id}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        alice.get(&format!("/api/v1/instances/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.host_free("tiny-1").await, free);
     assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
     assert_eq!(app.sim.vm_count(), 0, "the half-built VM was cleaned up");
@@ -69,14 +93,17 @@ async fn transient_failures_are_retried_until_attempts_run_out() {
     let app = TestApp::spawn_with(tiny_fleet(1), engine_config()).await;
     let alice = app.tenant("alice").await;
     let attempts = engine_config().max_attempts as usize;
-    app.sim.fail_next(Op::Create, attempts, FailWhen::Before, true);
+    app.sim
+        .fail_next(Op::Create, attempts, FailWhen::Before, true);
     let vm = alice.launch("v1_cpu_small", "us-east-1").await;
     let task = vm["task_id"].as_str().unwrap();
     for _ in 0..attempts {
         assert_eq!(app.drain().await, 1);
         app.clock.advance_ms(60_000);
     }
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "FAILED");
     assert_eq!(app.host_free("tiny-1").await.cores, 2);
     assert_eq!(app.drain().await, 0);
@@ -92,7 +119,10 @@ async fn transient_failures_then_success() {
         app.drain().await;
         app.clock.advance_ms(60_000);
     }
-    assert_eq!(alice.instance(vm["vm_uuid"].as_str().unwrap()).await["status"], "rented");
+    assert_eq!(
+        alice.instance(vm["vm_uuid"].as_str().unwrap()).await["status"],
+        "rented"
+    );
 }
 
 #[tokio::test]
@@ -107,9 +137,18 @@ async fn a_failed_delete_leaves_the_instance_rented_for_another_try() {
     assert_eq!(r.status(), StatusCode::OK);
     app.drain().await;
     assert_eq!(alice.instance(id).await["status"], "rented");
-    assert_eq!(alice.delete(&format!("/api/v1/instances/{id}")).await.status(), StatusCode::OK);
+    assert_eq!(
+        alice
+            .delete(&format!("/api/v1/instances/{id}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     app.drain().await;
-    assert_eq!(alice.get(&format!("/api/v1/instances/{id}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        alice.get(&format!("/api/v1/instances/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -123,7 +162,9 @@ async fn workers_in_the_background_finish_launches_without_being_driven() {
     // Poll the task like a client would (bounded), yielding to the workers between polls.
     let mut status = String::new();
     for _ in 0..500 {
-        let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+        let t = alice
+            .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+            .await;
         status = t["status"].as_str().unwrap().to_string();
         if status == "COMPLETED" {
             break;

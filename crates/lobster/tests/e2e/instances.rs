@@ -10,17 +10,35 @@ async fn list_is_newest_first_and_only_mine() {
     let b1 = bob.launch("v1_cpu_small", "us-east-1").await;
     let a2 = alice.launch("v1_cpu_medium", "us-east-dev").await;
     let list = alice.get_json("/api/v1/instances", StatusCode::OK).await;
-    let ids: Vec<_> = list.as_array().unwrap().iter().map(|i| i["uuid"].clone()).collect();
+    let ids: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["uuid"].clone())
+        .collect();
     assert_eq!(ids, vec![a2["vm_uuid"].clone(), a1["vm_uuid"].clone()]);
     let bob_list = bob.get_json("/api/v1/instances", StatusCode::OK).await;
     assert_eq!(bob_list.as_array().unwrap().len(), 1);
     assert_eq!(bob_list[0]["uuid"], b1["vm_uuid"]);
     // Documented field types.
     let i = &list[0];
-    for f in ["cpu_cores", "memory", "storage", "gpu_count", "price_cents_per_hour"] {
+    for f in [
+        "cpu_cores",
+        "memory",
+        "storage",
+        "gpu_count",
+        "price_cents_per_hour",
+    ] {
         assert!(i[f].is_i64(), "{f}");
     }
-    for f in ["uuid", "name", "host_id", "created_at", "power_status", "region"] {
+    for f in [
+        "uuid",
+        "name",
+        "host_id",
+        "created_at",
+        "power_status",
+        "region",
+    ] {
         assert!(i[f].is_string(), "{f}");
     }
     assert!(i["gpu_model"].is_null(), "CPU instance has no GPU model");
@@ -31,17 +49,52 @@ async fn another_tenant_gets_404_for_everything_of_mine() {
     let app = TestApp::spawn().await;
     let (alice, bob) = (app.tenant("alice").await, app.tenant("bob").await);
     let vm = alice.launch("gpu_1x_a4000", "us-east-dev").await;
-    let (id, task) = (vm["vm_uuid"].as_str().unwrap(), vm["task_id"].as_str().unwrap());
+    let (id, task) = (
+        vm["vm_uuid"].as_str().unwrap(),
+        vm["task_id"].as_str().unwrap(),
+    );
     app.drain().await;
-    let b = expect(bob.get(&format!("/api/v1/instances/{id}")).await, StatusCode::NOT_FOUND).await;
-    assert_eq!(b, json!({"error": "instance_not_found", "message": format!("Instance {id} not found")}));
-    assert_eq!(bob.delete(&format!("/api/v1/instances/{id}")).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(bob.post(&format!("/api/v1/instances/{id}/reboot"), json!({})).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(bob.put(&format!("/api/v1/instances/{id}/rename"), json!({"name": "stolen"})).await.status(), StatusCode::NOT_FOUND);
-    let t = expect(bob.get(&format!("/api/v1/tasks/{task}")).await, StatusCode::NOT_FOUND).await;
+    let b = expect(
+        bob.get(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(
+        b,
+        json!({"error": "instance_not_found", "message": format!("Instance {id} not found")})
+    );
+    assert_eq!(
+        bob.delete(&format!("/api/v1/instances/{id}"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        bob.post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        bob.put(
+            &format!("/api/v1/instances/{id}/rename"),
+            json!({"name": "stolen"})
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    let t = expect(
+        bob.get(&format!("/api/v1/tasks/{task}")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(t["error"], "task_not_found");
     assert_eq!(t["task_id"], json!(task));
-    assert_eq!(bob.get_json("/api/v1/tasks?days=7", StatusCode::OK).await["total"], 0);
+    assert_eq!(
+        bob.get_json("/api/v1/tasks?days=7", StatusCode::OK).await["total"],
+        0
+    );
     // Alice's instance is untouched.
     assert_eq!(alice.instance(id).await["status"], "rented");
     assert_eq!(alice.instance(id).await["name"], vm_name(&alice, id).await);
@@ -55,7 +108,11 @@ async fn vm_name(t: &Tenant, id: &str) -> String {
 async fn unknown_instance_is_404_naming_the_id() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let b = expect(alice.get("/api/v1/instances/vm-nope").await, StatusCode::NOT_FOUND).await;
+    let b = expect(
+        alice.get("/api/v1/instances/vm-nope").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(b["message"], "Instance vm-nope not found");
 }
 
@@ -69,25 +126,53 @@ async fn delete_releases_capacity_and_ip_exactly_once() {
     app.drain().await;
     assert_eq!(app.host_free("px1").await.gpus, free0.gpus - 2);
 
-    let b = expect(alice.delete(&format!("/api/v1/instances/{id}")).await, StatusCode::OK).await;
+    let b = expect(
+        alice.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(b["status"], "PENDING");
     assert_eq!(b["message"], "Instance deletion queued");
     assert_eq!(b["instance_id"], json!(id));
     assert_eq!(b["host"], "px1");
     assert!(b["task_id"].as_str().unwrap().starts_with("task_"));
     assert_eq!(alice.instance(id).await["status"], "terminating");
-    let again = expect(alice.delete(&format!("/api/v1/instances/{id}")).await, StatusCode::BAD_REQUEST).await;
-    assert_eq!(again, json!({"error": "invalid_state", "message": "VM is not in 'rented' status: terminating"}));
+    let again = expect(
+        alice.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(
+        again,
+        json!({"error": "invalid_state", "message": "VM is not in 'rented' status: terminating"})
+    );
 
     app.drain().await;
-    assert_eq!(alice.get(&format!("/api/v1/instances/{id}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        alice.get(&format!("/api/v1/instances/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.host_free("px1").await, free0);
     assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
     assert!(app.sim.vm("px1", id).is_none());
-    let t = alice.get_json(&format!("/api/v1/tasks/{}", b["task_id"].as_str().unwrap()), StatusCode::OK).await;
-    assert_eq!((t["status"].as_str(), t["operation"].as_str()), (Some("COMPLETED"), Some("delete_instance")));
+    let t = alice
+        .get_json(
+            &format!("/api/v1/tasks/{}", b["task_id"].as_str().unwrap()),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(
+        (t["status"].as_str(), t["operation"].as_str()),
+        (Some("COMPLETED"), Some("delete_instance"))
+    );
     // Gone for good: deleting again is 404, and the capacity was released once only.
-    assert_eq!(alice.delete(&format!("/api/v1/instances/{id}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        alice
+            .delete(&format!("/api/v1/instances/{id}"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.host_free("px1").await, free0);
 }
 
@@ -96,7 +181,16 @@ async fn delete_while_creating_is_409() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let b = expect(alice.delete(&format!("/api/v1/instances/{}", vm["vm_uuid"].as_str().unwrap())).await, StatusCode::CONFLICT).await;
+    let b = expect(
+        alice
+            .delete(&format!(
+                "/api/v1/instances/{}",
+                vm["vm_uuid"].as_str().unwrap()
+            ))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
     assert_eq!(b["error"], "operation_in_progress");
 }
 
@@ -106,26 +200,88 @@ async fn rename_rules() {
     let alice = app.tenant("alice").await;
     let a = alice.launch("v1_cpu_small", "us-east-1").await;
     let b = alice.launch("v1_cpu_small", "us-east-1").await;
-    let (a, b) = (a["vm_uuid"].as_str().unwrap(), b["vm_uuid"].as_str().unwrap());
+    let (a, b) = (
+        a["vm_uuid"].as_str().unwrap(),
+        b["vm_uuid"].as_str().unwrap(),
+    );
     // Allowed while creating: only the display name changes.
-    let r = expect(alice.put(&format!("/api/v1/instances/{a}/rename"), json!({"name": "my_prod-1"})).await, StatusCode::OK).await;
-    assert_eq!(r, json!({"message": "Instance renamed successfully", "instance_id": a, "new_name": "my_prod-1"}));
+    let r = expect(
+        alice
+            .put(
+                &format!("/api/v1/instances/{a}/rename"),
+                json!({"name": "my_prod-1"}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!({"message": "Instance renamed successfully", "instance_id": a, "new_name": "my_prod-1"})
+    );
     assert_eq!(alice.instance(a).await["name"], "my_prod-1");
     for bad in ["ab", "has space", "dots.not.ok", &"x".repeat(65)] {
-        let r = expect(alice.put(&format!("/api/v1/instances/{a}/rename"), json!({"name": bad})).await, StatusCode::BAD_REQUEST).await;
+        let r = expect(
+            alice
+                .put(
+                    &format!("/api/v1/instances/{a}/rename"),
+                    json!({"name": bad}),
+                )
+                .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
         assert_eq!(r["error"], "invalid_name", "{bad}");
     }
-    let dup = expect(alice.put(&format!("/api/v1/instances/{b}/rename"), json!({"name": "my_prod-1"})).await, StatusCode::CONFLICT).await;
+    let dup = expect(
+        alice
+            .put(
+                &format!("/api/v1/instances/{b}/rename"),
+                json!({"name": "my_prod-1"}),
+            )
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
     assert_eq!(dup["error"], "resource_conflict");
     // Renaming to its own current name is fine.
-    assert_eq!(alice.put(&format!("/api/v1/instances/{a}/rename"), json!({"name": "my_prod-1"})).await.status(), StatusCode::OK);
-    let r = expect(alice.put(&format!("/api/v1/instances/{a}/rename"), json!({})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(
+        alice
+            .put(
+                &format!("/api/v1/instances/{a}/rename"),
+                json!({"name": "my_prod-1"})
+            )
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let r = expect(
+        alice
+            .put(&format!("/api/v1/instances/{a}/rename"), json!({}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     assert_eq!(r["detail"][0]["loc"], json!(["body", "name"]));
-    let r = expect(alice.put(&format!("/api/v1/instances/{a}/rename"), json!({"name": 7})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = expect(
+        alice
+            .put(&format!("/api/v1/instances/{a}/rename"), json!({"name": 7}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     assert_eq!(r["detail"][0]["type"], "string_type");
     // Another tenant may use the same name.
     let bob = app.tenant("bob").await;
     let c = bob.launch("v1_cpu_small", "us-east-1").await;
     let c = c["vm_uuid"].as_str().unwrap();
-    assert_eq!(bob.put(&format!("/api/v1/instances/{c}/rename"), json!({"name": "my_prod-1"})).await.status(), StatusCode::OK);
+    assert_eq!(
+        bob.put(
+            &format!("/api/v1/instances/{c}/rename"),
+            json!({"name": "my_prod-1"})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
 }

@@ -22,14 +22,19 @@ async fn launch_answers_both_documented_shapes_and_the_instance_is_visible_while
     assert_eq!(b["data"]["assigned_ip"], b["assigned_ip"]);
     assert_eq!(b["data"]["status"], "PENDING");
     assert!(b["data"]["timestamp"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(b["data"]["next_steps"]["task_status_endpoint"], json!(format!("/api/v1/tasks/{task}")));
+    assert_eq!(
+        b["data"]["next_steps"]["task_status_endpoint"],
+        json!(format!("/api/v1/tasks/{task}"))
+    );
     assert!(b.get("credentials").is_none());
 
     // Never 404 while being created.
     let i = alice.instance(&id).await;
     assert_eq!(i["status"], "creating");
     assert_eq!(i["power_status"], "stopped");
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "PENDING");
     assert_eq!(t["operation"], "create_instance");
     assert_eq!(t["params"]["vm_uuid"], json!(id));
@@ -41,7 +46,10 @@ async fn launch_answers_both_documented_shapes_and_the_instance_is_visible_while
     assert_eq!(i["power_status"], "running");
     // Every configured value echoed exactly, with the documented types.
     assert_eq!(i["name"], "my-gpu-instance");
-    assert_eq!(i["metadata"], json!({"project": "ml-training", "owner": "john.doe"}));
+    assert_eq!(
+        i["metadata"],
+        json!({"project": "ml-training", "owner": "john.doe"})
+    );
     assert_eq!(i["instance_type"], "gpu_1x_a5000");
     assert_eq!(i["region"], "us-east-1");
     assert_eq!(i["host_id"], "wil-gpu-26");
@@ -54,7 +62,9 @@ async fn launch_answers_both_documented_shapes_and_the_instance_is_visible_while
     assert_eq!(i["template_name"], "UBUNTU-22-04-NV");
     assert_eq!(i["vm_username"], "ubuntu");
     assert_eq!(i["ip_address"], b["assigned_ip"]);
-    let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
+    let t = alice
+        .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+        .await;
     assert_eq!(t["status"], "COMPLETED");
     assert_eq!(t["ip_address"], b["assigned_ip"]);
 
@@ -75,14 +85,23 @@ async fn template_defaults_by_shape_and_iso_url_reaches_the_driver() {
                      "template_name": "UBUNTU-22-04", "iso_url": "https://example.com/steamos.iso", "username": "gamer"});
     let iso = expect(alice.launch_body(iso).await, StatusCode::OK).await;
     app.drain().await;
-    assert_eq!(alice.instance(cpu["vm_uuid"].as_str().unwrap()).await["template_name"], "UBUNTU-22-04");
-    assert_eq!(alice.instance(gpu["vm_uuid"].as_str().unwrap()).await["template_name"], "UBUNTU-22-04-NV");
+    assert_eq!(
+        alice.instance(cpu["vm_uuid"].as_str().unwrap()).await["template_name"],
+        "UBUNTU-22-04"
+    );
+    assert_eq!(
+        alice.instance(gpu["vm_uuid"].as_str().unwrap()).await["template_name"],
+        "UBUNTU-22-04-NV"
+    );
     let id = iso["vm_uuid"].as_str().unwrap();
     let i = alice.instance(id).await;
     assert_eq!(i["iso_url"], "https://example.com/steamos.iso");
     assert_eq!(i["vm_username"], "gamer");
     let host = i["host_id"].as_str().unwrap();
-    assert_eq!(app.sim.vm(host, id).unwrap().spec.iso_url.as_deref(), Some("https://example.com/steamos.iso"));
+    assert_eq!(
+        app.sim.vm(host, id).unwrap().spec.iso_url.as_deref(),
+        Some("https://example.com/steamos.iso")
+    );
 }
 
 async fn detail(r: reqwest::Response) -> Vec<(Value, String)> {
@@ -103,38 +122,114 @@ async fn schema_violations_are_422_with_every_field_located() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({"instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}), "region", "missing"),
-        (json!({"region": "us-east-1", "ssh_key": SSH_KEY}), "instance_type", "missing"),
-        (json!({"region": 5, "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}), "region", "string_type"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": "ssh-dss AAAA"}), "ssh_key", "string_pattern_mismatch"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "password": "short"}), "password", "string_too_short"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "password": "has space inside"}), "password", "string_pattern_mismatch"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "username": "9lives"}), "username", "string_pattern_mismatch"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "username": "a".repeat(33)}), "username", "string_too_long"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "-bad"}), "name", "string_pattern_mismatch"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "a".repeat(65)}), "name", "string_too_long"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "template_name": "ubuntu"}), "template_name", "string_pattern_mismatch"),
-        (json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "metadata": "x"}), "metadata", "dict_type"),
+        (
+            json!({"instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+            "region",
+            "missing",
+        ),
+        (
+            json!({"region": "us-east-1", "ssh_key": SSH_KEY}),
+            "instance_type",
+            "missing",
+        ),
+        (
+            json!({"region": 5, "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+            "region",
+            "string_type",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": "ssh-dss AAAA"}),
+            "ssh_key",
+            "string_pattern_mismatch",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "password": "short"}),
+            "password",
+            "string_too_short",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "password": "has space inside"}),
+            "password",
+            "string_pattern_mismatch",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "username": "9lives"}),
+            "username",
+            "string_pattern_mismatch",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "username": "a".repeat(33)}),
+            "username",
+            "string_too_long",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "-bad"}),
+            "name",
+            "string_pattern_mismatch",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "a".repeat(65)}),
+            "name",
+            "string_too_long",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "template_name": "ubuntu"}),
+            "template_name",
+            "string_pattern_mismatch",
+        ),
+        (
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "metadata": "x"}),
+            "metadata",
+            "dict_type",
+        ),
     ];
     for (body, field, kind) in cases {
         let got = detail(alice.launch_body(body.clone()).await).await;
-        assert_eq!(got, vec![(json!(["body", field]), kind.to_string())], "{body}");
+        assert_eq!(
+            got,
+            vec![(json!(["body", field]), kind.to_string())],
+            "{body}"
+        );
     }
     // Several problems are reported together.
-    let got = detail(alice.launch_body(json!({"ssh_key": "nope", "username": ""})).await).await;
+    let got = detail(
+        alice
+            .launch_body(json!({"ssh_key": "nope", "username": ""}))
+            .await,
+    )
+    .await;
     assert_eq!(got.len(), 4, "{got:?}");
     // Metadata values must be strings, located by key.
     let got = detail(alice.launch_body(json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "metadata": {"n": 1}})).await).await;
-    assert_eq!(got, vec![(json!(["body", "metadata", "n"]), "string_type".to_string())]);
-    assert_eq!(app.app.store().task_all().await.unwrap().len(), 0, "nothing half-written");
+    assert_eq!(
+        got,
+        vec![(json!(["body", "metadata", "n"]), "string_type".to_string())]
+    );
+    assert_eq!(
+        app.app.store().task_all().await.unwrap().len(),
+        0,
+        "nothing half-written"
+    );
 }
 
 #[tokio::test]
 async fn bodies_that_are_not_json_objects_are_422() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    for (body, kind) in [("", "missing"), ("{not json", "json_invalid"), ("[1,2]", "model_attributes_type"), ("null", "model_attributes_type")] {
-        let r = app.raw(Method::POST, "/api/v1/instances/launch-instance", Some(&alice.key), Some(body)).await;
+    for (body, kind) in [
+        ("", "missing"),
+        ("{not json", "json_invalid"),
+        ("[1,2]", "model_attributes_type"),
+        ("null", "model_attributes_type"),
+    ] {
+        let r = app
+            .raw(
+                Method::POST,
+                "/api/v1/instances/launch-instance",
+                Some(&alice.key),
+                Some(body),
+            )
+            .await;
         let b = expect(r, StatusCode::UNPROCESSABLE_ENTITY).await;
         assert_eq!(b["detail"][0]["type"], kind, "{body:?}");
         assert_eq!(b["detail"][0]["loc"][0], "body");
@@ -146,7 +241,14 @@ async fn oversized_body_is_413() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let big = format!("{{\"region\":\"{}\"}}", "x".repeat(100_000));
-    let r = app.raw(Method::POST, "/api/v1/instances/launch-instance", Some(&alice.key), Some(&big)).await;
+    let r = app
+        .raw(
+            Method::POST,
+            "/api/v1/instances/launch-instance",
+            Some(&alice.key),
+            Some(&big),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
 }
@@ -155,7 +257,9 @@ async fn oversized_body_is_413() {
 async fn an_authentication_method_is_required_for_linux() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let r = alice.launch_body(json!({"region": "us-east-1", "instance_type": "v1_cpu_small"})).await;
+    let r = alice
+        .launch_body(json!({"region": "us-east-1", "instance_type": "v1_cpu_small"}))
+        .await;
     let got = detail(r).await;
     assert_eq!(got, vec![(json!(["body"]), "value_error".to_string())]);
     // A password alone is enough.
@@ -168,17 +272,32 @@ async fn unknown_type_or_region_is_400_with_valid_values() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     for (t, r) in [("gpu_9x_h100", "us-east-1"), ("v1_cpu_small", "mars-1")] {
-        let b = expect(alice.launch_body(json!({"region": r, "instance_type": t, "ssh_key": SSH_KEY})).await, StatusCode::BAD_REQUEST).await;
+        let b = expect(
+            alice
+                .launch_body(json!({"region": r, "instance_type": t, "ssh_key": SSH_KEY}))
+                .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
         assert_eq!(b["error"], "invalid_request");
-        assert!(b["details"]["valid_instance_types"].as_array().unwrap().contains(&json!("gpu_1x_a4000")));
-        assert!(b["details"]["valid_regions"].as_array().unwrap().contains(&json!("us-east-dev")));
+        assert!(b["details"]["valid_instance_types"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("gpu_1x_a4000")));
+        assert!(b["details"]["valid_regions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("us-east-dev")));
     }
     let b = expect(
         alice.launch_body(json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "template_name": "DEBIAN-12"})).await,
         StatusCode::BAD_REQUEST,
     )
     .await;
-    assert!(b["details"]["valid_templates"].as_array().unwrap().contains(&json!("WIN10")));
+    assert!(b["details"]["valid_templates"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("WIN10")));
 }
 
 #[tokio::test]
@@ -188,14 +307,25 @@ async fn no_capacity_in_region_is_409_and_nothing_is_reserved() {
     alice.launch("v1_cpu_small", "us-east-1").await;
     let before = app.host_free("tiny-1").await;
     let b = expect(
-        alice.launch_body(json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY})).await,
+        alice
+            .launch_body(
+                json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+            )
+            .await,
         StatusCode::CONFLICT,
     )
     .await;
-    assert_eq!(b, json!({"error": "resource_conflict", "message": "Requested resources not available in specified region"}));
+    assert_eq!(
+        b,
+        json!({"error": "resource_conflict", "message": "Requested resources not available in specified region"})
+    );
     assert_eq!(app.host_free("tiny-1").await, before);
     // A GPU type the region has no host for is a conflict too, not a 500.
-    let r = alice.launch_body(json!({"region": "us-east-1", "instance_type": "gpu_1x_a4000", "ssh_key": SSH_KEY})).await;
+    let r = alice
+        .launch_body(
+            json!({"region": "us-east-1", "instance_type": "gpu_1x_a4000", "ssh_key": SSH_KEY}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
 }
 
@@ -208,9 +338,20 @@ async fn exhausted_ip_pool_is_409_and_capacity_is_not_kept() {
     let first = alice.launch("v1_cpu_small", "us-east-1").await;
     assert_eq!(first["assigned_ip"], "10.77.0.5");
     let free = app.host_free("tiny-1").await;
-    let r = alice.launch_body(json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY})).await;
-    assert_eq!(expect(r, StatusCode::CONFLICT).await["error"], "resource_conflict");
-    assert_eq!(app.host_free("tiny-1").await, free, "the transaction rolled back");
+    let r = alice
+        .launch_body(
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+        )
+        .await;
+    assert_eq!(
+        expect(r, StatusCode::CONFLICT).await["error"],
+        "resource_conflict"
+    );
+    assert_eq!(
+        app.host_free("tiny-1").await,
+        free,
+        "the transaction rolled back"
+    );
 }
 
 #[tokio::test]
@@ -230,9 +371,20 @@ async fn windows_gets_a_one_time_generated_password() {
     app.drain().await;
     // The driver received it for cloud-init...
     let i = alice.instance(id).await;
-    assert_eq!(app.sim.vm(i["host_id"].as_str().unwrap(), id).unwrap().spec.password.as_deref(), Some(pw.as_str()));
+    assert_eq!(
+        app.sim
+            .vm(i["host_id"].as_str().unwrap(), id)
+            .unwrap()
+            .spec
+            .password
+            .as_deref(),
+        Some(pw.as_str())
+    );
     // ...and it is never shown again, nor kept once the VM exists.
-    for body in [alice.get("/api/v1/instances").await.text().await.unwrap(), i.to_string()] {
+    for body in [
+        alice.get("/api/v1/instances").await.text().await.unwrap(),
+        i.to_string(),
+    ] {
         assert!(!body.contains(&pw));
     }
     let row = app.app.store().instance_by_id(id).await.unwrap().unwrap();
@@ -255,9 +407,12 @@ async fn n_concurrent_launches_against_room_for_k_place_exactly_k() {
     for _ in 0..n {
         let a = alice.clone();
         handles.push(tokio::spawn(async move {
-            a.post("/api/v1/instances/launch-instance", json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}))
-                .await
-                .status()
+            a.post(
+                "/api/v1/instances/launch-instance",
+                json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+            )
+            .await
+            .status()
         }));
     }
     let mut ok = 0;

@@ -13,16 +13,45 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let id = running_vm(&app, &alice).await;
-    let host = alice.instance(&id).await["host_id"].as_str().unwrap().to_string();
+    let host = alice.instance(&id).await["host_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let steps = [
-        ("shutdown", "VM shutdown queued", "stopped", "shutdown_instance"),
-        ("power-on", "VM power on queued", "running", "power_on_instance"),
-        ("force-shutdown", "VM force shutdown queued", "stopped", "force_shutdown_instance"),
+        (
+            "shutdown",
+            "VM shutdown queued",
+            "stopped",
+            "shutdown_instance",
+        ),
+        (
+            "power-on",
+            "VM power on queued",
+            "running",
+            "power_on_instance",
+        ),
+        (
+            "force-shutdown",
+            "VM force shutdown queued",
+            "stopped",
+            "force_shutdown_instance",
+        ),
         ("reboot", "VM reboot queued", "running", "reboot_instance"),
-        ("power-cycle", "VM power cycle queued", "running", "power_cycle_instance"),
+        (
+            "power-cycle",
+            "VM power cycle queued",
+            "running",
+            "power_cycle_instance",
+        ),
     ];
     for (op, msg, after, operation) in steps {
-        let b = expect(alice.post(&format!("/api/v1/instances/{id}/{op}"), json!({})).await, StatusCode::OK).await;
+        let b = expect(
+            alice
+                .post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
         assert_eq!(b["status"], "PENDING", "{op}");
         assert_eq!(b["message"], msg);
         assert_eq!(b["instance_id"], json!(id));
@@ -32,8 +61,13 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
         let i = alice.instance(&id).await;
         assert_eq!(i["power_status"], after, "{op}");
         assert_eq!(i["status"], "rented");
-        let t = alice.get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK).await;
-        assert_eq!((t["status"].as_str(), t["operation"].as_str()), (Some("COMPLETED"), Some(operation)));
+        let t = alice
+            .get_json(&format!("/api/v1/tasks/{task}"), StatusCode::OK)
+            .await;
+        assert_eq!(
+            (t["status"].as_str(), t["operation"].as_str()),
+            (Some("COMPLETED"), Some(operation))
+        );
         let vm = app.sim.vm(&host, &id).unwrap();
         assert_eq!(vm.power.as_str(), after);
     }
@@ -44,14 +78,42 @@ async fn a_second_operation_while_one_runs_is_409() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let id = running_vm(&app, &alice).await;
-    assert_eq!(alice.post(&format!("/api/v1/instances/{id}/reboot"), json!({})).await.status(), StatusCode::OK);
+    assert_eq!(
+        alice
+            .post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     for op in ["reboot", "shutdown", "power-on"] {
-        let b = expect(alice.post(&format!("/api/v1/instances/{id}/{op}"), json!({})).await, StatusCode::CONFLICT).await;
-        assert_eq!(b, json!({"error": "operation_in_progress", "message": "Another operation is in progress on this Instance"}));
+        let b = expect(
+            alice
+                .post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
+                .await,
+            StatusCode::CONFLICT,
+        )
+        .await;
+        assert_eq!(
+            b,
+            json!({"error": "operation_in_progress", "message": "Another operation is in progress on this Instance"})
+        );
     }
-    assert_eq!(expect(alice.delete(&format!("/api/v1/instances/{id}")).await, StatusCode::CONFLICT).await["error"], "operation_in_progress");
+    assert_eq!(
+        expect(
+            alice.delete(&format!("/api/v1/instances/{id}")).await,
+            StatusCode::CONFLICT
+        )
+        .await["error"],
+        "operation_in_progress"
+    );
     assert_eq!(app.drain().await, 1, "only the first was queued");
-    assert_eq!(alice.post(&format!("/api/v1/instances/{id}/shutdown"), json!({})).await.status(), StatusCode::OK);
+    assert_eq!(
+        alice
+            .post(&format!("/api/v1/instances/{id}/shutdown"), json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -62,7 +124,11 @@ async fn concurrent_power_requests_queue_exactly_one() {
     let mut hs = vec![];
     for _ in 0..10 {
         let (a, id) = (alice.clone(), id.clone());
-        hs.push(tokio::spawn(async move { a.post(&format!("/api/v1/instances/{id}/reboot"), json!({})).await.status() }));
+        hs.push(tokio::spawn(async move {
+            a.post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
+                .await
+                .status()
+        }));
     }
     let mut ok = 0;
     for h in hs {
@@ -79,13 +145,34 @@ async fn power_posts_accept_an_empty_or_any_body() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let id = running_vm(&app, &alice).await;
-    let r = app.raw(Method::POST, &format!("/api/v1/instances/{id}/shutdown"), Some(&alice.key), None).await;
+    let r = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/shutdown"),
+            Some(&alice.key),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     app.drain().await;
-    let r = app.raw(Method::POST, &format!("/api/v1/instances/{id}/power-on"), Some(&alice.key), Some("")).await;
+    let r = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/power-on"),
+            Some(&alice.key),
+            Some(""),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     app.drain().await;
-    let r = app.raw(Method::POST, &format!("/api/v1/instances/{id}/reboot"), Some(&alice.key), Some("{\"force\": true}")).await;
+    let r = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/reboot"),
+            Some(&alice.key),
+            Some("{\"force\": true}"),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -93,7 +180,13 @@ async fn power_posts_accept_an_empty_or_any_body() {
 async fn power_on_unknown_instance_is_404() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let b = expect(alice.post("/api/v1/instances/nope/power-on", json!({})).await, StatusCode::NOT_FOUND).await;
+    let b = expect(
+        alice
+            .post("/api/v1/instances/nope/power-on", json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(b["error"], "instance_not_found");
 }
 
@@ -104,13 +197,33 @@ async fn a_failed_power_operation_leaves_the_real_power_state() {
     let alice = app.tenant("alice").await;
     let id = running_vm(&app, &alice).await;
     app.sim.fail_next(Op::Shutdown, 1, FailWhen::Before, false);
-    let b = expect(alice.post(&format!("/api/v1/instances/{id}/shutdown"), json!({})).await, StatusCode::OK).await;
+    let b = expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/shutdown"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     app.drain().await;
-    let t = alice.get_json(&format!("/api/v1/tasks/{}", b["task_id"].as_str().unwrap()), StatusCode::OK).await;
+    let t = alice
+        .get_json(
+            &format!("/api/v1/tasks/{}", b["task_id"].as_str().unwrap()),
+            StatusCode::OK,
+        )
+        .await;
     assert_eq!(t["status"], "FAILED");
     assert!(t["message"].as_str().unwrap().contains("scripted"));
     let i = alice.instance(&id).await;
-    assert_eq!((i["status"].as_str(), i["power_status"].as_str()), (Some("rented"), Some("running")));
+    assert_eq!(
+        (i["status"].as_str(), i["power_status"].as_str()),
+        (Some("rented"), Some("running"))
+    );
     // The instance is free for the next operation.
-    assert_eq!(alice.post(&format!("/api/v1/instances/{id}/shutdown"), json!({})).await.status(), StatusCode::OK);
+    assert_eq!(
+        alice
+            .post(&format!("/api/v1/instances/{id}/shutdown"), json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }

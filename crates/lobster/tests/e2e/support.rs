@@ -27,7 +27,12 @@ pub struct TestApp {
 }
 
 pub fn engine_config() -> EngineConfig {
-    EngineConfig { workers: 1, lease_ms: 30_000, poll_ms: 50, max_attempts: 3 }
+    EngineConfig {
+        workers: 1,
+        lease_ms: 30_000,
+        poll_ms: 50,
+        max_attempts: 3,
+    }
 }
 
 async fn database_url(dir: &tempfile::TempDir) -> String {
@@ -40,9 +45,15 @@ async fn database_url(dir: &tempfile::TempDir) -> String {
 /// A new, uniquely named schema; the returned URL's connections use it.
 async fn fresh_pg_schema(base: &str) -> String {
     sqlx::any::install_default_drivers();
-    let schema = format!("e2e_{}", lobster_core::ids::new_uuid().replace('-', "")[..16].to_string());
+    let schema = format!(
+        "e2e_{}",
+        &lobster_core::ids::new_uuid().replace('-', "")[..16]
+    );
     let pool = sqlx::AnyPool::connect(base).await.expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.expect("schema");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("schema");
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
@@ -55,13 +66,19 @@ impl TestApp {
 
     pub async fn spawn_with(fleet: Fleet, engine: EngineConfig) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::connect(&database_url(&dir).await).await.expect("store");
+        let store = Store::connect(&database_url(&dir).await)
+            .await
+            .expect("store");
         let sim = Arc::new(SimDriver::new(SimConfig::instant()));
         let clock = ManualClock::new(SystemClock.now());
         let shared: SharedClock = clock.clone();
-        let app = App::new(store, sim.clone(), fleet.clone(), shared, engine).await.expect("app");
+        let app = App::new(store, sim.clone(), fleet.clone(), shared, engine)
+            .await
+            .expect("app");
         app.fleet_sync().await.expect("fleet sync");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().unwrap();
         let router = lobster_api::router(app.clone());
         tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
@@ -125,13 +142,21 @@ impl TestApp {
         }
     }
 
-    pub async fn raw(&self, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Response {
         let mut r = self.client.request(method, format!("{}{path}", self.base));
         if let Some(k) = key {
             r = r.header("X-API-Key", k);
         }
         if let Some(b) = body {
-            r = r.header("content-type", "application/json").body(b.to_string());
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         r.send().await.expect("request")
     }
@@ -153,7 +178,10 @@ pub struct Tenant {
 
 impl Tenant {
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
-        let mut r = self.client.request(method, format!("{}{path}", self.base)).header("X-API-Key", &self.key);
+        let mut r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -185,7 +213,11 @@ impl Tenant {
     /// Launches a standard instance and returns the response (asserting 200). The clock moves
     /// one second so that "newest first" is well defined.
     pub async fn launch(&self, instance_type: &str, region: &str) -> Value {
-        let r = self.launch_body(json!({ "region": region, "instance_type": instance_type, "ssh_key": SSH_KEY })).await;
+        let r = self
+            .launch_body(
+                json!({ "region": region, "instance_type": instance_type, "ssh_key": SSH_KEY }),
+            )
+            .await;
         expect(r, StatusCode::OK).await
     }
 
@@ -195,7 +227,8 @@ impl Tenant {
     }
 
     pub async fn instance(&self, id: &str) -> Value {
-        self.get_json(&format!("/api/v1/instances/{id}"), StatusCode::OK).await
+        self.get_json(&format!("/api/v1/instances/{id}"), StatusCode::OK)
+            .await
     }
 }
 

@@ -1,0 +1,201 @@
+//! The binary as an operator uses it: `lobster serve` in one process, `lobster admin` in
+//! others on the same data directory while it runs, then a graceful SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lobster");
+
+fn admin(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("LOBSTER_DATABASE_URL")
+        .env_remove("LOBSTER_CONFIG")
+        .output()
+        .expect("run lobster admin");
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn serve(dir: &std::path::Path, bootstrap: Option<&str>) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env_remove("LOBSTER_DATABASE_URL")
+        .env_remove("LOBSTER_CONFIG")
+        .env_remove("LOBSTER_BOOTSTRAP_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(k) = bootstrap {
+        cmd.env("LOBSTER_BOOTSTRAP_KEY", k);
+    }
+    let mut child = cmd.spawn().expect("spawn serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv().expect("serve printed nothing");
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    Server {
+        child,
+        base,
+        lines: rx,
+    }
+}
+
+impl Server {
+    fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        self.lines.try_iter().collect()
+    }
+}
+
+async fn status(base: &str, path: &str, key: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn operator_commands_work_beside_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let acc = admin(dir.path(), &["account", "create", "acme"]);
+    assert!(acc.trim().starts_with("acc_"));
+    let server = serve(dir.path(), None);
+
+    // Key created while the server runs; the secret is alone on the last line.
+    let out = admin(
+        dir.path(),
+        &["key", "create", "--account", "acme", "--role", "owner"],
+    );
+    let key = out.lines().last().unwrap().trim().to_string();
+    assert!(key.starts_with("lob_"));
+    assert_eq!(
+        status(&server.base, "/api/v1/instances/available", &key).await,
+        200
+    );
+
+    let listed = admin(dir.path(), &["account", "list"]);
+    assert!(listed.contains("acme"));
+    admin(dir.path(), &["team", "create", "--account", "acme", "ml"]);
+    let team_key = admin(
+        dir.path(),
+        &[
+            "key",
+            "create",
+            "--account",
+            "acme",
+            "--role",
+            "viewer",
+            "--team",
+            "ml",
+            "--expires-in-days",
+            "30",
+        ],
+    );
+    let team_key = team_key.lines().last().unwrap().trim().to_string();
+    assert_eq!(
+        status(&server.base, "/api/v1/instances", &team_key).await,
+        200
+    );
+
+    let keys = admin(dir.path(), &["key", "list", "--account", "acme"]);
+    assert_eq!(keys.lines().count(), 2);
+    let key_id = keys
+        .lines()
+        .find(|l| l.contains("\towner\t"))
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    admin(dir.path(), &["key", "revoke", &key_id]);
+    assert_eq!(status(&server.base, "/api/v1/instances", &key).await, 401);
+
+    let rest = server.stop();
+    assert!(
+        rest.iter().any(|l| l.contains("lobster stopped")),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_key_and_start_banner() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "script-bootstrap-key-0123456789";
+    let server = serve(dir.path(), Some(key));
+    assert_eq!(status(&server.base, "/api/v1/resources", key).await, 200);
+    let rest = server.stop();
+    assert!(rest.iter().any(|l| l.contains("/docs")));
+    // Restarting with the same key is fine (idempotent bootstrap), and the data persisted.
+    let server = serve(dir.path(), Some(key));
+    assert_eq!(status(&server.base, "/api/v1/instances", key).await, 200);
+    server.stop();
+    let accounts = admin(dir.path(), &["account", "list"]);
+    assert_eq!(
+        accounts.lines().filter(|l| l.contains("default")).count(),
+        1
+    );
+}
+
+#[test]
+fn admin_errors_are_reported_and_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["key", "create", "--account", "ghost"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["account", "create", "acme"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["key", "create", "--account", "acme", "--role", "root"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("role"));
+}
