@@ -73,7 +73,8 @@ impl App {
                 .await?
                 .ok_or_else(|| Error::not_found("instance", id))?;
             let status = InstanceStatus::parse(&row.status).unwrap_or(InstanceStatus::Failed);
-            check_mutable(status, row.active_task_id.is_some(), id)?;
+            let deleting = kind == TaskKind::DeleteInstance;
+            check_mutable(status, row.active_task_id.is_some(), id, deleting)?;
             return Err(Error::operation_in_progress());
         }
         let inst = tx

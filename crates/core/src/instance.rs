@@ -97,11 +97,18 @@ impl PowerOp {
 }
 
 /// Mutating operations (power, delete, later backup/restore) need a settled instance.
-/// `creating` counts as busy: its create task holds the instance.
-pub fn check_mutable(status: InstanceStatus, busy: bool, id: &str) -> Result<(), Error> {
+/// `creating` counts as busy: its create task holds the instance. A terminating instance is
+/// busy too, except that a second delete gets the spec's 400 `invalid_state`.
+pub fn check_mutable(
+    status: InstanceStatus,
+    busy: bool,
+    id: &str,
+    deleting: bool,
+) -> Result<(), Error> {
     match status {
         InstanceStatus::Rented if !busy => Ok(()),
         InstanceStatus::Rented | InstanceStatus::Creating => Err(Error::operation_in_progress()),
+        InstanceStatus::Terminating if !deleting => Err(Error::operation_in_progress()),
         InstanceStatus::Terminating => Err(Error::bad_request(
             "invalid_state",
             "VM is not in 'rented' status: terminating",
@@ -131,27 +138,34 @@ mod tests {
 
     #[test]
     fn mutability() {
-        assert!(check_mutable(InstanceStatus::Rented, false, "x").is_ok());
+        assert!(check_mutable(InstanceStatus::Rented, false, "x", false).is_ok());
         assert!(matches!(
-            check_mutable(InstanceStatus::Rented, true, "x"),
+            check_mutable(InstanceStatus::Rented, true, "x", false),
             Err(Error::Conflict {
                 code: "operation_in_progress",
                 ..
             })
         ));
         assert!(matches!(
-            check_mutable(InstanceStatus::Creating, true, "x"),
+            check_mutable(InstanceStatus::Creating, true, "x", true),
             Err(Error::Conflict { .. })
         ));
         assert!(matches!(
-            check_mutable(InstanceStatus::Terminating, true, "x"),
+            check_mutable(InstanceStatus::Terminating, true, "x", true),
             Err(Error::BadRequest {
                 code: "invalid_state",
                 ..
             })
         ));
         assert!(matches!(
-            check_mutable(InstanceStatus::Deleted, false, "x"),
+            check_mutable(InstanceStatus::Terminating, true, "x", false),
+            Err(Error::Conflict {
+                code: "operation_in_progress",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_mutable(InstanceStatus::Deleted, false, "x", false),
             Err(Error::NotFound { .. })
         ));
     }

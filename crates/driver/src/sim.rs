@@ -153,6 +153,21 @@ impl SimDriver {
             .extend(std::iter::repeat_n((when, transient), n));
     }
 
+    /// Re-creates a VM the control plane knows about, as a real host would still have it after
+    /// the control plane restarts (the sim keeps its hosts in memory only).
+    pub fn adopt(&self, host: &str, spec: VmSpec, power: PowerStatus) {
+        let mut st = self.state.lock().unwrap();
+        let vm = SimVm {
+            spec: spec.clone(),
+            power,
+            boots: u32::from(power == PowerStatus::Running),
+        };
+        st.hosts
+            .entry(host.to_string())
+            .or_default()
+            .insert(spec.id, vm);
+    }
+
     pub fn vm(&self, host: &str, vm: &str) -> Option<SimVm> {
         let st = self.state.lock().unwrap();
         st.hosts.get(host).and_then(|h| h.get(vm)).cloned()

@@ -5,6 +5,8 @@
 
 mod steps;
 
+pub use steps::spec as vm_spec;
+
 use lobster_core::clock::SharedClock;
 use lobster_core::fleet::Fleet;
 use lobster_core::task::backoff_ms;

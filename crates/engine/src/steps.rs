@@ -13,7 +13,8 @@ use lobster_store::{InstanceRow, TaskRow};
 /// released anyway (and the leftover is logged for the operator).
 const CLEANUP_TRIES: i64 = 10;
 
-fn spec(i: &InstanceRow) -> VmSpec {
+/// The driver's view of an instance row.
+pub fn spec(i: &InstanceRow) -> VmSpec {
     VmSpec {
         id: i.id.clone(),
         hostname: i.name.clone(),
@@ -40,50 +41,50 @@ impl Engine {
         }
     }
 
-    async fn target(&self, task: &TaskRow) -> Result<(TaskKind, InstanceRow, Host), Outcome> {
-        let kind = TaskKind::parse(&task.operation)
-            .ok_or_else(|| Outcome::Fail(format!("unknown operation {:?}", task.operation)))?;
-        let id = task
-            .instance_id
-            .as_deref()
-            .ok_or_else(|| Outcome::Fail("task names no instance".into()))?;
+    /// Runs the task's driver steps. Everything that talks to a host happens here, inside the
+    /// heartbeat's cover, including the clean-up of a create that failed.
+    pub(crate) async fn execute(&self, task: &TaskRow) -> Outcome {
+        let Some(kind) = TaskKind::parse(&task.operation) else {
+            return Outcome::Fail(format!("unknown operation {:?}", task.operation));
+        };
+        let Some(id) = task.instance_id.as_deref() else {
+            return Outcome::Fail("task names no instance".into());
+        };
         let inst = match self.store.instance_by_id(id).await {
             Ok(Some(i)) => i,
-            Ok(None) => return Err(Outcome::Fail(format!("instance {id} does not exist"))),
-            Err(e) => return Err(Outcome::Retry(format!("database: {e}"))),
+            Ok(None) => return Outcome::Fail(format!("instance {id} does not exist")),
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
         };
-        let host = self.fleet.host(&inst.host_id).cloned().ok_or_else(|| {
-            Outcome::Fail(format!("host {} is no longer configured", inst.host_id))
-        })?;
-        Ok((kind, inst, host))
-    }
-
-    pub(crate) async fn execute(&self, task: &TaskRow) -> Outcome {
-        let (kind, inst, host) = match self.target(task).await {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        if task.attempts > task.max_attempts {
-            return Outcome::Fail(format!("gave up after {} attempts", task.max_attempts));
-        }
-        let d = &self.driver;
-        match kind {
-            TaskKind::CreateInstance => {
-                self.progress(task, "Creating VM").await;
-                if let Err(e) = d.create(&host, &spec(&inst)).await {
-                    return self.on_driver_error(task, "create", e);
+        let host = self.fleet.host(&inst.host_id).cloned();
+        let gave_up = task.attempts > task.max_attempts;
+        let why_gave_up = || format!("gave up after {} attempts", task.max_attempts);
+        match (kind, host) {
+            // A host removed from the configuration cannot be reached: its VMs are gone for us.
+            (TaskKind::DeleteInstance, None) => Outcome::Done(format!(
+                "host {} is no longer configured; released",
+                inst.host_id
+            )),
+            (_, None) => Outcome::Fail(format!("host {} is no longer configured", inst.host_id)),
+            (TaskKind::CreateInstance, Some(host)) => {
+                if gave_up {
+                    return self
+                        .compensate_create(task, &host, &inst, why_gave_up())
+                        .await;
                 }
-                self.progress(task, "Starting VM").await;
-                if let Err(e) = d.start(&host, &inst.id).await {
-                    return self.on_driver_error(task, "start", e);
+                match self.create(task, &host, &inst).await {
+                    Outcome::Fail(why) => self.compensate_create(task, &host, &inst, why).await,
+                    other => other,
                 }
-                Outcome::Done("VM created successfully".into())
             }
-            TaskKind::DeleteInstance => match d.destroy(&host, &inst.id).await {
-                Ok(()) => Outcome::Done("VM deleted successfully".into()),
-                Err(e) => self.on_driver_error(task, "destroy", e),
-            },
-            TaskKind::Power(op) => {
+            (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
+            (TaskKind::DeleteInstance, Some(host)) => {
+                match self.driver.destroy(&host, &inst.id).await {
+                    Ok(()) => Outcome::Done("VM deleted successfully".into()),
+                    Err(e) => self.on_driver_error(task, "destroy", e),
+                }
+            }
+            (TaskKind::Power(op), Some(host)) => {
+                let d = &self.driver;
                 let r = match op {
                     PowerOp::Reboot => d.reboot(&host, &inst.id).await,
                     PowerOp::Shutdown => d.shutdown(&host, &inst.id).await,
@@ -102,37 +103,54 @@ impl Engine {
         }
     }
 
+    async fn create(&self, task: &TaskRow, host: &Host, inst: &InstanceRow) -> Outcome {
+        self.progress(task, "Creating VM").await;
+        if let Err(e) = self.driver.create(host, &spec(inst)).await {
+            return self.on_driver_error(task, "create", e);
+        }
+        self.progress(task, "Starting VM").await;
+        if let Err(e) = self.driver.start(host, &inst.id).await {
+            return self.on_driver_error(task, "start", e);
+        }
+        Outcome::Done("VM created successfully".into())
+    }
+
+    /// A create that will not succeed removes whatever it built before its capacity is
+    /// released; if the host cannot be reached for that, the task retries the clean-up.
+    async fn compensate_create(
+        &self,
+        task: &TaskRow,
+        host: &Host,
+        inst: &InstanceRow,
+        why: String,
+    ) -> Outcome {
+        match self.driver.destroy(host, &inst.id).await {
+            Ok(()) => Outcome::Fail(why),
+            Err(e) if task.attempts < task.max_attempts + CLEANUP_TRIES => {
+                Outcome::Retry(format!("{why}; cleaning up: {e}"))
+            }
+            Err(e) => {
+                tracing::error!(vm = %inst.id, host = %host.id, "leaving a VM behind after failed create: {e}");
+                Outcome::Fail(format!("{why}; the VM could not be removed: {e}"))
+            }
+        }
+    }
+
     /// Writes the end of a task and the state change it causes in one transaction, only while
-    /// this worker still holds the lease.
+    /// this worker still holds the lease. A database error leaves the task leased, to be
+    /// reclaimed and finished later; nothing is half-written.
     pub(crate) async fn finish(&self, task: &TaskRow, ok: bool, msg: &str) -> Result<(), Error> {
-        let target = self.target(task).await;
-        let (kind, inst, host) = match target {
-            Ok(t) => (Some(t.0), Some(t.1), Some(t.2)),
-            Err(_) => (None, None, None),
+        let kind = TaskKind::parse(&task.operation);
+        let inst = match task.instance_id.as_deref() {
+            Some(id) => self.store.instance_by_id(id).await?,
+            None => None,
         };
-        // Driver work happens before the transaction: a write transaction never waits on a host.
+        // What a failed power operation left behind, asked before the transaction: a write
+        // transaction never waits on a host.
         let mut power_after_failure = None;
-        if let (Some(kind), Some(inst), Some(host)) = (kind, &inst, &host) {
-            match (kind, ok) {
-                (TaskKind::CreateInstance, false) => {
-                    if let Err(e) = self.driver.destroy(host, &inst.id).await {
-                        if task.attempts < task.max_attempts + CLEANUP_TRIES {
-                            let m = format!("{msg}; cleaning up: {e}");
-                            let now = self.clock.now().millis();
-                            let at = now + lobster_core::task::backoff_ms(task.attempts);
-                            self.store
-                                .task_retry(&task.id, &self.worker_id, at, &m, now)
-                                .await?;
-                            return Ok(());
-                        }
-                        tracing::error!(vm = %inst.id, host = %host.id, "leaving a VM behind after failed create: {e}");
-                    }
-                }
-                (TaskKind::Power(_), false) => {
-                    power_after_failure =
-                        self.driver.power_state(host, &inst.id).await.ok().flatten();
-                }
-                _ => {}
+        if let (Some(TaskKind::Power(_)), false, Some(inst)) = (kind, ok, &inst) {
+            if let Some(host) = self.fleet.host(&inst.host_id) {
+                power_after_failure = self.driver.power_state(host, &inst.id).await.ok().flatten();
             }
         }
         let now = self.clock.now().millis();

@@ -4,17 +4,32 @@
 use crate::config::Config;
 use lobster_app::App;
 use lobster_core::clock::{system_clock, SharedClock};
+use lobster_core::instance::PowerStatus;
 use lobster_driver::sim::SimDriver;
 use lobster_driver::Hypervisor;
 use lobster_store::Store;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub fn driver(cfg: &Config) -> Result<Arc<dyn Hypervisor>, String> {
-    match cfg.driver.as_str() {
-        "sim" => Ok(Arc::new(SimDriver::new(cfg.sim.clone()))),
-        other => Err(format!("unknown driver {other:?}: this build has `sim`")),
+/// The sim driver, with the VMs the database says exist (its hosts live in memory only).
+async fn sim_driver(
+    cfg: &Config,
+    clock: SharedClock,
+) -> Result<(Arc<App>, Arc<SimDriver>), String> {
+    let sim = Arc::new(SimDriver::new(cfg.sim.clone()));
+    let app = build(cfg, sim.clone(), clock).await?;
+    for i in app
+        .store()
+        .instance_all()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if matches!(i.status.as_str(), "rented" | "terminating") {
+            let power = PowerStatus::parse(&i.power_status).unwrap_or(PowerStatus::Stopped);
+            sim.adopt(&i.host_id, lobster_engine::vm_spec(&i), power);
+        }
     }
+    Ok((app, sim))
 }
 
 /// Store, driver and app for `cfg`, without starting anything.
@@ -33,7 +48,10 @@ pub async fn build(
 }
 
 pub async fn run(cfg: Config) -> Result<(), String> {
-    let app = build(&cfg, driver(&cfg)?, system_clock()).await?;
+    let app = match cfg.driver.as_str() {
+        "sim" => sim_driver(&cfg, system_clock()).await?.0,
+        other => return Err(format!("unknown driver {other:?}: this build has `sim`")),
+    };
     app.fleet_sync().await.map_err(|e| e.to_string())?;
     let bootstrap = std::env::var("LOBSTER_BOOTSTRAP_KEY")
         .ok()

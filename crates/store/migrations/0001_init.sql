@@ -86,6 +86,9 @@ CREATE TABLE instances (
 
 CREATE INDEX instances_account ON instances (account_id, created_at);
 
+CREATE UNIQUE INDEX instances_live_name ON instances (account_id, name)
+    WHERE status IN ('creating', 'rented', 'terminating');
+
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL,

@@ -1,6 +1,6 @@
 //! Accounts (organisations), teams and API keys.
 
-use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Store};
+use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, is_unique_violation, Store};
 use lobster_core::Error;
 use sqlx::any::AnyRow;
 
@@ -67,17 +67,6 @@ fn key(r: &AnyRow) -> Result<KeyRow, Error> {
 
 const KEY_COLS: &str =
     "id, account_id, prefix, name, role, staff, team_id, created_at, expires_at, revoked_at";
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            d.is_unique_violation()
-                || d.message().contains("UNIQUE")
-                || d.message().contains("duplicate key")
-        }
-        _ => false,
-    }
-}
 
 impl Store {
     pub async fn account_create(
@@ -231,16 +220,43 @@ impl Store {
         rows.iter().map(key).collect()
     }
 
-    /// Revokes a key by id or prefix; returns false when no unrevoked key matched.
+    /// Revokes a key by id, or by a prefix that matches exactly one key. Ok(false) when
+    /// nothing unrevoked matched; an ambiguous prefix is an error and revokes nothing.
     pub async fn key_revoke(&self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
-        let r = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 WHERE (id = $2 OR prefix = $2) AND revoked_at IS NULL",
+        let by_id =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id_or_prefix)
+                .execute(self.writer())
+                .await
+                .map_err(db_err)?;
+        if by_id.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let n = sqlx::query(
+            "SELECT COUNT(*) AS n FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
         )
-        .bind(now)
         .bind(id_or_prefix)
-        .execute(self.writer())
+        .fetch_one(self.writer())
         .await
         .map_err(db_err)?;
-        Ok(r.rows_affected() > 0)
+        match get_i64(&n, "n")? {
+            0 => Ok(false),
+            1 => {
+                let r = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(id_or_prefix)
+                .execute(self.writer())
+                .await
+                .map_err(db_err)?;
+                Ok(r.rows_affected() > 0)
+            }
+            _ => Err(Error::conflict(
+                "ambiguous",
+                format!("prefix {id_or_prefix:?} matches several keys; use the key id"),
+            )),
+        }
     }
 }

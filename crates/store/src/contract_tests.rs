@@ -245,3 +245,38 @@ async fn task_list_is_scoped_newest_first() {
         );
     }
 }
+
+#[tokio::test]
+async fn revoking_by_an_ambiguous_prefix_revokes_nothing() {
+    for (store, _d) in stores().await {
+        store.account_create("a1", "acme", 0).await.unwrap();
+        for (id, digest) in [("k1", "d1"), ("k2", "d2")] {
+            let row = KeyRow {
+                id: id.into(),
+                account_id: "a1".into(),
+                prefix: "lob_same".into(),
+                name: id.into(),
+                role: "owner".into(),
+                staff: false,
+                team_id: None,
+                created_at: 0,
+                expires_at: None,
+                revoked_at: None,
+            };
+            store.key_create(&row, digest).await.unwrap();
+        }
+        assert!(store.key_revoke("lob_same", 1).await.is_err());
+        assert!(store
+            .key_list(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| k.revoked_at.is_none()));
+        assert!(store.key_revoke("k1", 1).await.unwrap());
+        assert!(
+            store.key_revoke("lob_same", 2).await.unwrap(),
+            "now unambiguous"
+        );
+        assert!(!store.key_revoke("lob_same", 3).await.unwrap());
+    }
+}

@@ -2,7 +2,7 @@
 //! engine writes are guarded by the instance's active task so that only the task that holds
 //! the instance can move it on (invariant 3).
 
-use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Store, Tx};
+use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, is_unique_violation, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
 use sqlx::any::AnyRow;
@@ -104,6 +104,18 @@ fn row(r: &AnyRow) -> Result<InstanceRow, Error> {
         ready_at: get_opt_i64(r, "ready_at")?,
         deleted_at: get_opt_i64(r, "deleted_at")?,
     })
+}
+
+/// The live-name unique index turns a lost race into the same 409 the pre-check gives.
+fn name_conflict(e: sqlx::Error, name: &str) -> Error {
+    if is_unique_violation(&e) {
+        Error::conflict(
+            "resource_conflict",
+            format!("An instance named {name} already exists in this account"),
+        )
+    } else {
+        db_err(e)
+    }
 }
 
 fn scoped(scope: &Scope, first: usize) -> (String, Vec<&str>) {
@@ -208,7 +220,7 @@ impl Tx {
         .bind(i.deleted_at)
         .execute(self.conn())
         .await
-        .map_err(db_err)?;
+        .map_err(|e| name_conflict(e, &i.name))?;
         Ok(())
     }
 
@@ -285,7 +297,7 @@ impl Tx {
             .bind(id)
             .execute(self.conn())
             .await
-            .map_err(db_err)?;
+            .map_err(|e| name_conflict(e, name))?;
         Ok(())
     }
 

@@ -40,6 +40,17 @@ pub struct Tx {
     inner: Transaction<'static, Any>,
 }
 
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.message().contains("UNIQUE")
+                || d.message().contains("duplicate key")
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
     Error::Internal(format!("database: {e}"))
 }

@@ -1,21 +1,28 @@
 //! Schema migrations, numbered and applied once each, inside a transaction. The SQL is the
 //! subset SQLite and PostgreSQL share (BIGINT, TEXT, partial indexes, ON CONFLICT).
 
-use crate::{db_err, Store};
+use crate::{db_err, Backend, Store};
 use lobster_core::Error;
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {
-    let pool = store.writer();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-    )
-    .execute(pool)
-    .await
-    .map_err(db_err)?;
     for (version, sql) in MIGRATIONS {
         let mut tx = store.begin().await?;
+        // Several processes may start on one fresh database: one migrates, the others wait.
+        // (SQLite's BEGIN IMMEDIATE already serialises them.)
+        if store.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7220115)")
+                .execute(&mut *tx.conn())
+                .await
+                .map_err(db_err)?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx.conn())
+        .await
+        .map_err(db_err)?;
         let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
             .bind(*version)
             .fetch_optional(&mut *tx.conn())

@@ -130,6 +130,8 @@ impl<'a> Fields<'a> {
             Value::Number(n) if n.is_i64() => n.as_i64(),
             Value::Number(n) => match n.as_f64() {
                 Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => Some(f as i64),
+                // Whole numbers beyond i64: out of range on the side of their sign.
+                Some(f) if f.fract() == 0.0 => Some(if f > 0.0 { i64::MAX } else { i64::MIN }),
                 Some(_) => {
                     self.err(
                         name,

@@ -16,7 +16,7 @@ pub async fn task_get(
     Ok(Json(task(&t)))
 }
 
-/// `limit` (1.., capped at 100), `days` (1.., capped at 7), `status` (a task state).
+/// `limit` (capped to 0..=100), `days` (capped to 1..=7), `status` (a task state).
 pub async fn task_list(
     ctx: Ctx,
     Auth(caller): Auth,
@@ -45,7 +45,7 @@ pub async fn task_list(
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
-    let (limit, days) = (limit.min(100), days.min(7));
+    let (limit, days) = (limit.clamp(0, 100), days.clamp(1, 7));
     let (rows, total) = ctx.0.task_list(&caller, limit, days, status).await?;
     Ok(Json(json!({
         "tasks": rows.iter().map(task_summary).collect::<Vec<_>>(),
@@ -55,20 +55,11 @@ pub async fn task_list(
     })))
 }
 
+/// Any integer is schema-valid (the contract sets no bounds); out-of-range values are capped
+/// by the caller. Only non-integers are 422.
 fn query_int(errors: &mut Vec<FieldError>, name: &str, v: &str) -> Option<i64> {
     match v.trim().parse::<i64>() {
-        Ok(n) if n >= 1 => Some(n),
-        Ok(_) => {
-            errors.push(
-                FieldError::new(
-                    &["query", name],
-                    "greater_than_equal",
-                    "Input should be greater than or equal to 1",
-                )
-                .with_input(json!(v)),
-            );
-            None
-        }
+        Ok(n) => Some(n),
         Err(_) => {
             errors.push(
                 FieldError::new(

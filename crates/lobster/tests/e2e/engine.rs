@@ -177,3 +177,103 @@ async fn workers_in_the_background_finish_launches_without_being_driven() {
         w.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn reclaimed_delete_and_power_tasks_finish() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let a = alice.launch("v1_cpu_small", "us-east-1").await;
+    let b = alice.launch("v1_cpu_small", "us-east-1").await;
+    let (a, b) = (
+        a["vm_uuid"].as_str().unwrap().to_string(),
+        b["vm_uuid"].as_str().unwrap().to_string(),
+    );
+    app.drain().await;
+    let free = app.host_free("wil-cpu-03").await;
+    let del = expect(
+        alice.delete(&format!("/api/v1/instances/{a}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    let dead = app.second_engine();
+    assert_eq!(
+        dead.claim_and_abandon().await.unwrap().unwrap().id,
+        del["task_id"].as_str().unwrap()
+    );
+    let pow = expect(
+        alice
+            .post(
+                &format!("/api/v1/instances/{b}/shutdown"),
+                serde_json::json!({}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        dead.claim_and_abandon().await.unwrap().unwrap().id,
+        pow["task_id"].as_str().unwrap()
+    );
+    assert_eq!(app.drain().await, 0, "both are leased to the dead worker");
+    app.clock.advance_ms(engine_config().lease_ms + 1);
+    assert_eq!(app.drain().await, 2);
+    assert_eq!(
+        alice.get(&format!("/api/v1/instances/{a}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(alice.instance(&b).await["power_status"], "stopped");
+    let after = app.host_free("wil-cpu-03").await;
+    assert_eq!(after.cores, free.cores + 2, "released exactly once");
+}
+
+#[tokio::test]
+async fn deleting_an_instance_on_a_host_removed_from_the_config_releases_it() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("gpu_1x_a4000", "igl").await;
+    let id = vm["vm_uuid"].as_str().unwrap();
+    app.drain().await;
+    // The operator removes igl-gpu-01; a worker with the new configuration runs the delete.
+    let mut fleet = app.fleet.clone();
+    fleet.hosts.retain(|h| h.id != "igl-gpu-01");
+    let worker = app.engine_with_fleet(fleet);
+    assert_eq!(
+        alice
+            .delete(&format!("/api/v1/instances/{id}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(worker.run_until_idle().await.unwrap(), 1);
+    assert_eq!(
+        alice.get(&format!("/api/v1/instances/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
+    // A power operation there fails cleanly and leaves the instance usable.
+    let vm = alice.launch("gpu_1x_a4000", "igl").await;
+    let id = vm["vm_uuid"].as_str().unwrap();
+    app.drain().await;
+    let mut fleet = app.fleet.clone();
+    fleet.hosts.retain(|h| h.id != "igl-gpu-01");
+    let worker = app.engine_with_fleet(fleet);
+    let t = expect(
+        alice
+            .post(
+                &format!("/api/v1/instances/{id}/reboot"),
+                serde_json::json!({}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    worker.run_until_idle().await.unwrap();
+    let t = alice
+        .get_json(
+            &format!("/api/v1/tasks/{}", t["task_id"].as_str().unwrap()),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(t["status"], "FAILED");
+    assert_eq!(alice.instance(id).await["status"], "rented");
+}

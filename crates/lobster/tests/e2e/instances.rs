@@ -285,3 +285,94 @@ async fn rename_rules() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn concurrent_renames_to_one_name_let_exactly_one_win() {
+    let app = TestApp::spawn().await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let mut ids = vec![];
+    for _ in 0..6 {
+        ids.push(
+            alice.launch("v1_cpu_small", "us-east-1").await["vm_uuid"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut hs = vec![];
+    for id in ids {
+        let a = alice.clone();
+        hs.push(tokio::spawn(async move {
+            a.put(
+                &format!("/api/v1/instances/{id}/rename"),
+                json!({"name": "the-one"}),
+            )
+            .await
+            .status()
+        }));
+    }
+    let mut ok = 0;
+    for h in hs {
+        match h.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => {}
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn launching_with_a_name_in_use_is_409_and_reserves_nothing() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "web-1"});
+    expect(alice.launch_body(body.clone()).await, StatusCode::OK).await;
+    let free = app.host_free("wil-cpu-03").await;
+    let b = expect(alice.launch_body(body).await, StatusCode::CONFLICT).await;
+    assert_eq!(b["error"], "resource_conflict");
+    assert_eq!(app.host_free("wil-cpu-03").await, free);
+}
+
+#[tokio::test]
+async fn team_scoped_key_cannot_touch_other_instances_of_the_account() {
+    let app = TestApp::spawn().await;
+    let owner = app.tenant("acme").await;
+    app.app.team_create("acme", "ml").await.unwrap();
+    let ml = app.key("acme", "admin", false, Some("ml")).await;
+    let vm = owner.launch("v1_cpu_small", "us-east-1").await;
+    let (id, task) = (
+        vm["vm_uuid"].as_str().unwrap(),
+        vm["task_id"].as_str().unwrap(),
+    );
+    app.drain().await;
+    assert_eq!(
+        ml.delete(&format!("/api/v1/instances/{id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ml.post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ml.put(
+            &format!("/api/v1/instances/{id}/rename"),
+            json!({"name": "mine-now"})
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ml.get(&format!("/api/v1/tasks/{task}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ml.get_json("/api/v1/tasks", StatusCode::OK).await["total"],
+        0
+    );
+    assert_eq!(owner.instance(id).await["status"], "rented");
+    assert_eq!(app.drain().await, 0);
+}

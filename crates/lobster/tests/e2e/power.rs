@@ -227,3 +227,25 @@ async fn a_failed_power_operation_leaves_the_real_power_state() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn power_on_a_terminating_instance_is_409() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = running_vm(&app, &alice).await;
+    assert_eq!(
+        alice
+            .delete(&format!("/api/v1/instances/{id}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let b = expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/power-on"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert_eq!(b["error"], "operation_in_progress");
+}

@@ -100,11 +100,16 @@ impl TestApp {
 
     /// Another worker on the same database, as a second process would have.
     pub fn second_engine(&self) -> Arc<Engine> {
+        self.engine_with_fleet(self.fleet.clone())
+    }
+
+    /// A worker whose process was configured with another fleet.
+    pub fn engine_with_fleet(&self, fleet: Fleet) -> Arc<Engine> {
         let clock: SharedClock = self.clock.clone();
         Engine::new(
             self.app.store().clone(),
             self.sim.clone(),
-            Arc::new(self.fleet.clone()),
+            Arc::new(fleet),
             clock,
             engine_config(),
             Arc::new(tokio::sync::Notify::new()),

@@ -64,7 +64,15 @@ async fn task_list_limits_are_capped_and_validated() {
         (b["limit"].as_i64(), b["days"].as_i64()),
         (Some(100), Some(7))
     );
-    for q in ["limit=0", "limit=abc", "days=-1", "status=DONE"] {
+    let b = alice
+        .get_json("/api/v1/tasks?limit=-5&days=-1", StatusCode::OK)
+        .await;
+    assert_eq!(
+        (b["limit"].as_i64(), b["days"].as_i64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(b["tasks"], json!([]));
+    for q in ["limit=abc", "days=1.5", "status=DONE"] {
         let r = expect(
             alice.get(&format!("/api/v1/tasks?{q}")).await,
             StatusCode::UNPROCESSABLE_ENTITY,
