@@ -5,6 +5,9 @@ need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v kill >/dev/null || need+=(procps)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3 python3-venv)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}"

@@ -34,14 +34,18 @@ fn serve(dir: &std::path::Path, bootstrap: Option<&str>) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
-        .env_remove("LOBSTER_DATABASE_URL")
         .env_remove("LOBSTER_CONFIG")
-        .env_remove("LOBSTER_BOOTSTRAP_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env_remove("LOBSTER_BOOTSTRAP_KEY");
     if let Some(k) = bootstrap {
         cmd.env("LOBSTER_BOOTSTRAP_KEY", k);
     }
+    start(cmd)
+}
+
+fn start(mut cmd: Command) -> Server {
+    cmd.env_remove("LOBSTER_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn().expect("spawn serve");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -198,4 +202,108 @@ fn admin_errors_are_reported_and_exit_nonzero() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("role"));
+}
+
+async fn call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .header("X-API-Key", key);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Polls (bounded) until the task is final, as a client would.
+async fn wait_task(base: &str, key: &str, task: &str) -> String {
+    for _ in 0..600 {
+        let t = call(
+            base,
+            reqwest::Method::GET,
+            &format!("/api/v1/tasks/{task}"),
+            key,
+            None,
+        )
+        .await;
+        let s = t["status"].as_str().unwrap().to_string();
+        if s == "COMPLETED" || s == "FAILED" {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("task {task} did not finish");
+}
+
+#[tokio::test]
+async fn instances_survive_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fast.toml"),
+        "[sim.delays_ms]\ncreate = 0\nstart = 0\nshutdown = 0\nstop = 0\nreboot = 0\ndestroy = 0\n",
+    )
+    .unwrap();
+    let key = "restart-test-key-0123456789";
+    let server = serve_with_config(dir.path(), key);
+    let body = serde_json::json!({"region": "us-east-1", "instance_type": "v1_cpu_small",
+        "ssh_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 me@x"});
+    let l = call(
+        &server.base,
+        reqwest::Method::POST,
+        "/api/v1/instances/launch-instance",
+        key,
+        Some(body),
+    )
+    .await;
+    let id = l["vm_uuid"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_task(&server.base, key, l["task_id"].as_str().unwrap()).await,
+        "COMPLETED"
+    );
+    server.stop();
+
+    let server = serve_with_config(dir.path(), key);
+    let i = call(
+        &server.base,
+        reqwest::Method::GET,
+        &format!("/api/v1/instances/{id}"),
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (i["status"].as_str(), i["power_status"].as_str()),
+        (Some("rented"), Some("running"))
+    );
+    // The sim host still has the VM, so power operations work after the restart.
+    let t = call(
+        &server.base,
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{id}/reboot"),
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(
+        wait_task(&server.base, key, t["task_id"].as_str().unwrap()).await,
+        "COMPLETED"
+    );
+    server.stop();
+}
+
+fn serve_with_config(dir: &std::path::Path, key: &str) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .arg("--config")
+        .arg(dir.join("fast.toml"))
+        .env("LOBSTER_BOOTSTRAP_KEY", key);
+    start(cmd)
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs schemathesis against the OpenAPI document the server itself serves, for the Blue Lobster
+# operations built so far, and fails on any server error or response that breaks the document.
+# Installs schemathesis into target/conformance-venv on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/conformance-venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'schemathesis>=4,<5'
+fi
+cargo build --quiet --bin lobster
+work=$(mktemp -d)
+port=${CONFORMANCE_PORT:-18231}
+key=conformance-key-0123456789abcdef
+cat > "$work/lobster.toml" <<TOML
+[sim.delays_ms]
+create = 0
+start = 0
+shutdown = 0
+stop = 0
+reboot = 0
+destroy = 0
+TOML
+LOBSTER_BOOTSTRAP_KEY=$key ./target/debug/lobster serve --config "$work/lobster.toml" --data-dir "$work/data" \
+  --listen "127.0.0.1:$port" > "$work/serve.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/api/v1/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+# Operations of later issues (backups, firewall, IPs, teams, stats, console, history) are not
+# served yet. positive_data_acceptance is left out: schema-valid bodies naming an unknown
+# instance type or region are rightly refused with the spec's 400. The coverage phase is
+# skipped: on this machine's CPython 3.11.7 it trips CPython's "AST constructor recursion
+# depth mismatch" bug inside hypothesis (an interpreter fault, not a finding).
+"$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/v1/openapi.json" \
+  --url "http://127.0.0.1:$port" \
+  --header "X-API-Key: $key" \
+  --exclude-path-regex '(backup|firewall|/ips|/team|stats|console|/log|restore)' \
+  --checks all --exclude-checks positive_data_acceptance \
+  --phases examples,fuzzing,stateful \
+  --max-time "${CONFORMANCE_SECONDS:-60}" --workers 2 --seed 1
