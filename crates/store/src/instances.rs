@@ -16,7 +16,7 @@ pub struct Scope {
 
 impl Scope {
     /// SQL condition and binds, numbered from `first`.
-    fn clause(&self, first: usize) -> (String, Vec<&str>) {
+    pub(crate) fn clause(&self, first: usize) -> (String, Vec<&str>) {
         match &self.team_id {
             Some(t) => (
                 format!("account_id = ${first} AND team_id = ${}", first + 1),

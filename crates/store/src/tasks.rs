@@ -78,7 +78,7 @@ pub struct TaskFilter {
 
 impl Store {
     pub async fn task_get(&self, scope: &Scope, id: &str) -> Result<Option<TaskRow>, Error> {
-        let (cond, binds) = scope_clause(scope, 2);
+        let (cond, binds) = scope.clause(2);
         let sql = format!("SELECT {COLS} FROM tasks WHERE id = $1 AND {cond}");
         let mut q = sqlx::query(&sql).bind(id);
         for b in binds {
@@ -94,7 +94,7 @@ impl Store {
         scope: &Scope,
         filter: &TaskFilter,
     ) -> Result<(Vec<TaskRow>, i64), Error> {
-        let (cond, binds) = scope_clause(scope, 1);
+        let (cond, binds) = scope.clause(1);
         let n = binds.len();
         let mut where_ = format!("{cond} AND created_at >= ${}", n + 1);
         if filter.status.is_some() {
@@ -236,19 +236,6 @@ impl Store {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
-    }
-}
-
-fn scope_clause(scope: &Scope, first: usize) -> (String, Vec<&str>) {
-    match &scope.team_id {
-        Some(t) => (
-            format!("account_id = ${first} AND team_id = ${}", first + 1),
-            vec![scope.account_id.as_str(), t.as_str()],
-        ),
-        None => (
-            format!("account_id = ${first}"),
-            vec![scope.account_id.as_str()],
-        ),
     }
 }
 

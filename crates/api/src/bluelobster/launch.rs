@@ -118,23 +118,19 @@ fn openapi_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
     let gpus = f.req_int("gpu_count", 0, 8);
     let c = common(&mut f);
     f.finish()?;
-    Ok(LaunchCustom {
-        target: CustomTarget::Host(host.expect("checked")),
-        resources: Resources {
-            cores: cores.expect("checked"),
-            memory_gb: memory.expect("checked"),
-            disk_gb: disk.expect("checked"),
-            gpus: gpus.expect("checked"),
-        },
+    let r = Resources {
+        cores: cores.expect("checked"),
+        memory_gb: memory.expect("checked"),
+        disk_gb: disk.expect("checked"),
+        gpus: gpus.expect("checked"),
+    };
+    Ok(custom(
+        CustomTarget::Host(host.expect("checked")),
+        r,
         instance_type,
         name,
-        username: c.username,
-        template_name: c.template_name,
-        iso_url: c.iso_url,
-        ssh_key: c.ssh_key,
-        password: c.password,
-        metadata: c.metadata,
-    })
+        c,
+    ))
 }
 
 fn reference_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
@@ -157,17 +153,34 @@ fn reference_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
     let instance_type = f.opt_str("instance_type");
     let c = common(&mut f);
     f.finish()?;
-    Ok(LaunchCustom {
-        target: CustomTarget::Region {
+    let r = Resources {
+        cores: cores.expect("checked"),
+        memory_gb: memory.expect("checked"),
+        disk_gb: disk.expect("checked"),
+        gpus: gpus.expect("checked"),
+    };
+    Ok(custom(
+        CustomTarget::Region {
             region: region.expect("checked"),
             gpu_model,
         },
-        resources: Resources {
-            cores: cores.expect("checked"),
-            memory_gb: memory.expect("checked"),
-            disk_gb: disk.expect("checked"),
-            gpus: gpus.expect("checked"),
-        },
+        r,
+        instance_type,
+        name,
+        c,
+    ))
+}
+
+fn custom(
+    target: CustomTarget,
+    resources: Resources,
+    instance_type: Option<String>,
+    name: Option<String>,
+    c: Common,
+) -> LaunchCustom {
+    LaunchCustom {
+        target,
+        resources,
         instance_type,
         name,
         username: c.username,
@@ -176,7 +189,7 @@ fn reference_form(obj: &Map<String, Value>) -> Result<LaunchCustom, BlError> {
         ssh_key: c.ssh_key,
         password: c.password,
         metadata: c.metadata,
-    })
+    }
 }
 
 /// The OpenAPI `data{…}` envelope and the reference's top-level fields, together.
