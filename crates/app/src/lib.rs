@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod firewall;
 pub mod health;
 pub mod instances;
 pub mod launch;

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod capacity;
 pub mod clock;
 pub mod error;
+pub mod firewall;
 pub mod fleet;
 pub mod ids;
 pub mod instance;

@@ -7,6 +7,9 @@ pub enum TaskKind {
     CreateInstance,
     DeleteInstance,
     Power(PowerOp),
+    /// Pushes the instance's current firewall to its host. Does not hold the instance: it
+    /// reads the latest configuration when it runs, so any order of runs converges.
+    ApplyFirewall,
 }
 
 impl TaskKind {
@@ -14,6 +17,7 @@ impl TaskKind {
         match self {
             TaskKind::CreateInstance => "create_instance",
             TaskKind::DeleteInstance => "delete_instance",
+            TaskKind::ApplyFirewall => "apply_firewall",
             TaskKind::Power(PowerOp::Reboot) => "reboot_instance",
             TaskKind::Power(PowerOp::Shutdown) => "shutdown_instance",
             TaskKind::Power(PowerOp::ForceShutdown) => "force_shutdown_instance",
@@ -26,6 +30,7 @@ impl TaskKind {
         Some(match s {
             "create_instance" => TaskKind::CreateInstance,
             "delete_instance" => TaskKind::DeleteInstance,
+            "apply_firewall" => TaskKind::ApplyFirewall,
             "reboot_instance" => TaskKind::Power(PowerOp::Reboot),
             "shutdown_instance" => TaskKind::Power(PowerOp::Shutdown),
             "force_shutdown_instance" => TaskKind::Power(PowerOp::ForceShutdown),
@@ -85,6 +90,7 @@ mod tests {
         for k in [
             TaskKind::CreateInstance,
             TaskKind::DeleteInstance,
+            TaskKind::ApplyFirewall,
             TaskKind::Power(PowerOp::Reboot),
             TaskKind::Power(PowerOp::Shutdown),
             TaskKind::Power(PowerOp::ForceShutdown),

@@ -6,6 +6,7 @@ pub mod sim;
 
 use async_trait::async_trait;
 use lobster_core::capacity::Resources;
+use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
 use lobster_core::instance::PowerStatus;
 
@@ -58,6 +59,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn reboot(&self, host: &Host, vm: &str) -> DriverResult<()>;
     /// Removes the VM and its disks; a VM that does not exist is already destroyed.
     async fn destroy(&self, host: &Host, vm: &str) -> DriverResult<()>;
+    /// Replaces the VM's firewall with `fw` (the whole set, so re-applying is harmless).
+    async fn apply_firewall(&self, host: &Host, vm: &str, fw: &Firewall) -> DriverResult<()>;
     /// `None` when the VM does not exist on the host.
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>>;
 }

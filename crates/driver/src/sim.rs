@@ -5,6 +5,7 @@
 use crate::{DriverError, DriverResult, Hypervisor, VmSpec};
 use async_trait::async_trait;
 use lobster_core::capacity::Resources;
+use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
 use lobster_core::instance::PowerStatus;
 use rand::rngs::StdRng;
@@ -22,6 +23,7 @@ pub enum Op {
     Stop,
     Reboot,
     Destroy,
+    ApplyFirewall,
 }
 
 /// Per-operation latency in milliseconds.
@@ -56,6 +58,7 @@ impl SimDelays {
             Op::Stop => self.stop,
             Op::Reboot => self.reboot,
             Op::Destroy => self.destroy,
+            Op::ApplyFirewall => self.stop,
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct SimVm {
     pub spec: VmSpec,
     pub power: PowerStatus,
     pub boots: u32,
+    /// The rule set the host enforces (None until one is applied).
+    pub firewall: Option<Firewall>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +166,7 @@ impl SimDriver {
             spec: spec.clone(),
             power,
             boots: u32::from(power == PowerStatus::Running),
+            firewall: None,
         };
         st.hosts
             .entry(host.to_string())
@@ -299,6 +305,7 @@ impl Hypervisor for SimDriver {
                     spec: spec.clone(),
                     power: PowerStatus::Stopped,
                     boots: 0,
+                    firewall: None,
                 };
                 vms.insert(spec.id.clone(), vm);
             }
@@ -332,6 +339,12 @@ impl Hypervisor for SimDriver {
             }
         }
         finish(Op::Destroy, after)
+    }
+
+    async fn apply_firewall(&self, host: &Host, vm: &str, fw: &Firewall) -> DriverResult<()> {
+        let after = self.enter(Op::ApplyFirewall).await?;
+        self.with_vm(host, vm, |v| v.firewall = Some(fw.clone()))?;
+        finish(Op::ApplyFirewall, after)
     }
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {

@@ -57,6 +57,8 @@ pub(crate) enum Outcome {
     Retry(String),
     /// Give up: run the task's compensation and mark it FAILED.
     Fail(String),
+    /// Not runnable yet (e.g. its VM is still being built): try again later, attempt refunded.
+    Wait(String),
 }
 
 impl Engine {
@@ -164,6 +166,14 @@ impl Engine {
                 let at = now + backoff_ms(task.attempts);
                 self.store
                     .task_retry(&task.id, &self.worker_id, at, &msg, now)
+                    .await?;
+                Ok(())
+            }
+            Outcome::Wait(msg) => {
+                let now = self.clock.now().millis();
+                let at = now + self.cfg.poll_ms as i64 * 4;
+                self.store
+                    .task_wait(&task.id, &self.worker_id, at, &msg, now)
                     .await?;
                 Ok(())
             }

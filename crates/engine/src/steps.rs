@@ -2,6 +2,7 @@
 //! driver step is idempotent, so a task reclaimed after a crash simply runs again.
 
 use crate::{Engine, Outcome};
+use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
 use lobster_core::instance::PowerOp;
 use lobster_core::task::{TaskKind, TaskStatus};
@@ -76,6 +77,7 @@ impl Engine {
                     other => other,
                 }
             }
+            (TaskKind::ApplyFirewall, Some(host)) => self.apply_firewall(task, &host, &inst).await,
             (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
             (TaskKind::DeleteInstance, Some(host)) => {
                 match self.driver.destroy(&host, &inst.id).await {
@@ -112,7 +114,38 @@ impl Engine {
         if let Err(e) = self.driver.start(host, &inst.id).await {
             return self.on_driver_error(task, "start", e);
         }
+        // A firewall configured while the VM was being built goes on before anyone uses it.
+        match self.store.firewall_get(&inst.id).await {
+            Ok(fw) if fw == Firewall::default() => {}
+            Ok(fw) => {
+                if let Err(e) = self.driver.apply_firewall(host, &inst.id, &fw).await {
+                    return self.on_driver_error(task, "apply firewall", e);
+                }
+            }
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        }
         Outcome::Done("VM created successfully".into())
+    }
+
+    /// Pushes the firewall as it is now. While the VM is still being created the task waits
+    /// (without using up attempts); for a VM that is gone there is nothing to do.
+    async fn apply_firewall(&self, task: &TaskRow, host: &Host, inst: &InstanceRow) -> Outcome {
+        match inst.status.as_str() {
+            "creating" => return Outcome::Wait("waiting for the VM to be created".into()),
+            "deleted" | "failed" => return Outcome::Done("instance no longer exists".into()),
+            _ => {}
+        }
+        if task.attempts > task.max_attempts {
+            return Outcome::Fail(format!("gave up after {} attempts", task.max_attempts));
+        }
+        let fw = match self.store.firewall_get(&inst.id).await {
+            Ok(fw) => fw,
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        };
+        match self.driver.apply_firewall(host, &inst.id, &fw).await {
+            Ok(()) => Outcome::Done("Firewall applied".into()),
+            Err(e) => self.on_driver_error(task, "apply firewall", e),
+        }
     }
 
     /// A create that will not succeed removes whatever it built before its capacity is
@@ -187,6 +220,7 @@ impl Engine {
                     tx.instance_release(id, t, Some(op.result().as_str()), now)
                         .await?;
                 }
+                (TaskKind::ApplyFirewall, _) => {}
                 (TaskKind::Power(_), false) => {
                     tx.instance_release(id, t, power_after_failure.map(|p| p.as_str()), now)
                         .await?;

@@ -4,7 +4,10 @@
 use crate::{db_err, Backend, Store};
 use lobster_core::Error;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_firewall.sql")),
+];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {
     for (version, sql) in MIGRATIONS {

@@ -222,9 +222,34 @@ impl Store {
         message: &str,
         now: i64,
     ) -> Result<bool, Error> {
+        self.task_requeue(id, worker, (run_after, message, now), 0)
+            .await
+    }
+
+    /// Puts a task that could not start yet back in the queue without counting the attempt.
+    pub async fn task_wait(
+        &self,
+        id: &str,
+        worker: &str,
+        run_after: i64,
+        message: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        self.task_requeue(id, worker, (run_after, message, now), 1)
+            .await
+    }
+
+    async fn task_requeue(
+        &self,
+        id: &str,
+        worker: &str,
+        when: (i64, &str, i64),
+        refund: i64,
+    ) -> Result<bool, Error> {
+        let (run_after, message, now) = when;
         let r = sqlx::query(
             "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
-               message = $2, updated_at = $3
+               message = $2, updated_at = $3, attempts = attempts - $6
              WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
         )
         .bind(run_after)
@@ -232,6 +257,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(worker)
+        .bind(refund)
         .execute(self.writer())
         .await
         .map_err(db_err)?;

@@ -182,6 +182,34 @@ impl<'a> Fields<'a> {
         Some(n)
     }
 
+    /// A boolean (or 0/1), or null.
+    pub fn opt_bool(&mut self, name: &str) -> Option<bool> {
+        match self.obj.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
+                Some(n.as_i64() == Some(1))
+            }
+            Some(other) => {
+                self.err(
+                    name,
+                    "bool_type",
+                    "Input should be a valid boolean",
+                    Some(other),
+                );
+                None
+            }
+        }
+    }
+
+    /// An integer without bounds, or null.
+    pub fn opt_int(&mut self, name: &str) -> Option<i64> {
+        match self.obj.get(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => self.int(name, v, i64::MIN, i64::MAX),
+        }
+    }
+
     /// `{string: string}` or null.
     pub fn opt_string_map(&mut self, name: &str) -> Option<BTreeMap<String, String>> {
         match self.obj.get(name) {

@@ -73,6 +73,13 @@ impl IntoResponse for BlError {
                 m.insert("task_id".into(), json!(id));
                 (StatusCode::NOT_FOUND, Value::Object(m))
             }
+            Error::NotFound { kind: "rule", id } => (
+                StatusCode::NOT_FOUND,
+                Value::Object(body(
+                    "rule_not_found",
+                    &format!("Rule at position {id} not found"),
+                )),
+            ),
             Error::NotFound { kind, id } => (
                 StatusCode::NOT_FOUND,
                 Value::Object(body("not_found", &format!("{kind} {id} not found"))),

@@ -3,6 +3,7 @@
 mod body;
 mod catalog;
 mod error;
+mod firewall;
 mod health;
 mod instances;
 mod launch;
@@ -93,6 +94,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/instances/{instance_id}/power-cycle",
             post(instances::instance_power_cycle),
+        )
+        .route(
+            "/instances/{instance_id}/firewall",
+            get(firewall::firewall_get).put(firewall::firewall_options_set),
+        )
+        .route(
+            "/instances/{instance_id}/firewall/rules",
+            post(firewall::firewall_rule_add),
+        )
+        .route(
+            "/instances/{instance_id}/firewall/rules/{pos}",
+            get(firewall::firewall_rule_get).delete(firewall::firewall_rule_delete),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

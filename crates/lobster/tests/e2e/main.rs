@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod catalog;
 mod engine;
+mod firewall;
 mod instances;
 mod launch;
 mod launch_custom;
