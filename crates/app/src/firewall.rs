@@ -6,9 +6,8 @@ use crate::App;
 use lobster_core::auth::{Caller, Role};
 use lobster_core::firewall::{parse_policy, Firewall, Rule};
 use lobster_core::task::TaskKind;
-use lobster_core::{ids, Error};
-use lobster_store::{InstanceRow, NewTask, Tx};
-use serde_json::json;
+use lobster_core::Error;
+use lobster_store::{InstanceRow, Tx};
 
 /// New default policies; `None` leaves a setting as it is.
 #[derive(Debug, Clone, Default)]
@@ -57,18 +56,8 @@ impl App {
         now: i64,
     ) -> Result<(), Error> {
         tx.firewall_put(&inst.id, fw, now).await?;
-        tx.task_insert(&NewTask {
-            id: ids::new_task_id(),
-            account_id: inst.account_id.clone(),
-            team_id: inst.team_id.clone(),
-            instance_id: Some(inst.id.clone()),
-            operation: TaskKind::ApplyFirewall.operation().into(),
-            params: json!({ "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id }).to_string(),
-            message: "Queued".into(),
-            max_attempts: self.engine.config().max_attempts,
-            now,
-        })
-        .await?;
+        tx.task_insert(&self.config_task(TaskKind::ApplyFirewall, inst, now))
+            .await?;
         tx.commit().await?;
         self.wake_workers();
         Ok(())

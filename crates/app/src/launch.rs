@@ -8,7 +8,7 @@ use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
 use lobster_core::fleet::Template;
 use lobster_core::{ids, Error, FieldError};
-use lobster_store::{HostRow, InstanceRow, NewTask};
+use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -283,7 +283,14 @@ impl App {
             return Err(p.conflict);
         };
         let host_id = p.hosts[ci].clone();
-        let Some(ip) = tx.ip_allocate(&p.region, &id, now).await? else {
+        let mac = lobster_core::ip::mac_for(&id, "net0");
+        let claim = IpClaim {
+            instance_id: &id,
+            interface_name: "net0",
+            mac_address: &mac,
+            is_primary: true,
+        };
+        let Some(ip) = tx.ip_allocate(&p.region, &claim, now).await? else {
             return Err(Error::conflict(
                 "resource_conflict",
                 "No IP addresses available in the specified region",

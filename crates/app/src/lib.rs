@@ -8,14 +8,16 @@ pub mod catalog;
 pub mod firewall;
 pub mod health;
 pub mod instances;
+pub mod ips;
 pub mod launch;
 pub mod tasks;
 
 use lobster_core::clock::SharedClock;
 use lobster_core::fleet::Fleet;
+use lobster_core::task::TaskKind;
 use lobster_driver::Hypervisor;
 use lobster_engine::{Engine, EngineConfig};
-use lobster_store::Store;
+use lobster_store::{InstanceRow, NewTask, Store};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -83,6 +85,23 @@ impl App {
 
     pub(crate) fn now(&self) -> i64 {
         self.clock.now().millis()
+    }
+
+    /// A task that pushes one part of an instance's configuration (firewall, addresses) to
+    /// its host; written in the same transaction as the change.
+    pub(crate) fn config_task(&self, kind: TaskKind, inst: &InstanceRow, now: i64) -> NewTask {
+        NewTask {
+            id: lobster_core::ids::new_task_id(),
+            account_id: inst.account_id.clone(),
+            team_id: inst.team_id.clone(),
+            instance_id: Some(inst.id.clone()),
+            operation: kind.operation().into(),
+            params: serde_json::json!({ "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id })
+                .to_string(),
+            message: "Queued".into(),
+            max_attempts: self.engine.config().max_attempts,
+            now,
+        }
     }
 
     /// Tells idle workers that a task was just committed.

@@ -31,6 +31,15 @@ pub fn parse_pool(spec: &str) -> Result<Vec<Ipv4Addr>, String> {
     Ok((net + 2..bcast).map(Ipv4Addr::from).collect())
 }
 
+/// A stable, locally administered-looking MAC for an instance's interface, in the OUI range
+/// Proxmox uses (`bc:24:11`), derived from the instance id and interface name so that re-runs
+/// of a task produce the same address.
+pub fn mac_for(instance_id: &str, interface: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{instance_id}/{interface}").as_bytes());
+    format!("bc:24:11:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
 /// Whether a string is a dotted-quad IPv4 address (used to validate path parameters).
 pub fn is_ipv4(s: &str) -> bool {
     s.parse::<Ipv4Addr>().is_ok()
@@ -54,6 +63,14 @@ mod tests {
                 "192.0.2.6"
             ]
         );
+    }
+
+    #[test]
+    fn macs_are_stable_and_distinct() {
+        let a = mac_for("vm-1", "net0");
+        assert_eq!(a, mac_for("vm-1", "net0"));
+        assert_ne!(a, mac_for("vm-1", "net1"));
+        assert!(a.starts_with("bc:24:11:") && a.len() == 17);
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub enum TaskKind {
     /// Pushes the instance's current firewall to its host. Does not hold the instance: it
     /// reads the latest configuration when it runs, so any order of runs converges.
     ApplyFirewall,
+    /// Pushes the instance's current set of addresses to its host (same convergence rule).
+    SyncIps,
 }
 
 impl TaskKind {
@@ -18,6 +20,7 @@ impl TaskKind {
             TaskKind::CreateInstance => "create_instance",
             TaskKind::DeleteInstance => "delete_instance",
             TaskKind::ApplyFirewall => "apply_firewall",
+            TaskKind::SyncIps => "sync_ips",
             TaskKind::Power(PowerOp::Reboot) => "reboot_instance",
             TaskKind::Power(PowerOp::Shutdown) => "shutdown_instance",
             TaskKind::Power(PowerOp::ForceShutdown) => "force_shutdown_instance",
@@ -31,6 +34,7 @@ impl TaskKind {
             "create_instance" => TaskKind::CreateInstance,
             "delete_instance" => TaskKind::DeleteInstance,
             "apply_firewall" => TaskKind::ApplyFirewall,
+            "sync_ips" => TaskKind::SyncIps,
             "reboot_instance" => TaskKind::Power(PowerOp::Reboot),
             "shutdown_instance" => TaskKind::Power(PowerOp::Shutdown),
             "force_shutdown_instance" => TaskKind::Power(PowerOp::ForceShutdown),
@@ -91,6 +95,7 @@ mod tests {
             TaskKind::CreateInstance,
             TaskKind::DeleteInstance,
             TaskKind::ApplyFirewall,
+            TaskKind::SyncIps,
             TaskKind::Power(PowerOp::Reboot),
             TaskKind::Power(PowerOp::Shutdown),
             TaskKind::Power(PowerOp::ForceShutdown),

@@ -10,6 +10,15 @@ use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
 use lobster_core::instance::PowerStatus;
 
+/// An address on one of a VM's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicAddress {
+    pub address: String,
+    pub interface_name: String,
+    pub mac_address: String,
+    pub is_primary: bool,
+}
+
 /// Everything a driver needs to build a VM: the disk source, cloud-init data and shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
@@ -61,6 +70,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn destroy(&self, host: &Host, vm: &str) -> DriverResult<()>;
     /// Replaces the VM's firewall with `fw` (the whole set, so re-applying is harmless).
     async fn apply_firewall(&self, host: &Host, vm: &str, fw: &Firewall) -> DriverResult<()>;
+    /// Makes the VM's public addresses exactly `ips` (whitelisting each on its interface).
+    async fn set_ips(&self, host: &Host, vm: &str, ips: &[NicAddress]) -> DriverResult<()>;
     /// `None` when the VM does not exist on the host.
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>>;
 }

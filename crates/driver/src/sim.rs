@@ -2,7 +2,7 @@
 //! failure injection (random, from a seeded generator, and scripted "fail the next N calls").
 //! It backs the demo fleet and the control-plane tests.
 
-use crate::{DriverError, DriverResult, Hypervisor, VmSpec};
+use crate::{DriverError, DriverResult, Hypervisor, NicAddress, VmSpec};
 use async_trait::async_trait;
 use lobster_core::capacity::Resources;
 use lobster_core::firewall::Firewall;
@@ -24,6 +24,7 @@ pub enum Op {
     Reboot,
     Destroy,
     ApplyFirewall,
+    SetIps,
 }
 
 /// Per-operation latency in milliseconds.
@@ -58,7 +59,7 @@ impl SimDelays {
             Op::Stop => self.stop,
             Op::Reboot => self.reboot,
             Op::Destroy => self.destroy,
-            Op::ApplyFirewall => self.stop,
+            Op::ApplyFirewall | Op::SetIps => self.stop,
         }
     }
 }
@@ -123,6 +124,8 @@ pub struct SimVm {
     pub boots: u32,
     /// The rule set the host enforces (None until one is applied).
     pub firewall: Option<Firewall>,
+    /// Addresses pushed by `set_ips` (None until the first push).
+    pub ips: Option<Vec<NicAddress>>,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +170,7 @@ impl SimDriver {
             power,
             boots: u32::from(power == PowerStatus::Running),
             firewall: None,
+            ips: None,
         };
         st.hosts
             .entry(host.to_string())
@@ -306,6 +310,7 @@ impl Hypervisor for SimDriver {
                     power: PowerStatus::Stopped,
                     boots: 0,
                     firewall: None,
+                    ips: None,
                 };
                 vms.insert(spec.id.clone(), vm);
             }
@@ -345,6 +350,12 @@ impl Hypervisor for SimDriver {
         let after = self.enter(Op::ApplyFirewall).await?;
         self.with_vm(host, vm, |v| v.firewall = Some(fw.clone()))?;
         finish(Op::ApplyFirewall, after)
+    }
+
+    async fn set_ips(&self, host: &Host, vm: &str, ips: &[NicAddress]) -> DriverResult<()> {
+        let after = self.enter(Op::SetIps).await?;
+        self.with_vm(host, vm, |v| v.ips = Some(ips.to_vec()))?;
+        finish(Op::SetIps, after)
     }
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {

@@ -7,7 +7,7 @@ use lobster_core::fleet::Host;
 use lobster_core::instance::PowerOp;
 use lobster_core::task::{TaskKind, TaskStatus};
 use lobster_core::Error;
-use lobster_driver::VmSpec;
+use lobster_driver::{NicAddress, VmSpec};
 use lobster_store::{InstanceRow, TaskRow};
 
 /// Extra attempts a failed create gets to clean up its half-built VM before capacity is
@@ -77,7 +77,9 @@ impl Engine {
                     other => other,
                 }
             }
-            (TaskKind::ApplyFirewall, Some(host)) => self.apply_firewall(task, &host, &inst).await,
+            (TaskKind::ApplyFirewall | TaskKind::SyncIps, Some(host)) => {
+                self.push_config(task, kind, &host, &inst).await
+            }
             (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
             (TaskKind::DeleteInstance, Some(host)) => {
                 match self.driver.destroy(&host, &inst.id).await {
@@ -127,9 +129,16 @@ impl Engine {
         Outcome::Done("VM created successfully".into())
     }
 
-    /// Pushes the firewall as it is now. While the VM is still being created the task waits
-    /// (without using up attempts); for a VM that is gone there is nothing to do.
-    async fn apply_firewall(&self, task: &TaskRow, host: &Host, inst: &InstanceRow) -> Outcome {
+    /// Pushes the firewall or the address set as it is now. While the VM is still being
+    /// created the task waits (without using up attempts); for a VM that is gone there is
+    /// nothing to do.
+    async fn push_config(
+        &self,
+        task: &TaskRow,
+        kind: TaskKind,
+        host: &Host,
+        inst: &InstanceRow,
+    ) -> Outcome {
         match inst.status.as_str() {
             "creating" => return Outcome::Wait("waiting for the VM to be created".into()),
             "deleted" | "failed" => return Outcome::Done("instance no longer exists".into()),
@@ -138,13 +147,31 @@ impl Engine {
         if task.attempts > task.max_attempts {
             return Outcome::Fail(format!("gave up after {} attempts", task.max_attempts));
         }
-        let fw = match self.store.firewall_get(&inst.id).await {
-            Ok(fw) => fw,
-            Err(e) => return Outcome::Retry(format!("database: {e}")),
+        let pushed = match kind {
+            TaskKind::ApplyFirewall => match self.store.firewall_get(&inst.id).await {
+                Ok(fw) => self.driver.apply_firewall(host, &inst.id, &fw).await,
+                Err(e) => return Outcome::Retry(format!("database: {e}")),
+            },
+            _ => match self.store.ip_list(&inst.id).await {
+                Ok(rows) => {
+                    let nics: Vec<NicAddress> = rows
+                        .into_iter()
+                        .map(|r| NicAddress {
+                            address: r.address,
+                            interface_name: r.interface_name,
+                            mac_address: r.mac_address,
+                            is_primary: r.is_primary,
+                        })
+                        .collect();
+                    self.driver.set_ips(host, &inst.id, &nics).await
+                }
+                Err(e) => return Outcome::Retry(format!("database: {e}")),
+            },
         };
-        match self.driver.apply_firewall(host, &inst.id, &fw).await {
-            Ok(()) => Outcome::Done("Firewall applied".into()),
-            Err(e) => self.on_driver_error(task, "apply firewall", e),
+        match pushed {
+            Ok(()) if kind == TaskKind::ApplyFirewall => Outcome::Done("Firewall applied".into()),
+            Ok(()) => Outcome::Done("Addresses applied".into()),
+            Err(e) => self.on_driver_error(task, task.operation.as_str(), e),
         }
     }
 
@@ -220,7 +247,7 @@ impl Engine {
                     tx.instance_release(id, t, Some(op.result().as_str()), now)
                         .await?;
                 }
-                (TaskKind::ApplyFirewall, _) => {}
+                (TaskKind::ApplyFirewall | TaskKind::SyncIps, _) => {}
                 (TaskKind::Power(_), false) => {
                     tx.instance_release(id, t, power_after_failure.map(|p| p.as_str()), now)
                         .await?;

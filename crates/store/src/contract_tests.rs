@@ -41,6 +41,15 @@ fn rand_bytes() -> [u8; 6] {
     [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
+fn claim(instance_id: &str) -> IpClaim<'_> {
+    IpClaim {
+        instance_id,
+        interface_name: "net0",
+        mac_address: "bc:24:11:00:00:01",
+        is_primary: true,
+    }
+}
+
 fn res(cores: i64) -> Resources {
     Resources {
         cores,
@@ -116,7 +125,7 @@ async fn ip_allocation_is_unique_and_released() {
         let mut got = vec![];
         for i in 0..4 {
             got.push(
-                tx.ip_allocate("us-east-1", &format!("vm{i}"), 1)
+                tx.ip_allocate("us-east-1", &claim(&format!("vm{i}")), 1)
                     .await
                     .unwrap(),
             );
@@ -127,7 +136,7 @@ async fn ip_allocation_is_unique_and_released() {
         let mut tx = store.begin().await.unwrap();
         tx.ip_release_all("vm1").await.unwrap();
         assert_eq!(
-            tx.ip_allocate("us-east-1", "vm9", 2)
+            tx.ip_allocate("us-east-1", &claim("vm9"), 2)
                 .await
                 .unwrap()
                 .as_deref(),

@@ -1,7 +1,7 @@
 //! Hosts, their reserved capacity, and the IP pools. Reservation is a conditional UPDATE that
 //! only succeeds while the host still has room, so it holds across processes (invariant 1).
 
-use crate::{db_err, get_i64, get_opt_str, get_str, Backend, Store, Tx};
+use crate::{db_err, get_i64, get_opt_str, get_str, Store, Tx};
 use lobster_core::capacity::{HostFree, Resources};
 use lobster_core::fleet::Fleet;
 use lobster_core::Error;
@@ -115,32 +115,6 @@ impl Store {
             .map_err(db_err)?;
         rows.iter().map(host).collect()
     }
-
-    /// Free addresses per region.
-    pub async fn ip_free_counts(&self) -> Result<Vec<(String, i64)>, Error> {
-        let rows = sqlx::query(
-            "SELECT region, COUNT(*) AS n FROM ip_addresses WHERE instance_id IS NULL GROUP BY region",
-        )
-        .fetch_all(self.reader())
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| Ok((get_str(r, "region")?, get_i64(r, "n")?)))
-            .collect()
-    }
-
-    /// Every (address, instance) pair currently held: for invariant checks.
-    pub async fn ip_assignments(&self) -> Result<Vec<(String, String)>, Error> {
-        let rows = sqlx::query(
-            "SELECT address, instance_id FROM ip_addresses WHERE instance_id IS NOT NULL ORDER BY address",
-        )
-        .fetch_all(self.reader())
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| Ok((get_str(r, "address")?, get_str(r, "instance_id")?)))
-            .collect()
-    }
 }
 
 impl Tx {
@@ -174,63 +148,6 @@ impl Tx {
         .bind(r.disk_gb)
         .bind(r.gpus)
         .bind(host_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Takes the lowest free address of the region for the instance; None when the pool is
-    /// exhausted. The outer `instance_id IS NULL` re-check makes a lost race a retry, never a
-    /// double assignment.
-    pub async fn ip_allocate(
-        &mut self,
-        region: &str,
-        instance_id: &str,
-        now: i64,
-    ) -> Result<Option<String>, Error> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2
-             WHERE address = (SELECT address FROM ip_addresses WHERE region = $3 AND instance_id IS NULL
-                              ORDER BY seq LIMIT 1{lock})
-               AND instance_id IS NULL
-             RETURNING address"
-        );
-        for _ in 0..5 {
-            let row = sqlx::query(&sql)
-                .bind(instance_id)
-                .bind(now)
-                .bind(region)
-                .fetch_optional(self.conn())
-                .await
-                .map_err(db_err)?;
-            if let Some(r) = row {
-                return Ok(Some(get_str(&r, "address")?));
-            }
-            let free = sqlx::query(
-                "SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1",
-            )
-            .bind(region)
-            .fetch_optional(self.conn())
-            .await
-            .map_err(db_err)?;
-            if free.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(None)
-    }
-
-    /// Returns every address the instance holds to its pool.
-    pub async fn ip_release_all(&mut self, instance_id: &str) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL WHERE instance_id = $1",
-        )
-        .bind(instance_id)
         .execute(self.conn())
         .await
         .map_err(db_err)?;

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod firewall;
 pub mod hosts;
 pub mod instances;
+pub mod ips;
 mod migrate;
 pub mod tasks;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use accounts::{AccountRow, KeyRow, TeamRow};
 pub use hosts::HostRow;
 pub use instances::{InstanceRow, NewInstance, Scope};
+pub use ips::{IpClaim, IpRow};
 pub use tasks::{NewTask, TaskFilter, TaskRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -80,6 +80,13 @@ impl IntoResponse for BlError {
                     &format!("Rule at position {id} not found"),
                 )),
             ),
+            Error::NotFound { kind: "ip", id } => (
+                StatusCode::NOT_FOUND,
+                Value::Object(body(
+                    "ip_not_found",
+                    &format!("IP {id} is not assigned to this instance"),
+                )),
+            ),
             Error::NotFound { kind, id } => (
                 StatusCode::NOT_FOUND,
                 Value::Object(body("not_found", &format!("{kind} {id} not found"))),

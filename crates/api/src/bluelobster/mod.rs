@@ -6,6 +6,7 @@ mod error;
 mod firewall;
 mod health;
 mod instances;
+mod ips;
 mod launch;
 pub mod openapi;
 mod tasks;
@@ -15,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use lobster_app::App;
 use lobster_core::auth::Caller;
@@ -106,6 +107,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/instances/{instance_id}/firewall/rules/{pos}",
             get(firewall::firewall_rule_get).delete(firewall::firewall_rule_delete),
+        )
+        .route(
+            "/instances/{instance_id}/ips",
+            get(ips::instance_ips).post(ips::instance_ip_assign),
+        )
+        .route(
+            "/instances/{instance_id}/ips/{ip_address}",
+            delete(ips::instance_ip_release),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

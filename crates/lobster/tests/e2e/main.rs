@@ -8,6 +8,7 @@ mod catalog;
 mod engine;
 mod firewall;
 mod instances;
+mod ips;
 mod launch;
 mod launch_custom;
 mod power;

@@ -1,0 +1,170 @@
+//! Public IPv4 addresses: regional pools, and which interface of which instance holds each.
+//! Allocation is a conditional UPDATE, so two transactions can never take the same address.
+
+use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Store, Tx};
+use lobster_core::Error;
+use sqlx::any::AnyRow;
+
+/// An address held by an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpRow {
+    pub address: String,
+    pub instance_id: String,
+    pub interface_name: String,
+    pub mac_address: String,
+    pub is_primary: bool,
+    pub assigned_at: i64,
+}
+
+/// Who takes an address, and on which interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpClaim<'a> {
+    pub instance_id: &'a str,
+    pub interface_name: &'a str,
+    pub mac_address: &'a str,
+    pub is_primary: bool,
+}
+
+fn row(r: &AnyRow) -> Result<IpRow, Error> {
+    Ok(IpRow {
+        address: get_str(r, "address")?,
+        instance_id: get_str(r, "instance_id")?,
+        interface_name: get_opt_str(r, "interface_name")?.unwrap_or_else(|| "net0".into()),
+        mac_address: get_opt_str(r, "mac_address")?.unwrap_or_default(),
+        is_primary: get_i64(r, "is_primary")? != 0,
+        assigned_at: get_opt_i64(r, "assigned_at")?.unwrap_or(0),
+    })
+}
+
+const COLS: &str = "address, instance_id, interface_name, mac_address, is_primary, assigned_at";
+const ORDER: &str = "ORDER BY is_primary DESC, interface_name, address";
+
+impl Store {
+    /// Free addresses per region.
+    pub async fn ip_free_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT region, COUNT(*) AS n FROM ip_addresses WHERE instance_id IS NULL GROUP BY region",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((get_str(r, "region")?, get_i64(r, "n")?)))
+            .collect()
+    }
+
+    /// Every (address, instance) pair currently held: for invariant checks.
+    pub async fn ip_assignments(&self) -> Result<Vec<(String, String)>, Error> {
+        let rows = sqlx::query(
+            "SELECT address, instance_id FROM ip_addresses WHERE instance_id IS NOT NULL ORDER BY address",
+        )
+        .fetch_all(self.reader())
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((get_str(r, "address")?, get_str(r, "instance_id")?)))
+            .collect()
+    }
+
+    /// The instance's addresses, primary first.
+    pub async fn ip_list(&self, instance_id: &str) -> Result<Vec<IpRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM ip_addresses WHERE instance_id = $1 {ORDER}");
+        let rows = sqlx::query(&sql)
+            .bind(instance_id)
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+}
+
+impl Tx {
+    /// Takes the lowest free address of the region; None when the pool is exhausted. The
+    /// outer `instance_id IS NULL` re-check makes a lost race a retry, never a double
+    /// assignment.
+    pub async fn ip_allocate(
+        &mut self,
+        region: &str,
+        claim: &IpClaim<'_>,
+        now: i64,
+    ) -> Result<Option<String>, Error> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2, interface_name = $4, mac_address = $5,
+               is_primary = $6
+             WHERE address = (SELECT address FROM ip_addresses WHERE region = $3 AND instance_id IS NULL
+                              ORDER BY seq LIMIT 1{lock})
+               AND instance_id IS NULL
+             RETURNING address"
+        );
+        for _ in 0..5 {
+            let row = sqlx::query(&sql)
+                .bind(claim.instance_id)
+                .bind(now)
+                .bind(region)
+                .bind(claim.interface_name)
+                .bind(claim.mac_address)
+                .bind(claim.is_primary as i64)
+                .fetch_optional(self.conn())
+                .await
+                .map_err(db_err)?;
+            if let Some(r) = row {
+                return Ok(Some(get_str(&r, "address")?));
+            }
+            let free = sqlx::query(
+                "SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1",
+            )
+            .bind(region)
+            .fetch_optional(self.conn())
+            .await
+            .map_err(db_err)?;
+            if free.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The instance's addresses as this transaction sees them.
+    pub async fn ip_list(&mut self, instance_id: &str) -> Result<Vec<IpRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM ip_addresses WHERE instance_id = $1 {ORDER}");
+        let rows = sqlx::query(&sql)
+            .bind(instance_id)
+            .fetch_all(self.conn())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Returns one address to its pool; false when the instance did not hold it.
+    pub async fn ip_release(&mut self, instance_id: &str, address: &str) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
+               mac_address = NULL, is_primary = 0
+             WHERE instance_id = $1 AND address = $2",
+        )
+        .bind(instance_id)
+        .bind(address)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Returns every address the instance holds to its pool.
+    pub async fn ip_release_all(&mut self, instance_id: &str) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
+               mac_address = NULL, is_primary = 0
+             WHERE instance_id = $1",
+        )
+        .bind(instance_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+}
