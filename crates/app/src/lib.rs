@@ -5,12 +5,14 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod console;
 pub mod firewall;
 pub mod health;
 pub mod instances;
 pub mod ips;
 pub mod launch;
 pub mod tasks;
+pub mod teams;
 
 use lobster_core::clock::SharedClock;
 use lobster_core::fleet::Fleet;

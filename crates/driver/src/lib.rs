@@ -10,6 +10,25 @@ use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
 use lobster_core::instance::PowerStatus;
 
+/// Live usage as the hypervisor reports it; all zero for a stopped VM.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct VmStats {
+    pub cpu_usage_percent: f64,
+    pub memory_used_bytes: u64,
+    pub disk_read_bytes_sec: u64,
+    pub disk_write_bytes_sec: u64,
+    pub net_in_bytes_sec: u64,
+    pub net_out_bytes_sec: u64,
+    pub uptime_seconds: u64,
+}
+
+/// Where a VM's VNC console can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
 /// An address on one of a VM's interfaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicAddress {
@@ -72,6 +91,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn apply_firewall(&self, host: &Host, vm: &str, fw: &Firewall) -> DriverResult<()>;
     /// Makes the VM's public addresses exactly `ips` (whitelisting each on its interface).
     async fn set_ips(&self, host: &Host, vm: &str, ips: &[NicAddress]) -> DriverResult<()>;
+    /// Current usage; zeros when the VM is stopped.
+    async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats>;
+    /// The VNC endpoint of a running VM.
+    async fn console(&self, host: &Host, vm: &str) -> DriverResult<ConsoleEndpoint>;
     /// `None` when the VM does not exist on the host.
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>>;
 }

@@ -2,7 +2,7 @@
 //! failure injection (random, from a seeded generator, and scripted "fail the next N calls").
 //! It backs the demo fleet and the control-plane tests.
 
-use crate::{DriverError, DriverResult, Hypervisor, NicAddress, VmSpec};
+use crate::{ConsoleEndpoint, DriverError, DriverResult, Hypervisor, NicAddress, VmSpec, VmStats};
 use async_trait::async_trait;
 use lobster_core::capacity::Resources;
 use lobster_core::firewall::Firewall;
@@ -126,6 +126,8 @@ pub struct SimVm {
     pub firewall: Option<Firewall>,
     /// Addresses pushed by `set_ips` (None until the first push).
     pub ips: Option<Vec<NicAddress>>,
+    /// When the VM last booted (for uptime).
+    pub booted_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +173,7 @@ impl SimDriver {
             boots: u32::from(power == PowerStatus::Running),
             firewall: None,
             ips: None,
+            booted_at: (power == PowerStatus::Running).then(std::time::Instant::now),
         };
         st.hosts
             .entry(host.to_string())
@@ -251,6 +254,10 @@ impl SimDriver {
         self.with_vm(host, vm, |v| {
             if to == PowerStatus::Running && (v.power == PowerStatus::Stopped || op == Op::Reboot) {
                 v.boots += 1;
+                v.booted_at = Some(std::time::Instant::now());
+            }
+            if to == PowerStatus::Stopped {
+                v.booted_at = None;
             }
             v.power = to;
         })?;
@@ -311,6 +318,7 @@ impl Hypervisor for SimDriver {
                     boots: 0,
                     firewall: None,
                     ips: None,
+                    booted_at: None,
                 };
                 vms.insert(spec.id.clone(), vm);
             }
@@ -356,6 +364,44 @@ impl Hypervisor for SimDriver {
         let after = self.enter(Op::SetIps).await?;
         self.with_vm(host, vm, |v| v.ips = Some(ips.to_vec()))?;
         finish(Op::SetIps, after)
+    }
+
+    /// Plausible, steady numbers derived from the VM's id: a guest under constant load.
+    async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats> {
+        self.with_vm(host, vm, |v| {
+            let Some(booted) = v.booted_at.filter(|_| v.power == PowerStatus::Running) else {
+                return VmStats::default();
+            };
+            let seed = v
+                .spec
+                .id
+                .bytes()
+                .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+            let mem_total = v.spec.resources.memory_gb as u64 * 1024 * 1024 * 1024;
+            VmStats {
+                cpu_usage_percent: (seed % 900) as f64 / 10.0 + 5.0,
+                memory_used_bytes: mem_total / 100 * (20 + seed % 60),
+                disk_read_bytes_sec: 1024 * (seed % 2048),
+                disk_write_bytes_sec: 512 * (seed % 2048),
+                net_in_bytes_sec: 100 * (seed % 4096),
+                net_out_bytes_sec: 50 * (seed % 4096),
+                uptime_seconds: booted.elapsed().as_secs(),
+            }
+        })
+    }
+
+    async fn console(&self, host: &Host, vm: &str) -> DriverResult<ConsoleEndpoint> {
+        let running = self.with_vm(host, vm, |v| v.power == PowerStatus::Running)?;
+        if !running {
+            return Err(DriverError::Permanent(format!(
+                "sim: VM {vm} is not running"
+            )));
+        }
+        let port = 5900 + (vm.bytes().map(u16::from).sum::<u16>() % 100);
+        Ok(ConsoleEndpoint {
+            host: host.hostname.clone().unwrap_or_else(|| host.id.clone()),
+            port,
+        })
     }
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {

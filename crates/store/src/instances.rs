@@ -290,6 +290,23 @@ impl Tx {
         Ok(r.is_some())
     }
 
+    /// Moves the instance into a team (or out of any with None).
+    pub async fn instance_set_team(
+        &mut self,
+        id: &str,
+        team_id: Option<&str>,
+        now: i64,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE instances SET team_id = $1, updated_at = $2 WHERE id = $3")
+            .bind(team_id)
+            .bind(now)
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     pub async fn instance_rename(&mut self, id: &str, name: &str, now: i64) -> Result<(), Error> {
         sqlx::query("UPDATE instances SET name = $1, updated_at = $2 WHERE id = $3")
             .bind(name)

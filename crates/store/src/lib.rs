@@ -6,6 +6,7 @@
 //! instead of failing with SQLITE_BUSY; reads use a separate pool and see WAL snapshots.
 
 pub mod accounts;
+pub mod console;
 pub mod firewall;
 pub mod hosts;
 pub mod instances;

@@ -87,6 +87,10 @@ impl IntoResponse for BlError {
                     &format!("IP {id} is not assigned to this instance"),
                 )),
             ),
+            Error::NotFound { kind: "team", id } => (
+                StatusCode::NOT_FOUND,
+                Value::Object(body("team_not_found", &format!("Team {id} not found"))),
+            ),
             Error::NotFound { kind, id } => (
                 StatusCode::NOT_FOUND,
                 Value::Object(body("not_found", &format!("{kind} {id} not found"))),

@@ -2,6 +2,7 @@
 
 mod body;
 mod catalog;
+mod console;
 mod error;
 mod firewall;
 mod health;
@@ -10,6 +11,7 @@ mod ips;
 mod launch;
 pub mod openapi;
 mod tasks;
+mod teams;
 mod views;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -115,6 +117,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/instances/{instance_id}/ips/{ip_address}",
             delete(ips::instance_ip_release),
+        )
+        .route(
+            "/instances/{instance_id}/team",
+            put(teams::instance_team_set).delete(teams::instance_team_clear),
+        )
+        .route("/teams/{team_id}/instances", get(teams::team_instances))
+        .route(
+            "/instances/{instance_id}/stats",
+            get(console::instance_stats),
+        )
+        .route(
+            "/instances/{instance_id}/console",
+            post(console::instance_console).get(console::instance_console),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -23,7 +23,14 @@ async fn primary_ip_is_listed_with_its_interface() {
     let p = &b["ips"][0];
     assert_eq!(p["ip_address"], alice.instance(&id).await["ip_address"]);
     assert_eq!(p["internal_ip"], p["ip_address"]);
-    assert_eq!((p["interface_name"].as_str(), p["is_primary"].as_bool(), p["bridge"].as_str()), (Some("net0"), Some(true), Some("vmbr0")));
+    assert_eq!(
+        (
+            p["interface_name"].as_str(),
+            p["is_primary"].as_bool(),
+            p["bridge"].as_str()
+        ),
+        (Some("net0"), Some(true), Some("vmbr0"))
+    );
     assert!(p["mac_address"].as_str().unwrap().starts_with("bc:24:11:"));
     assert!(p["assigned_at"].as_str().unwrap().ends_with('Z'));
 }
@@ -36,22 +43,48 @@ async fn assign_and_release_an_additional_ip() {
     let a = expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     let addr = a["ip"]["ip_address"].as_str().unwrap().to_string();
     assert_eq!(a["status"], "success");
-    assert_eq!(a["message"], json!(format!("IP {addr} assigned (configure as alias on primary interface)")));
-    assert_eq!((a["ip"]["interface_name"].as_str(), a["ip"]["is_primary"].as_bool()), (Some("net1"), Some(false)));
+    assert_eq!(
+        a["message"],
+        json!(format!(
+            "IP {addr} assigned (configure as alias on primary interface)"
+        ))
+    );
+    assert_eq!(
+        (
+            a["ip"]["interface_name"].as_str(),
+            a["ip"]["is_primary"].as_bool()
+        ),
+        (Some("net1"), Some(false))
+    );
     let b = alice.get_json(&ips(&id), StatusCode::OK).await;
     assert_eq!(b["ip_count"], 2);
     assert_eq!(b["ips"][0]["is_primary"], true, "primary first");
     app.drain().await;
-    let host = alice.instance(&id).await["host_id"].as_str().unwrap().to_string();
+    let host = alice.instance(&id).await["host_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let on_host = app.sim.vm(&host, &id).unwrap().ips.unwrap();
     assert_eq!(on_host.len(), 2);
-    assert!(on_host.iter().any(|n| n.address == addr && n.interface_name == "net1"));
+    assert!(on_host
+        .iter()
+        .any(|n| n.address == addr && n.interface_name == "net1"));
 
-    let r = expect(alice.delete(&format!("{}/{addr}", ips(&id))).await, StatusCode::OK).await;
-    assert_eq!(r, json!({"status": "success", "message": format!("IP {addr} released from net1"), "released_ip": addr, "released_interface": "net1"}));
+    let r = expect(
+        alice.delete(&format!("{}/{addr}", ips(&id))).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!({"status": "success", "message": format!("IP {addr} released from net1"), "released_ip": addr, "released_interface": "net1"})
+    );
     app.drain().await;
     assert_eq!(app.sim.vm(&host, &id).unwrap().ips.unwrap().len(), 1);
-    assert_eq!(alice.get_json(&ips(&id), StatusCode::OK).await["ip_count"], 1);
+    assert_eq!(
+        alice.get_json(&ips(&id), StatusCode::OK).await["ip_count"],
+        1
+    );
     // The address went back to the pool: the next assignment may take it again.
     let again = expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     assert_eq!(again["ip"]["ip_address"], json!(addr));
@@ -62,17 +95,34 @@ async fn primary_unknown_and_foreign_addresses() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let id = running(&app, &alice).await;
-    let primary = alice.instance(&id).await["ip_address"].as_str().unwrap().to_string();
-    let r = expect(alice.delete(&format!("{}/{primary}", ips(&id))).await, StatusCode::BAD_REQUEST).await;
+    let primary = alice.instance(&id).await["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = expect(
+        alice.delete(&format!("{}/{primary}", ips(&id))).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(r["error"], "cannot_release_primary");
-    let r = expect(alice.delete(&format!("{}/203.0.113.77", ips(&id))).await, StatusCode::NOT_FOUND).await;
+    let r = expect(
+        alice.delete(&format!("{}/203.0.113.77", ips(&id))).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(r["error"], "ip_not_found");
     let bob = app.tenant("bob").await;
     assert_eq!(bob.get(&ips(&id)).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(bob.post(&ips(&id), json!({})).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        bob.post(&ips(&id), json!({})).await.status(),
+        StatusCode::NOT_FOUND
+    );
     let viewer = app.key("alice", "viewer", false, None).await;
     assert_eq!(viewer.get(&ips(&id)).await.status(), StatusCode::OK);
-    assert_eq!(viewer.post(&ips(&id), json!({})).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        viewer.post(&ips(&id), json!({})).await.status(),
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -82,11 +132,21 @@ async fn assignment_needs_a_rented_instance_and_a_free_address() {
     let app = TestApp::spawn_with(fleet, engine_config()).await;
     let alice = app.tenant("alice").await;
     let creating = alice.launch("v1_cpu_small", "us-east-1").await;
-    let r = expect(alice.post(&ips(creating["vm_uuid"].as_str().unwrap()), json!({})).await, StatusCode::BAD_REQUEST).await;
+    let r = expect(
+        alice
+            .post(&ips(creating["vm_uuid"].as_str().unwrap()), json!({}))
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(r["error"], "invalid_state");
     let id = running(&app, &alice).await;
     expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
-    let r = expect(alice.post(&ips(&id), json!({})).await, StatusCode::BAD_REQUEST).await;
+    let r = expect(
+        alice.post(&ips(&id), json!({})).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(r["error"], "no_ips_available");
 }
 
@@ -98,14 +158,21 @@ async fn concurrent_assignments_never_share_an_address() {
     let alice = std::sync::Arc::new(app.tenant("alice").await);
     let mut vms = vec![];
     for _ in 0..4 {
-        vms.push(alice.launch("v1_cpu_small", "us-east-1").await["vm_uuid"].as_str().unwrap().to_string());
+        vms.push(
+            alice.launch("v1_cpu_small", "us-east-1").await["vm_uuid"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     app.drain().await;
     // 4 primaries leave 5 free addresses for 12 concurrent requests.
     let mut hs = vec![];
     for i in 0..12 {
         let (a, id) = (alice.clone(), vms[i % 4].clone());
-        hs.push(tokio::spawn(async move { a.post(&ips(&id), json!({})).await.status() }));
+        hs.push(tokio::spawn(async move {
+            a.post(&ips(&id), json!({})).await.status()
+        }));
     }
     let mut ok = 0;
     for h in hs {
@@ -132,7 +199,11 @@ async fn deleting_the_instance_frees_every_address() {
     expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     app.drain().await;
     assert_eq!(app.app.store().ip_assignments().await.unwrap().len(), 3);
-    expect(alice.delete(&format!("/api/v1/instances/{id}")).await, StatusCode::OK).await;
+    expect(
+        alice.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
     app.drain().await;
     assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod catalog;
+mod console;
 mod engine;
 mod firewall;
 mod instances;
@@ -13,3 +14,4 @@ mod launch;
 mod launch_custom;
 mod power;
 mod tasks;
+mod teams;
