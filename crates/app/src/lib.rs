@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backups;
 pub mod catalog;
 pub mod console;
 pub mod firewall;
@@ -83,6 +84,11 @@ impl App {
 
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+
+    /// The app's clock, for dialects that put dates into names.
+    pub fn now_millis(&self) -> i64 {
+        self.now()
     }
 
     pub(crate) fn now(&self) -> i64 {

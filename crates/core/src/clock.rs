@@ -27,6 +27,17 @@ impl Timestamp {
             .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
     }
 
+    /// RFC 3339 in UTC with milliseconds (`2024-01-15T10:30:00.123Z`), for identifiers that
+    /// must differ between two events in the same second.
+    pub fn rfc3339_millis(self) -> String {
+        let base = self.rfc3339();
+        format!(
+            "{}.{:03}Z",
+            base.trim_end_matches('Z'),
+            self.0.rem_euclid(1000)
+        )
+    }
+
     /// Parses RFC 3339 / ISO 8601 date-times with an offset (`Z` or `+hh:mm`).
     pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         let dt = OffsetDateTime::parse(s, &Rfc3339).ok()?;
@@ -83,6 +94,14 @@ mod tests {
         assert_eq!(
             Timestamp(1_705_314_600_000).rfc3339(),
             "2024-01-15T10:30:00Z"
+        );
+    }
+
+    #[test]
+    fn millis_format() {
+        assert_eq!(
+            Timestamp(1_705_314_600_042).rfc3339_millis(),
+            "2024-01-15T10:30:00.042Z"
         );
     }
 

@@ -113,6 +113,28 @@ pub struct CustomPricing {
     pub cents_per_gpu: i64,
 }
 
+/// Prices of what is billed beside instance hours.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Billing {
+    /// Backup storage beyond the free tier, per GiB and month.
+    pub backup_cents_per_gb_month: i64,
+    /// Backup storage every account gets free, in GiB.
+    pub backup_free_gb: i64,
+    /// Each additional IP address, per month.
+    pub extra_ip_cents_per_month: i64,
+}
+
+impl Default for Billing {
+    fn default() -> Self {
+        Billing {
+            backup_cents_per_gb_month: 5,
+            backup_free_gb: 250,
+            extra_ip_cents_per_month: 300,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fleet {
@@ -127,6 +149,8 @@ pub struct Fleet {
     #[serde(default = "default_cpu_template")]
     pub default_cpu_template: String,
     pub custom_pricing: CustomPricing,
+    #[serde(default)]
+    pub billing: Billing,
 }
 
 fn default_gpu_template() -> String {
@@ -427,6 +451,7 @@ impl Fleet {
                 cents_per_8gb_memory: 1,
                 cents_per_gpu: 40,
             },
+            billing: Billing::default(),
         }
     }
 }

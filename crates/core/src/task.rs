@@ -12,6 +12,12 @@ pub enum TaskKind {
     ApplyFirewall,
     /// Pushes the instance's current set of addresses to its host (same convergence rule).
     SyncIps,
+    /// Live backup of an instance's disk (holds the instance).
+    Backup,
+    /// Replaces an instance's disk from a backup (holds the instance).
+    Restore,
+    /// Removes a backup from storage (the instance may be long gone).
+    DeleteBackup,
 }
 
 impl TaskKind {
@@ -21,6 +27,9 @@ impl TaskKind {
             TaskKind::DeleteInstance => "delete_instance",
             TaskKind::ApplyFirewall => "apply_firewall",
             TaskKind::SyncIps => "sync_ips",
+            TaskKind::Backup => "create_backup",
+            TaskKind::Restore => "restore_backup",
+            TaskKind::DeleteBackup => "delete_backup",
             TaskKind::Power(PowerOp::Reboot) => "reboot_instance",
             TaskKind::Power(PowerOp::Shutdown) => "shutdown_instance",
             TaskKind::Power(PowerOp::ForceShutdown) => "force_shutdown_instance",
@@ -35,6 +44,9 @@ impl TaskKind {
             "delete_instance" => TaskKind::DeleteInstance,
             "apply_firewall" => TaskKind::ApplyFirewall,
             "sync_ips" => TaskKind::SyncIps,
+            "create_backup" => TaskKind::Backup,
+            "restore_backup" => TaskKind::Restore,
+            "delete_backup" => TaskKind::DeleteBackup,
             "reboot_instance" => TaskKind::Power(PowerOp::Reboot),
             "shutdown_instance" => TaskKind::Power(PowerOp::Shutdown),
             "force_shutdown_instance" => TaskKind::Power(PowerOp::ForceShutdown),
@@ -96,6 +108,9 @@ mod tests {
             TaskKind::DeleteInstance,
             TaskKind::ApplyFirewall,
             TaskKind::SyncIps,
+            TaskKind::Backup,
+            TaskKind::Restore,
+            TaskKind::DeleteBackup,
             TaskKind::Power(PowerOp::Reboot),
             TaskKind::Power(PowerOp::Shutdown),
             TaskKind::Power(PowerOp::ForceShutdown),

@@ -91,6 +91,13 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn apply_firewall(&self, host: &Host, vm: &str, fw: &Firewall) -> DriverResult<()>;
     /// Makes the VM's public addresses exactly `ips` (whitelisting each on its interface).
     async fn set_ips(&self, host: &Host, vm: &str, ips: &[NicAddress]) -> DriverResult<()>;
+    /// Takes a live backup of the VM's disk into `volid` (on `storage`) and returns its size
+    /// in bytes. A backup that already exists is not taken again.
+    async fn backup(&self, host: &Host, vm: &str, storage: &str, volid: &str) -> DriverResult<u64>;
+    /// Stops the VM, replaces its disk with the backup's, and starts it again.
+    async fn restore(&self, host: &Host, vm: &str, storage: &str, volid: &str) -> DriverResult<()>;
+    /// Removes a backup from its storage; one that does not exist is already removed.
+    async fn delete_backup(&self, storage: &str, volid: &str) -> DriverResult<()>;
     /// Current usage; zeros when the VM is stopped.
     async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats>;
     /// The VNC endpoint of a running VM.

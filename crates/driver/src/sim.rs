@@ -25,6 +25,9 @@ pub enum Op {
     Destroy,
     ApplyFirewall,
     SetIps,
+    Backup,
+    Restore,
+    DeleteBackup,
 }
 
 /// Per-operation latency in milliseconds.
@@ -59,7 +62,8 @@ impl SimDelays {
             Op::Stop => self.stop,
             Op::Reboot => self.reboot,
             Op::Destroy => self.destroy,
-            Op::ApplyFirewall | Op::SetIps => self.stop,
+            Op::ApplyFirewall | Op::SetIps | Op::DeleteBackup => self.stop,
+            Op::Backup | Op::Restore => self.create,
         }
     }
 }
@@ -128,12 +132,24 @@ pub struct SimVm {
     pub ips: Option<Vec<NicAddress>>,
     /// When the VM last booted (for uptime).
     pub booted_at: Option<std::time::Instant>,
+    /// The backup whose data the disk holds since the last restore.
+    pub restored_from: Option<String>,
+}
+
+/// A backup on the sim's storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimBackup {
+    pub storage: String,
+    pub vm: String,
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, Default)]
 struct SimState {
     /// host id -> vm id -> vm
     hosts: HashMap<String, HashMap<String, SimVm>>,
+    /// volid -> backup
+    backups: HashMap<String, SimBackup>,
     scripted: HashMap<Op, Vec<(FailWhen, bool)>>,
 }
 
@@ -174,11 +190,25 @@ impl SimDriver {
             firewall: None,
             ips: None,
             booted_at: (power == PowerStatus::Running).then(std::time::Instant::now),
+            restored_from: None,
         };
         st.hosts
             .entry(host.to_string())
             .or_default()
             .insert(spec.id, vm);
+    }
+
+    /// Re-creates a backup the control plane knows about (after a restart).
+    pub fn adopt_backup(&self, volid: &str, backup: SimBackup) {
+        self.state
+            .lock()
+            .unwrap()
+            .backups
+            .insert(volid.to_string(), backup);
+    }
+
+    pub fn backups(&self) -> HashMap<String, SimBackup> {
+        self.state.lock().unwrap().backups.clone()
     }
 
     pub fn vm(&self, host: &str, vm: &str) -> Option<SimVm> {
@@ -319,6 +349,7 @@ impl Hypervisor for SimDriver {
                     firewall: None,
                     ips: None,
                     booted_at: None,
+                    restored_from: None,
                 };
                 vms.insert(spec.id.clone(), vm);
             }
@@ -364,6 +395,55 @@ impl Hypervisor for SimDriver {
         let after = self.enter(Op::SetIps).await?;
         self.with_vm(host, vm, |v| v.ips = Some(ips.to_vec()))?;
         finish(Op::SetIps, after)
+    }
+
+    async fn backup(&self, host: &Host, vm: &str, storage: &str, volid: &str) -> DriverResult<u64> {
+        let after = self.enter(Op::Backup).await?;
+        let size = {
+            let disk = self.with_vm(host, vm, |v| v.spec.resources.disk_gb as u64)?;
+            let mut st = self.state.lock().unwrap();
+            let seed = volid
+                .bytes()
+                .fold(3u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+            // A used fraction of the disk (30-70 %), deduplicated as PBS would.
+            let size = disk * 1024 * 1024 * 1024 / 100 * (30 + seed % 41);
+            st.backups
+                .entry(volid.to_string())
+                .or_insert(SimBackup {
+                    storage: storage.into(),
+                    vm: vm.into(),
+                    size_bytes: size,
+                })
+                .size_bytes
+        };
+        finish(Op::Backup, after)?;
+        Ok(size)
+    }
+
+    async fn restore(
+        &self,
+        host: &Host,
+        vm: &str,
+        _storage: &str,
+        volid: &str,
+    ) -> DriverResult<()> {
+        let after = self.enter(Op::Restore).await?;
+        if !self.state.lock().unwrap().backups.contains_key(volid) {
+            return Err(DriverError::Permanent(format!("sim: no backup {volid}")));
+        }
+        self.with_vm(host, vm, |v| {
+            v.restored_from = Some(volid.to_string());
+            v.power = PowerStatus::Running;
+            v.boots += 1;
+            v.booted_at = Some(std::time::Instant::now());
+        })?;
+        finish(Op::Restore, after)
+    }
+
+    async fn delete_backup(&self, _storage: &str, volid: &str) -> DriverResult<()> {
+        let after = self.enter(Op::DeleteBackup).await?;
+        self.state.lock().unwrap().backups.remove(volid);
+        finish(Op::DeleteBackup, after)
     }
 
     /// Plausible, steady numbers derived from the VM's id: a guest under constant load.

@@ -3,6 +3,7 @@
 //! the state change it makes — only while they still hold the lease. A worker that dies
 //! leaves its task to be reclaimed when the lease expires (DESIGN invariant 2).
 
+mod backups;
 mod steps;
 
 pub use steps::spec as vm_spec;

@@ -65,6 +65,8 @@ impl Engine {
                 "host {} is no longer configured; released",
                 inst.host_id
             )),
+            // Backups live on storage, not on the host: the instance may be long gone.
+            (TaskKind::DeleteBackup, _) => self.delete_backup(task).await,
             (_, None) => Outcome::Fail(format!("host {} is no longer configured", inst.host_id)),
             (TaskKind::CreateInstance, Some(host)) => {
                 if gave_up {
@@ -81,6 +83,8 @@ impl Engine {
                 self.push_config(task, kind, &host, &inst).await
             }
             (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
+            (TaskKind::Backup, Some(host)) => self.backup(task, &host, &inst).await,
+            (TaskKind::Restore, Some(host)) => self.restore(task, &host, &inst).await,
             (TaskKind::DeleteInstance, Some(host)) => {
                 match self.driver.destroy(&host, &inst.id).await {
                     Ok(()) => Outcome::Done("VM deleted successfully".into()),
@@ -208,7 +212,8 @@ impl Engine {
         // What a failed power operation left behind, asked before the transaction: a write
         // transaction never waits on a host.
         let mut power_after_failure = None;
-        if let (Some(TaskKind::Power(_)), false, Some(inst)) = (kind, ok, &inst) {
+        if let (Some(TaskKind::Power(_) | TaskKind::Restore), false, Some(inst)) = (kind, ok, &inst)
+        {
             if let Some(host) = self.fleet.host(&inst.host_id) {
                 power_after_failure = self.driver.power_state(host, &inst.id).await.ok().flatten();
             }
@@ -248,6 +253,11 @@ impl Engine {
                         .await?;
                 }
                 (TaskKind::ApplyFirewall | TaskKind::SyncIps, _) => {}
+                (TaskKind::Backup | TaskKind::Restore | TaskKind::DeleteBackup, _) => {
+                    let power = power_after_failure.map(|p| p.as_str());
+                    self.finish_backup(&mut tx, (kind, ok), task, &inst, power, now)
+                        .await?;
+                }
                 (TaskKind::Power(_), false) => {
                     tx.instance_release(id, t, power_after_failure.map(|p| p.as_str()), now)
                         .await?;

@@ -5,13 +5,14 @@ use crate::config::Config;
 use lobster_app::App;
 use lobster_core::clock::{system_clock, SharedClock};
 use lobster_core::instance::PowerStatus;
-use lobster_driver::sim::SimDriver;
+use lobster_driver::sim::{SimBackup, SimDriver};
 use lobster_driver::Hypervisor;
 use lobster_store::Store;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The sim driver, with the VMs the database says exist (its hosts live in memory only).
+/// The sim driver, with the VMs and backups the database says exist (it keeps its hosts and
+/// storage in memory only).
 async fn sim_driver(
     cfg: &Config,
     clock: SharedClock,
@@ -27,6 +28,16 @@ async fn sim_driver(
         if matches!(i.status.as_str(), "rented" | "terminating") {
             let power = PowerStatus::parse(&i.power_status).unwrap_or(PowerStatus::Stopped);
             sim.adopt(&i.host_id, lobster_engine::vm_spec(&i), power);
+        }
+    }
+    for b in app.store().backup_all().await.map_err(|e| e.to_string())? {
+        if matches!(b.status.as_str(), "available" | "deleting") {
+            let backup = SimBackup {
+                storage: b.storage,
+                vm: b.instance_id,
+                size_bytes: b.size_bytes as u64,
+            };
+            sim.adopt_backup(&b.volid, backup);
         }
     }
     Ok((app, sim))

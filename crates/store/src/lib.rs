@@ -6,6 +6,7 @@
 //! instead of failing with SQLITE_BUSY; reads use a separate pool and see WAL snapshots.
 
 pub mod accounts;
+pub mod backups;
 pub mod console;
 pub mod firewall;
 pub mod hosts;
@@ -20,6 +21,7 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use std::time::Duration;
 
 pub use accounts::{AccountRow, KeyRow, TeamRow};
+pub use backups::BackupRow;
 pub use hosts::HostRow;
 pub use instances::{InstanceRow, NewInstance, Scope};
 pub use ips::{IpClaim, IpRow};

@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_firewall.sql")),
     (3, include_str!("../migrations/0003_ip_interfaces.sql")),
     (4, include_str!("../migrations/0004_console.sql")),
+    (5, include_str!("../migrations/0005_backups.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {

@@ -91,6 +91,10 @@ impl IntoResponse for BlError {
                 StatusCode::NOT_FOUND,
                 Value::Object(body("team_not_found", &format!("Team {id} not found"))),
             ),
+            Error::NotFound { kind: "backup", id } => (
+                StatusCode::NOT_FOUND,
+                Value::Object(body("backup_not_found", &format!("Backup {id} not found"))),
+            ),
             Error::NotFound { kind, id } => (
                 StatusCode::NOT_FOUND,
                 Value::Object(body("not_found", &format!("{kind} {id} not found"))),

@@ -1,5 +1,6 @@
 //! Blue Lobster v1 (`/api/v1`, `X-API-Key`). Contract: `bluelobster-openapi.json`.
 
+mod backups;
 mod body;
 mod catalog;
 mod console;
@@ -131,6 +132,25 @@ pub fn router(app: Arc<App>) -> Router {
             "/instances/{instance_id}/console",
             post(console::instance_console).get(console::instance_console),
         )
+        .route(
+            "/instances/{instance_id}/backup",
+            post(backups::backup_create),
+        )
+        .route(
+            "/instances/{instance_id}/backups",
+            get(backups::backup_list_instance),
+        )
+        .route(
+            "/instances/{instance_id}/restore",
+            post(backups::backup_restore_instance),
+        )
+        .route(
+            "/backups",
+            get(backups::backup_list).delete(backups::backup_delete),
+        )
+        .route("/backups/restore", post(backups::backup_restore))
+        .route("/backups/storage", get(backups::backup_storage))
+        .route("/backups/notes", put(backups::backup_notes_set))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)

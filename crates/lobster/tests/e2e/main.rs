@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod backups;
 mod catalog;
 mod console;
 mod engine;
