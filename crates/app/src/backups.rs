@@ -125,6 +125,15 @@ impl App {
     }
 
     pub async fn backup_create(&self, caller: &Caller, id: &str) -> Result<BackupQueued, Error> {
+        self.backup_take(caller, id, "manual").await
+    }
+
+    pub(crate) async fn backup_take(
+        &self,
+        caller: &Caller,
+        id: &str,
+        origin: &str,
+    ) -> Result<BackupQueued, Error> {
         caller.require(Permission::InstanceWrite)?;
         let now = self.now();
         let task_id = ids::new_task_id();
@@ -149,6 +158,7 @@ impl App {
             notes: None,
             status: "creating".into(),
             task_id: Some(task_id.clone()),
+            origin: origin.into(),
             created_at: now,
             updated_at: now,
         })

@@ -12,6 +12,7 @@ pub mod health;
 pub mod instances;
 pub mod ips;
 pub mod launch;
+pub mod schedules;
 pub mod tasks;
 pub mod teams;
 

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod ids;
 pub mod instance;
 pub mod ip;
+pub mod schedule;
 pub mod task;
 pub mod validate;
 

@@ -24,6 +24,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     pub workers: usize,
+    /// How often the backup scheduler looks for due schedules.
+    pub scheduler_seconds: u64,
     pub lease_seconds: i64,
     pub poll_ms: u64,
     pub max_attempts: i64,
@@ -34,6 +36,7 @@ impl Default for EngineSection {
         let d = EngineConfig::default();
         EngineSection {
             workers: d.workers,
+            scheduler_seconds: 30,
             lease_seconds: d.lease_ms / 1000,
             poll_ms: d.poll_ms,
             max_attempts: d.max_attempts,
@@ -70,6 +73,7 @@ pub struct CommonArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
+    pub scheduler_seconds: u64,
     pub database_url: String,
     pub data_dir: PathBuf,
     pub driver: String,
@@ -105,6 +109,7 @@ pub fn load(
         data_dir,
         driver: driver.or(file.driver).unwrap_or_else(|| "sim".into()),
         engine: file.engine.to_engine(),
+        scheduler_seconds: file.engine.scheduler_seconds.max(1),
         sim: file.sim,
         fleet: file.fleet.unwrap_or_else(Fleet::demo),
     })

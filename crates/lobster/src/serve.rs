@@ -73,7 +73,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("LOBSTER_BOOTSTRAP_KEY: {e}"))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = app.engine().spawn(stop_rx);
+    let mut workers = app.engine().spawn(stop_rx.clone());
+    workers.push(spawn_scheduler(
+        Arc::clone(&app),
+        cfg.scheduler_seconds,
+        stop_rx,
+    ));
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -92,6 +97,25 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     app.store().close().await;
     println!("lobster stopped");
     Ok(())
+}
+
+/// Takes due scheduled backups every `every` seconds until shutdown.
+fn spawn_scheduler(
+    app: Arc<App>,
+    every: u64,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(every)) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = app.schedules_run_due().await {
+                tracing::error!("backup scheduler: {e}");
+            }
+        }
+    })
 }
 
 fn announce(cfg: &Config, addr: std::net::SocketAddr, bootstrapped: bool) {

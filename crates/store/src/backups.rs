@@ -18,13 +18,15 @@ pub struct BackupRow {
     pub notes: Option<String>,
     pub status: String,
     pub task_id: Option<String>,
+    /// `manual` or `schedule` (only scheduled backups are pruned by retention).
+    pub origin: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const COLS: &str =
     "b.volid, b.account_id, b.instance_id, b.instance_name, b.storage, b.size_bytes, b.format,
-    b.notes, b.status, b.task_id, b.created_at, b.updated_at";
+    b.notes, b.status, b.task_id, b.origin, b.created_at, b.updated_at";
 /// Team scoping follows the instance's current team; the instance row outlives deletion.
 const FROM: &str = "FROM backups b JOIN instances i ON i.id = b.instance_id";
 
@@ -40,6 +42,7 @@ fn row(r: &AnyRow) -> Result<BackupRow, Error> {
         notes: get_opt_str(r, "notes")?,
         status: get_str(r, "status")?,
         task_id: get_opt_str(r, "task_id")?,
+        origin: get_str(r, "origin")?,
         created_at: get_i64(r, "created_at")?,
         updated_at: get_i64(r, "updated_at")?,
     })
@@ -133,8 +136,8 @@ impl Tx {
     pub async fn backup_insert(&mut self, b: &BackupRow) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO backups (volid, account_id, instance_id, instance_name, storage, size_bytes, format, notes,
-               status, task_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+               status, task_id, origin, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&b.volid)
         .bind(&b.account_id)
@@ -146,6 +149,7 @@ impl Tx {
         .bind(&b.notes)
         .bind(&b.status)
         .bind(&b.task_id)
+        .bind(&b.origin)
         .bind(b.created_at)
         .bind(b.updated_at)
         .execute(self.conn())

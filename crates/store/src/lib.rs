@@ -13,6 +13,7 @@ pub mod hosts;
 pub mod instances;
 pub mod ips;
 mod migrate;
+pub mod schedules;
 pub mod tasks;
 
 use lobster_core::Error;

@@ -95,6 +95,16 @@ impl IntoResponse for BlError {
                 StatusCode::NOT_FOUND,
                 Value::Object(body("backup_not_found", &format!("Backup {id} not found"))),
             ),
+            Error::NotFound {
+                kind: "schedule",
+                id,
+            } => (
+                StatusCode::NOT_FOUND,
+                Value::Object(body(
+                    "schedule_not_found",
+                    &format!("No backup schedule for instance {id}"),
+                )),
+            ),
             Error::NotFound { kind, id } => (
                 StatusCode::NOT_FOUND,
                 Value::Object(body("not_found", &format!("{kind} {id} not found"))),

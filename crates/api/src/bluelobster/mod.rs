@@ -11,6 +11,7 @@ mod instances;
 mod ips;
 mod launch;
 pub mod openapi;
+mod schedules;
 mod tasks;
 mod teams;
 mod views;
@@ -151,6 +152,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/backups/restore", post(backups::backup_restore))
         .route("/backups/storage", get(backups::backup_storage))
         .route("/backups/notes", put(backups::backup_notes_set))
+        .route(
+            "/instances/{vm_uuid}/backup-schedule",
+            get(schedules::schedule_get)
+                .post(schedules::schedule_set)
+                .delete(schedules::schedule_delete),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)

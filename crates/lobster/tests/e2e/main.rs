@@ -14,5 +14,6 @@ mod ips;
 mod launch;
 mod launch_custom;
 mod power;
+mod schedules;
 mod tasks;
 mod teams;

@@ -1,0 +1,190 @@
+//! Backup schedules: settings per instance, and the scheduler tick that takes due backups and
+//! prunes scheduled backups beyond the retention count. The tick runs on the app's clock, so
+//! tests move time instead of waiting.
+
+use crate::App;
+use lobster_core::auth::{Caller, Permission, Role};
+use lobster_core::clock::Timestamp;
+use lobster_core::schedule::{Frequency, Schedule};
+use lobster_core::Error;
+use lobster_store::schedules::ScheduleRow;
+use lobster_store::{InstanceRow, Scope};
+
+/// A schedule as a client sent it (either documented body form).
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleInput {
+    pub enabled: Option<bool>,
+    pub frequency: String,
+    pub hour: i64,
+    pub minute: i64,
+    pub day_of_week: Option<i64>,
+    pub day_of_month: Option<i64>,
+    pub retention_count: Option<i64>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::bad_request("invalid_schedule", msg)
+}
+
+fn to_schedule(r: &ScheduleRow) -> Option<Schedule> {
+    Some(Schedule {
+        enabled: r.enabled,
+        frequency: Frequency::parse(&r.frequency)?,
+        hour: r.hour_utc as u8,
+        minute: r.minute_utc as u8,
+        day_of_week: r.day_of_week as u8,
+        day_of_month: r.day_of_month as u8,
+        retention_count: r.retention_count,
+    })
+}
+
+fn small(v: i64, what: &str) -> Result<u8, Error> {
+    u8::try_from(v).map_err(|_| invalid(format!("{what} is out of range")))
+}
+
+impl App {
+    fn schedule_from(input: &ScheduleInput) -> Result<Schedule, Error> {
+        let frequency = Frequency::parse(&input.frequency).ok_or_else(|| {
+            invalid(format!(
+                "frequency must be daily, weekly or monthly, not {:?}",
+                input.frequency
+            ))
+        })?;
+        let s = Schedule {
+            enabled: input.enabled.unwrap_or(true),
+            frequency,
+            hour: small(input.hour, "hour_utc")?,
+            minute: small(input.minute, "time_utc")?,
+            day_of_week: small(input.day_of_week.unwrap_or(0), "day_of_week")?,
+            day_of_month: small(input.day_of_month.unwrap_or(1), "day_of_month")?,
+            retention_count: input.retention_count.unwrap_or(7),
+        };
+        s.validate().map_err(invalid)?;
+        Ok(s)
+    }
+
+    pub async fn schedule_get(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(InstanceRow, ScheduleRow), Error> {
+        let inst = self.instance_get(caller, id).await?;
+        let s = self
+            .store
+            .schedule_get(&inst.id)
+            .await?
+            .ok_or_else(|| Error::not_found("schedule", id))?;
+        Ok((inst, s))
+    }
+
+    /// Creates or replaces the instance's schedule; true when it was created.
+    pub async fn schedule_set(
+        &self,
+        caller: &Caller,
+        id: &str,
+        input: ScheduleInput,
+    ) -> Result<(ScheduleRow, bool), Error> {
+        caller.require(Permission::InstanceWrite)?;
+        let inst = self.instance_get(caller, id).await?;
+        let s = Self::schedule_from(&input)?;
+        let now = self.now();
+        let row = ScheduleRow {
+            instance_id: inst.id.clone(),
+            account_id: inst.account_id.clone(),
+            enabled: s.enabled,
+            frequency: s.frequency.as_str().into(),
+            hour_utc: s.hour as i64,
+            minute_utc: s.minute as i64,
+            day_of_week: s.day_of_week as i64,
+            day_of_month: s.day_of_month as i64,
+            retention_count: s.retention_count,
+            next_run_at: s.enabled.then(|| s.next_after(Timestamp(now)).millis()),
+            last_run_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = self.store.schedule_put(&row).await?;
+        let stored = self.store.schedule_get(&inst.id).await?.unwrap_or(row);
+        Ok((stored, created))
+    }
+
+    pub async fn schedule_delete(&self, caller: &Caller, id: &str) -> Result<InstanceRow, Error> {
+        caller.require(Permission::InstanceWrite)?;
+        let inst = self.instance_get(caller, id).await?;
+        if !self.store.schedule_delete(&inst.id).await? {
+            return Err(Error::not_found("schedule", id));
+        }
+        Ok(inst)
+    }
+
+    /// One scheduler tick: takes every due backup (each occurrence claimed by exactly one
+    /// process), then prunes scheduled backups beyond each schedule's retention count.
+    /// Returns how many backups were started.
+    pub async fn schedules_run_due(&self) -> Result<usize, Error> {
+        let now = self.now();
+        let mut started = 0;
+        for row in self.store.schedule_due(now).await? {
+            let (Some(s), Some(expected)) = (to_schedule(&row), row.next_run_at) else {
+                continue;
+            };
+            let next = s.next_after(Timestamp(now)).millis();
+            if !self
+                .store
+                .schedule_claim(&row.instance_id, expected, next, now)
+                .await?
+            {
+                continue; // another server took this occurrence
+            }
+            match self
+                .backup_take(
+                    &system_caller(&row.account_id),
+                    &row.instance_id,
+                    "schedule",
+                )
+                .await
+            {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    tracing::warn!(instance = %row.instance_id, "scheduled backup skipped: {e}")
+                }
+            }
+        }
+        for row in self.store.schedule_enabled().await? {
+            self.schedule_prune(&row).await?;
+        }
+        Ok(started)
+    }
+
+    async fn schedule_prune(&self, row: &ScheduleRow) -> Result<(), Error> {
+        let sc = Scope {
+            account_id: row.account_id.clone(),
+            team_id: None,
+        };
+        let kept = self
+            .store
+            .backup_list(&sc, Some(&row.instance_id), &["available"])
+            .await?;
+        let caller = system_caller(&row.account_id);
+        let excess = kept
+            .iter()
+            .filter(|b| b.origin == "schedule")
+            .skip(row.retention_count.max(1) as usize);
+        for b in excess {
+            if let Err(e) = self.backup_delete(&caller, &b.volid).await {
+                tracing::warn!(volid = %b.volid, "pruning skipped: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The scheduler acts for the account that owns the schedule.
+fn system_caller(account_id: &str) -> Caller {
+    Caller {
+        account_id: account_id.into(),
+        key_id: "scheduler".into(),
+        role: Role::Owner,
+        team_id: None,
+        staff: false,
+    }
+}

@@ -1,0 +1,248 @@
+use crate::support::*;
+use lobster_core::clock::{Clock, Timestamp};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn path(id: &str) -> String {
+    format!("/api/v1/instances/{id}/backup-schedule")
+}
+
+async fn running(app: &TestApp, t: &Tenant) -> String {
+    let v = t.launch("v1_cpu_small", "us-east-1").await;
+    app.drain().await;
+    v["vm_uuid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn both_body_forms_create_and_update() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = running(&app, &alice).await;
+    let nf = expect(alice.get(&path(&id)).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(nf["error"], "schedule_not_found");
+    let r = expect(
+        alice
+            .post(
+                &path(&id),
+                json!({"frequency": "weekly", "hour_utc": 4, "day_of_week": 6}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        (r["success"].as_bool(), r["message"].as_str()),
+        (Some(true), Some("Backup schedule created"))
+    );
+    assert_eq!(
+        r["schedule"],
+        json!({"enabled": true, "frequency": "weekly", "time_utc": "04:00", "hour_utc": 4,
+        "day_of_week": 6, "day_of_month": 1, "retention_count": 7})
+    );
+    let g = alice.get_json(&path(&id), StatusCode::OK).await;
+    assert_eq!(g["instance_id"], json!(id));
+    assert!(g["last_backup"].is_null());
+    let next = Timestamp::parse_rfc3339(g["next_backup"].as_str().unwrap()).unwrap();
+    assert!(next > app.clock.now());
+    assert!(g["next_backup"].as_str().unwrap().contains("T04:00:00Z"));
+    let r = expect(alice.post(&path(&id), json!({"enabled": true, "frequency": "daily", "time_utc": "03:30", "retention_count": 3})).await, StatusCode::OK).await;
+    assert_eq!(r["message"], "Backup schedule updated");
+    assert_eq!(
+        (
+            r["schedule"]["time_utc"].as_str(),
+            r["schedule"]["retention_count"].as_i64()
+        ),
+        (Some("03:30"), Some(3))
+    );
+    let r = expect(
+        alice
+            .post(
+                &path(&id),
+                json!({"enabled": false, "frequency": "daily", "time_utc": "03:30"}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        r["next_backup"].is_null(),
+        "a disabled schedule never fires"
+    );
+    let d = expect(alice.delete(&path(&id)).await, StatusCode::OK).await;
+    assert_eq!(
+        d,
+        json!({"success": true, "message": "Backup schedule deleted", "instance_id": id})
+    );
+    assert_eq!(
+        alice.delete(&path(&id)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn nonsense_is_400_and_missing_fields_422() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = running(&app, &alice).await;
+    for body in [
+        json!({"frequency": "hourly", "hour_utc": 3}),
+        json!({"frequency": "daily", "hour_utc": 24}),
+        json!({"frequency": "daily", "hour_utc": -1}),
+        json!({"frequency": "daily", "time_utc": "25:00"}),
+        json!({"frequency": "weekly", "hour_utc": 3, "day_of_week": 7}),
+        json!({"frequency": "monthly", "hour_utc": 3, "day_of_month": 32}),
+        json!({"frequency": "daily", "hour_utc": 3, "retention_count": 0}),
+    ] {
+        let r = expect(
+            alice.post(&path(&id), body.clone()).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert_eq!(r["error"], "invalid_schedule", "{body}");
+    }
+    let r = expect(
+        alice.post(&path(&id), json!({"hour_utc": 3})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(r["detail"][0]["loc"], json!(["body", "frequency"]));
+    let r = expect(
+        alice.post(&path(&id), json!({"frequency": "daily"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(r["detail"][0]["loc"], json!(["body", "hour_utc"]));
+    assert_eq!(
+        alice.get(&path(&id)).await.status(),
+        StatusCode::NOT_FOUND,
+        "nothing was stored"
+    );
+    let bob = app.tenant("bob").await;
+    assert_eq!(
+        bob.post(&path(&id), json!({"frequency": "daily", "hour_utc": 3}))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// Moves the manual clock to just past the schedule's next firing.
+async fn to_next_firing(app: &TestApp, t: &Tenant, id: &str) {
+    let g = t.get_json(&path(id), StatusCode::OK).await;
+    let next = Timestamp::parse_rfc3339(g["next_backup"].as_str().unwrap()).unwrap();
+    let now = app.clock.now();
+    app.clock.advance_ms(next.millis() - now.millis() + 1000);
+}
+
+#[tokio::test]
+async fn the_scheduler_fires_once_when_due() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = running(&app, &alice).await;
+    expect(
+        alice
+            .post(&path(&id), json!({"frequency": "daily", "hour_utc": 3}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0, "not due yet");
+    to_next_firing(&app, &alice, &id).await;
+    // Two servers ticking at once: the occurrence fires once.
+    let (a, b) = tokio::join!(app.app.schedules_run_due(), app.app.schedules_run_due());
+    assert_eq!(a.unwrap() + b.unwrap(), 1);
+    app.drain().await;
+    let l = alice
+        .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
+        .await;
+    assert_eq!(l["total"], 1);
+    let g = alice.get_json(&path(&id), StatusCode::OK).await;
+    assert!(g["last_backup"].is_string());
+    let next = Timestamp::parse_rfc3339(g["next_backup"].as_str().unwrap()).unwrap();
+    assert!(next > app.clock.now());
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn retention_prunes_only_scheduled_backups_beyond_the_count() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = running(&app, &alice).await;
+    let manual = expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/backup"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    app.drain().await;
+    expect(
+        alice
+            .post(
+                &path(&id),
+                json!({"frequency": "daily", "time_utc": "02:00", "retention_count": 2}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    for _ in 0..4 {
+        to_next_firing(&app, &alice, &id).await;
+        assert_eq!(app.app.schedules_run_due().await.unwrap(), 1);
+        app.drain().await;
+    }
+    // The last tick pruned what was beyond the count once its backup had completed.
+    app.app.schedules_run_due().await.unwrap();
+    app.drain().await;
+    let all = app.app.store().backup_all().await.unwrap();
+    let live_scheduled = all
+        .iter()
+        .filter(|b| b.origin == "schedule" && b.status == "available")
+        .count();
+    assert_eq!(live_scheduled, 2);
+    assert_eq!(
+        all.iter()
+            .filter(|b| b.origin == "schedule" && b.status == "deleted")
+            .count(),
+        2
+    );
+    let manual_row = all
+        .iter()
+        .find(|b| b.volid == manual["volid"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        manual_row.status, "available",
+        "manual backups are never pruned"
+    );
+    assert_eq!(app.sim.backups().len(), 3);
+}
+
+#[tokio::test]
+async fn a_busy_instance_skips_the_occurrence_without_failing() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = running(&app, &alice).await;
+    expect(
+        alice
+            .post(&path(&id), json!({"frequency": "daily", "hour_utc": 1}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    to_next_firing(&app, &alice, &id).await;
+    expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
+    app.drain().await;
+    let g = alice.get_json(&path(&id), StatusCode::OK).await;
+    let next = Timestamp::parse_rfc3339(g["next_backup"].as_str().unwrap()).unwrap();
+    assert!(
+        next > app.clock.now(),
+        "the schedule moved on to the next occurrence"
+    );
+}

@@ -1,0 +1,139 @@
+//! Backup schedules, one per instance. Firing is claimed by moving `next_run_at` forward with
+//! a conditional UPDATE, so with several servers each occurrence fires exactly once.
+
+use crate::{db_err, get_i64, get_opt_i64, get_str, Store};
+use lobster_core::Error;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    pub instance_id: String,
+    pub account_id: String,
+    pub enabled: bool,
+    pub frequency: String,
+    pub hour_utc: i64,
+    pub minute_utc: i64,
+    pub day_of_week: i64,
+    pub day_of_month: i64,
+    pub retention_count: i64,
+    pub next_run_at: Option<i64>,
+    pub last_run_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLS: &str =
+    "instance_id, account_id, enabled, frequency, hour_utc, minute_utc, day_of_week, day_of_month,
+    retention_count, next_run_at, last_run_at, created_at, updated_at";
+
+fn row(r: &AnyRow) -> Result<ScheduleRow, Error> {
+    Ok(ScheduleRow {
+        instance_id: get_str(r, "instance_id")?,
+        account_id: get_str(r, "account_id")?,
+        enabled: get_i64(r, "enabled")? != 0,
+        frequency: get_str(r, "frequency")?,
+        hour_utc: get_i64(r, "hour_utc")?,
+        minute_utc: get_i64(r, "minute_utc")?,
+        day_of_week: get_i64(r, "day_of_week")?,
+        day_of_month: get_i64(r, "day_of_month")?,
+        retention_count: get_i64(r, "retention_count")?,
+        next_run_at: get_opt_i64(r, "next_run_at")?,
+        last_run_at: get_opt_i64(r, "last_run_at")?,
+        created_at: get_i64(r, "created_at")?,
+        updated_at: get_i64(r, "updated_at")?,
+    })
+}
+
+impl Store {
+    pub async fn schedule_get(&self, instance_id: &str) -> Result<Option<ScheduleRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM backup_schedules WHERE instance_id = $1");
+        let r = sqlx::query(&sql)
+            .bind(instance_id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Creates or replaces the schedule; true when it was created.
+    pub async fn schedule_put(&self, s: &ScheduleRow) -> Result<bool, Error> {
+        let existed = self.schedule_get(&s.instance_id).await?.is_some();
+        sqlx::query(
+            "INSERT INTO backup_schedules (instance_id, account_id, enabled, frequency, hour_utc, minute_utc, day_of_week,
+               day_of_month, retention_count, next_run_at, last_run_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11, $11)
+             ON CONFLICT (instance_id) DO UPDATE SET enabled = excluded.enabled, frequency = excluded.frequency,
+               hour_utc = excluded.hour_utc, minute_utc = excluded.minute_utc, day_of_week = excluded.day_of_week,
+               day_of_month = excluded.day_of_month, retention_count = excluded.retention_count,
+               next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
+        )
+        .bind(&s.instance_id)
+        .bind(&s.account_id)
+        .bind(s.enabled as i64)
+        .bind(&s.frequency)
+        .bind(s.hour_utc)
+        .bind(s.minute_utc)
+        .bind(s.day_of_week)
+        .bind(s.day_of_month)
+        .bind(s.retention_count)
+        .bind(s.next_run_at)
+        .bind(s.updated_at)
+        .execute(self.writer())
+        .await
+        .map_err(db_err)?;
+        Ok(!existed)
+    }
+
+    pub async fn schedule_delete(&self, instance_id: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM backup_schedules WHERE instance_id = $1")
+            .bind(instance_id)
+            .execute(self.writer())
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Enabled schedules whose next run is due.
+    pub async fn schedule_due(&self, now: i64) -> Result<Vec<ScheduleRow>, Error> {
+        let sql = format!(
+            "SELECT {COLS} FROM backup_schedules WHERE enabled = 1 AND next_run_at IS NOT NULL AND next_run_at <= $1
+             ORDER BY next_run_at"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
+    pub async fn schedule_enabled(&self) -> Result<Vec<ScheduleRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM backup_schedules WHERE enabled = 1");
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.reader())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Takes this occurrence: true for exactly one caller per `expected` value.
+    pub async fn schedule_claim(
+        &self,
+        instance_id: &str,
+        expected: i64,
+        next: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2 WHERE instance_id = $3 AND next_run_at = $4",
+        )
+        .bind(next)
+        .bind(now)
+        .bind(instance_id)
+        .bind(expected)
+        .execute(self.writer())
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+}
