@@ -108,7 +108,7 @@ impl App {
                 "The last IP of an instance cannot be released",
             ));
         }
-        tx.ip_release(&inst.id, address).await?;
+        tx.ip_release(&inst.id, address, now).await?;
         tx.task_insert(&self.config_task(TaskKind::SyncIps, &inst, now))
             .await?;
         tx.commit().await?;

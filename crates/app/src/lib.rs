@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod console;
 pub mod firewall;
 pub mod health;
+pub mod history;
 pub mod instances;
 pub mod ips;
 pub mod launch;

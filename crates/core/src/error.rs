@@ -71,6 +71,10 @@ pub enum Error {
         message: String,
         details: Option<Value>,
     },
+    /// Well-formed but semantically impossible input that the spec answers with 422 in the
+    /// business-error shape (e.g. `invalid_time_range`).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     /// The request body exceeds the size limit (413).
     #[error("{0}")]
     TooLarge(String),

@@ -40,6 +40,29 @@ pub fn mac_for(instance_id: &str, interface: &str) -> String {
     format!("bc:24:11:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
 }
 
+/// The address with the prefix length of the pool it comes from (`/32` when it is not in a
+/// CIDR pool), as the instance history shows it.
+pub fn with_prefix(address: &str, pools: &[String]) -> String {
+    let Ok(a) = address.parse::<Ipv4Addr>() else {
+        return address.to_string();
+    };
+    for p in pools {
+        if let Some((net, len)) = p.split_once('/') {
+            if let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - len.min(32))
+                };
+                if u32::from(net) & mask == u32::from(a) & mask {
+                    return format!("{a}/{len}");
+                }
+            }
+        }
+    }
+    format!("{a}/32")
+}
+
 /// Whether a string is a dotted-quad IPv4 address (used to validate path parameters).
 pub fn is_ipv4(s: &str) -> bool {
     s.parse::<Ipv4Addr>().is_ok()
@@ -71,6 +94,14 @@ mod tests {
         assert_eq!(a, mac_for("vm-1", "net0"));
         assert_ne!(a, mac_for("vm-1", "net1"));
         assert!(a.starts_with("bc:24:11:") && a.len() == 17);
+    }
+
+    #[test]
+    fn prefixes_come_from_the_pool() {
+        let pools = vec!["192.0.2.0/24".to_string(), "10.0.0.5-10.0.0.9".to_string()];
+        assert_eq!(with_prefix("192.0.2.7", &pools), "192.0.2.7/24");
+        assert_eq!(with_prefix("10.0.0.6", &pools), "10.0.0.6/32");
+        assert_eq!(with_prefix("junk", &pools), "junk");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! capacity, the fleet model, roles and the one error enum. No IO lives here.
 
 pub mod auth;
+pub mod billing;
 pub mod capacity;
 pub mod clock;
 pub mod error;

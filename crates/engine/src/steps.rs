@@ -242,7 +242,7 @@ impl Engine {
                     // instance_end is true exactly once, so capacity is released exactly once.
                     if tx.instance_end(id, t, end, now).await? {
                         tx.host_release(&inst.host_id, &inst.resources).await?;
-                        tx.ip_release_all(id).await?;
+                        tx.ip_release_all(id, now).await?;
                     }
                 }
                 (TaskKind::DeleteInstance, false) => {

@@ -134,7 +134,7 @@ async fn ip_allocation_is_unique_and_released() {
         assert_eq!(got[..3].iter().flatten().count(), 3);
         assert_eq!(got[3], None, "pool exhausted");
         let mut tx = store.begin().await.unwrap();
-        tx.ip_release_all("vm1").await.unwrap();
+        tx.ip_release_all("vm1", 2).await.unwrap();
         assert_eq!(
             tx.ip_allocate("us-east-1", &claim("vm9"), 2)
                 .await

@@ -158,6 +158,34 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
+    /// The scope's instances whose life overlaps `[start, end]`, deleted and failed ones
+    /// included, newest first.
+    pub async fn instance_history(
+        &self,
+        scope: &Scope,
+        start: i64,
+        end: i64,
+        only: Option<&str>,
+    ) -> Result<Vec<InstanceRow>, Error> {
+        let (cond, binds) = scoped(scope, 3);
+        let mut sql = format!(
+            "SELECT {COLS} {FROM} WHERE i.created_at <= $1 AND (i.deleted_at IS NULL OR i.deleted_at >= $2) AND {cond}"
+        );
+        if only.is_some() {
+            sql.push_str(&format!(" AND i.id = ${}", 3 + binds.len()));
+        }
+        sql.push_str(" ORDER BY i.created_at DESC, i.id DESC");
+        let mut q = sqlx::query(&sql).bind(end).bind(start);
+        for b in binds {
+            q = q.bind(b);
+        }
+        if let Some(id) = only {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(self.reader()).await.map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
     /// Any instance by id, whatever its state: for the engine and invariant checks.
     pub async fn instance_by_id(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1");

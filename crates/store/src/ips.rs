@@ -112,7 +112,21 @@ impl Tx {
                 .await
                 .map_err(db_err)?;
             if let Some(r) = row {
-                return Ok(Some(get_str(&r, "address")?));
+                let address = get_str(&r, "address")?;
+                // Held addresses are metered from here (billing reads this history).
+                sqlx::query(
+                    "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&address)
+                .bind(claim.instance_id)
+                .bind(claim.interface_name)
+                .bind(claim.is_primary as i64)
+                .bind(now)
+                .execute(self.conn())
+                .await
+                .map_err(db_err)?;
+                return Ok(Some(address));
             }
             let free = sqlx::query(
                 "SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1",
@@ -140,7 +154,14 @@ impl Tx {
     }
 
     /// Returns one address to its pool; false when the instance did not hold it.
-    pub async fn ip_release(&mut self, instance_id: &str, address: &str) -> Result<bool, Error> {
+    pub async fn ip_release(
+        &mut self,
+        instance_id: &str,
+        address: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        self.ip_history_close(instance_id, Some(address), now)
+            .await?;
         let r = sqlx::query(
             "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
                mac_address = NULL, is_primary = 0
@@ -155,7 +176,8 @@ impl Tx {
     }
 
     /// Returns every address the instance holds to its pool.
-    pub async fn ip_release_all(&mut self, instance_id: &str) -> Result<(), Error> {
+    pub async fn ip_release_all(&mut self, instance_id: &str, now: i64) -> Result<(), Error> {
+        self.ip_history_close(instance_id, None, now).await?;
         sqlx::query(
             "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
                mac_address = NULL, is_primary = 0
@@ -166,5 +188,61 @@ impl Tx {
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn ip_history_close(
+        &mut self,
+        instance_id: &str,
+        address: Option<&str>,
+        now: i64,
+    ) -> Result<(), Error> {
+        let q = match address {
+            Some(a) => sqlx::query(
+                "UPDATE ip_history SET released_at = $1 WHERE instance_id = $2 AND address = $3 AND released_at IS NULL",
+            )
+            .bind(now)
+            .bind(instance_id)
+            .bind(a),
+            None => sqlx::query("UPDATE ip_history SET released_at = $1 WHERE instance_id = $2 AND released_at IS NULL")
+                .bind(now)
+                .bind(instance_id),
+        };
+        q.execute(self.conn()).await.map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// One period an address was held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpHeld {
+    pub address: String,
+    pub instance_id: String,
+    pub is_primary: bool,
+    pub assigned_at: i64,
+    pub released_at: Option<i64>,
+}
+
+impl Store {
+    /// Every period the account's instances held an address, for billing.
+    pub async fn ip_history(&self, account_id: &str) -> Result<Vec<IpHeld>, Error> {
+        let rows = sqlx::query(
+            "SELECT h.address, h.instance_id, h.is_primary, h.assigned_at, h.released_at
+             FROM ip_history h JOIN instances i ON i.id = h.instance_id WHERE i.account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_all(self.reader())
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(IpHeld {
+                    address: get_str(r, "address")?,
+                    instance_id: get_str(r, "instance_id")?,
+                    is_primary: get_i64(r, "is_primary")? != 0,
+                    assigned_at: get_i64(r, "assigned_at")?,
+                    released_at: get_opt_i64(r, "released_at")?,
+                })
+            })
+            .collect()
     }
 }

@@ -25,7 +25,7 @@ pub use accounts::{AccountRow, KeyRow, TeamRow};
 pub use backups::BackupRow;
 pub use hosts::HostRow;
 pub use instances::{InstanceRow, NewInstance, Scope};
-pub use ips::{IpClaim, IpRow};
+pub use ips::{IpClaim, IpHeld, IpRow};
 pub use tasks::{NewTask, TaskFilter, TaskRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

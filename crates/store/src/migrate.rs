@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_ip_interfaces.sql")),
     (4, include_str!("../migrations/0004_console.sql")),
     (5, include_str!("../migrations/0005_backups.sql")),
+    (6, include_str!("../migrations/0006_ip_history.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {

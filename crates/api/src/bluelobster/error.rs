@@ -133,6 +133,10 @@ impl IntoResponse for BlError {
                 }
                 (StatusCode::CONFLICT, Value::Object(m))
             }
+            Error::Unprocessable { code, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Value::Object(body(code, &message)),
+            ),
             Error::TooLarge(msg) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Value::Object(body("payload_too_large", &msg)),

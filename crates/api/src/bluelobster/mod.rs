@@ -7,6 +7,7 @@ mod console;
 mod error;
 mod firewall;
 mod health;
+mod history;
 mod instances;
 mod ips;
 mod launch;
@@ -19,9 +20,8 @@ mod views;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::Router;
 use lobster_app::App;
 use lobster_core::auth::Caller;
 use lobster_core::Error;
@@ -158,16 +158,28 @@ pub fn router(app: Arc<App>) -> Router {
                 .post(schedules::schedule_set)
                 .delete(schedules::schedule_delete),
         )
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/instances/log", post(history::instance_log))
+        .layer(axum::middleware::map_response(json_method_not_allowed))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(serde_json::json!({ "error": "method_not_allowed", "message": "Method not allowed" })),
-    )
+/// axum answers a wrong method with 405 and the `Allow` header; this keeps the header and
+/// gives the body the dialect's error shape.
+async fn json_method_not_allowed(res: axum::response::Response) -> axum::response::Response {
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    let (mut parts, _) = res.into_parts();
+    let body =
+        serde_json::json!({ "error": "method_not_allowed", "message": "Method not allowed" })
+            .to_string();
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Reads a body; a body over the limit is 413 in the dialect's shape.

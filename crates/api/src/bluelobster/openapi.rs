@@ -58,6 +58,20 @@ fn augment(doc: &mut Value) {
             }
         }
     });
+    doc["components"]["schemas"]["TeamAssignRequest"] = json!({
+        "type": "object",
+        "required": ["team_id"],
+        "properties": { "team_id": { "type": "string" } }
+    });
+    doc["paths"]["/api/v1/instances/{instance_id}/team"]["put"]["requestBody"] = json!({
+        "required": true,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/TeamAssignRequest" } } }
+    });
+    // The console's own description says GET; both are served.
+    let mut console_get = doc["paths"]["/api/v1/instances/{instance_id}/console"]["post"].clone();
+    console_get["operationId"] =
+        json!("get_console_ticket_api_v1_instances__instance_id__console_get");
+    doc["paths"]["/api/v1/instances/{instance_id}/console"]["get"] = console_get;
     doc["paths"]["/api/v1/instances/{instance_id}/rename"]["put"]["requestBody"] = json!({
         "required": true,
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RenameRequest" } } }

@@ -9,6 +9,7 @@ mod catalog;
 mod console;
 mod engine;
 mod firewall;
+mod history;
 mod instances;
 mod ips;
 mod launch;
