@@ -19,6 +19,13 @@ pub enum AdminCmd {
     /// Teams inside an account.
     #[command(subcommand)]
     Team(TeamCmd),
+    /// Copies this SQLite deployment (--data-dir / --database-url) into an empty PostgreSQL
+    /// database, in one transaction, and checks every table's row count.
+    MigrateSqliteToPostgres {
+        /// `postgres://…` of the target.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +157,30 @@ pub async fn run(cfg: Config, cmd: AdminCmd) -> Result<(), String> {
         AdminCmd::Team(TeamCmd::Create { account, name }) => {
             let t = app.team_create(&account, &name).await.map_err(e)?;
             println!("{}", t.id);
+        }
+        AdminCmd::MigrateSqliteToPostgres { to } => {
+            if !cfg.database_url.starts_with("sqlite:") || !to.starts_with("postgres") {
+                return Err("migrate-sqlite-to-postgres copies a sqlite:// source into a postgres:// target".into());
+            }
+            let target = lobster_store::Store::connect(&to).await.map_err(e)?;
+            let copied = app.store().copy_to(&target).await.map_err(e)?;
+            let (src, dst) = (
+                app.store().table_counts().await.map_err(e)?,
+                target.table_counts().await.map_err(e)?,
+            );
+            for ((table, n), (_, m)) in src.iter().zip(&dst) {
+                let c = copied
+                    .iter()
+                    .find(|(t, _)| t == table)
+                    .map(|(_, c)| *c)
+                    .unwrap_or(0);
+                println!("{table}\tcopied {c}\tsource {n}\ttarget {m}");
+            }
+            if src != dst {
+                return Err("row counts differ between source and target".into());
+            }
+            println!("migrated: every table's row count matches");
+            target.close().await;
         }
         AdminCmd::Team(TeamCmd::List { account }) => {
             for t in app.team_list(&account).await.map_err(e)? {

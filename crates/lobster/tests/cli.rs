@@ -307,3 +307,65 @@ fn serve_with_config(dir: &std::path::Path, key: &str) -> Server {
         .env("LOBSTER_BOOTSTRAP_KEY", key);
     start(cmd)
 }
+
+/// A new, uniquely named PostgreSQL schema; the returned URL's connections use it.
+async fn fresh_pg_schema(base: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let schema = format!(
+        "t_{}",
+        lobster_core::ids::hex(&std::process::id().to_le_bytes())
+    );
+    let schema = format!(
+        "{schema}{}",
+        &lobster_core::ids::new_uuid().replace('-', "")[..8]
+    );
+    let pool = sqlx::AnyPool::connect(base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+#[tokio::test]
+async fn migrate_command_moves_a_data_dir_into_postgres() {
+    let Ok(pg) = std::env::var("LOBSTER_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: LOBSTER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["account", "create", "acme"]);
+    let key = admin(
+        dir.path(),
+        &["key", "create", "--account", "acme", "--role", "owner"],
+    );
+    let key = key.lines().last().unwrap().trim().to_string();
+    let url = fresh_pg_schema(&pg).await;
+    let out = admin(dir.path(), &["migrate-sqlite-to-postgres", "--to", &url]);
+    assert!(
+        out.contains("migrated: every table's row count matches"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("accounts\tcopied 1")),
+        "{out}"
+    );
+    // The same key works against a server on the new database.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env_remove("LOBSTER_CONFIG")
+        .env_remove("LOBSTER_BOOTSTRAP_KEY");
+    let server = start(cmd);
+    assert_eq!(status(&server.base, "/api/v1/instances", &key).await, 200);
+    server.stop();
+    // Running it twice is refused.
+    let again = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["migrate-sqlite-to-postgres", "--to", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}

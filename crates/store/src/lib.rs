@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod backups;
 pub mod console;
+pub mod copy;
 pub mod firewall;
 pub mod hosts;
 pub mod instances;

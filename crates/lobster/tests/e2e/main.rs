@@ -14,6 +14,7 @@ mod instances;
 mod ips;
 mod launch;
 mod launch_custom;
+mod migrate;
 mod power;
 mod schedules;
 mod tasks;

@@ -43,7 +43,7 @@ async fn database_url(dir: &tempfile::TempDir) -> String {
 }
 
 /// A new, uniquely named schema; the returned URL's connections use it.
-async fn fresh_pg_schema(base: &str) -> String {
+pub async fn fresh_pg_schema(base: &str) -> String {
     sqlx::any::install_default_drivers();
     let schema = format!(
         "e2e_{}",
@@ -66,9 +66,24 @@ impl TestApp {
 
     pub async fn spawn_with(fleet: Fleet, engine: EngineConfig) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::connect(&database_url(&dir).await)
-            .await
-            .expect("store");
+        let url = database_url(&dir).await;
+        Self::spawn_at(dir, &url, fleet, engine).await
+    }
+
+    /// Always on SQLite, whatever `LOBSTER_TEST_POSTGRES_URL` says.
+    pub async fn spawn_sqlite() -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/lobster.db", dir.path().display());
+        Self::spawn_at(dir, &url, Fleet::demo(), engine_config()).await
+    }
+
+    async fn spawn_at(
+        dir: tempfile::TempDir,
+        url: &str,
+        fleet: Fleet,
+        engine: EngineConfig,
+    ) -> TestApp {
+        let store = Store::connect(url).await.expect("store");
         let sim = Arc::new(SimDriver::new(SimConfig::instant()));
         let clock = ManualClock::new(SystemClock.now());
         let shared: SharedClock = clock.clone();

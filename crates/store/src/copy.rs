@@ -1,0 +1,114 @@
+//! Copying a whole deployment from one store to another (SQLite to PostgreSQL): every table,
+//! read from one consistent snapshot and written in one transaction, so the target holds
+//! either everything or nothing.
+
+use crate::{db_err, get_i64, Store};
+use lobster_core::Error;
+use sqlx::{Column, Row};
+
+/// Tables in an order that satisfies the foreign keys.
+pub const TABLES: &[&str] = &[
+    "accounts",
+    "teams",
+    "api_keys",
+    "hosts",
+    "ip_addresses",
+    "instances",
+    "tasks",
+    "firewalls",
+    "console_tickets",
+    "backups",
+    "backup_schedules",
+    "ip_history",
+];
+
+/// The source's integer columns of a table, by the declared type (SQLite's `table_info`), so
+/// that even a NULL is bound with the type the target column has.
+async fn int_columns(conn: &mut sqlx::AnyConnection, table: &str) -> Result<Vec<String>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT name, type FROM pragma_table_info('{table}')"
+    ))
+    .fetch_all(conn)
+    .await
+    .map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (name, ty): (String, String) = (
+            r.try_get("name").map_err(db_err)?,
+            r.try_get("type").map_err(db_err)?,
+        );
+        if ty.to_ascii_uppercase().contains("INT") {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Rows per table, in `TABLES` order.
+    pub async fn table_counts(&self) -> Result<Vec<(&'static str, i64)>, Error> {
+        let mut out = Vec::new();
+        for t in TABLES {
+            let r = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {t}"))
+                .fetch_one(self.reader())
+                .await
+                .map_err(db_err)?;
+            out.push((*t, get_i64(&r, "n")?));
+        }
+        Ok(out)
+    }
+
+    /// Copies every row of this SQLite store into `target`, which must hold no accounts,
+    /// instances or tasks yet.
+    /// Returns the rows copied per table.
+    pub async fn copy_to(&self, target: &Store) -> Result<Vec<(&'static str, u64)>, Error> {
+        let occupied = target.table_counts().await?;
+        if occupied
+            .iter()
+            .any(|(t, n)| matches!(*t, "accounts" | "instances" | "tasks") && *n > 0)
+        {
+            return Err(Error::conflict(
+                "target_not_empty",
+                "the target database already holds accounts, instances or tasks",
+            ));
+        }
+        let mut src = self.reader().begin().await.map_err(db_err)?;
+        let mut dst = target.begin().await?;
+        // Hosts and addresses may exist from a server that started on the target; the source's win.
+        for t in ["ip_addresses", "hosts"] {
+            sqlx::query(&format!("DELETE FROM {t}"))
+                .execute(&mut *dst.conn())
+                .await
+                .map_err(db_err)?;
+        }
+        let mut copied = Vec::new();
+        for t in TABLES {
+            let ints = int_columns(&mut src, t).await?;
+            let rows = sqlx::query(&format!("SELECT * FROM {t}"))
+                .fetch_all(&mut *src)
+                .await
+                .map_err(db_err)?;
+            for row in &rows {
+                let cols: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+                let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {t} ({}) VALUES ({})",
+                    cols.join(", "),
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for (i, name) in cols.iter().enumerate() {
+                    q = if ints.iter().any(|c| c == name) {
+                        q.bind(row.try_get::<Option<i64>, _>(i).map_err(db_err)?)
+                    } else {
+                        q.bind(row.try_get::<Option<String>, _>(i).map_err(db_err)?)
+                    };
+                }
+                q.execute(&mut *dst.conn()).await.map_err(db_err)?;
+            }
+            copied.push((*t, rows.len() as u64));
+        }
+        dst.commit().await?;
+        Ok(copied)
+    }
+}
