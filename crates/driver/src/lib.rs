@@ -30,7 +30,7 @@ pub struct ConsoleEndpoint {
 }
 
 /// An address on one of a VM's interfaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NicAddress {
     pub address: String,
     pub interface_name: String,
@@ -39,7 +39,7 @@ pub struct NicAddress {
 }
 
 /// Everything a driver needs to build a VM: the disk source, cloud-init data and shape.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
     pub id: String,
     pub hostname: String,
@@ -98,6 +98,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn restore(&self, host: &Host, vm: &str, storage: &str, volid: &str) -> DriverResult<()>;
     /// Removes a backup from its storage; one that does not exist is already removed.
     async fn delete_backup(&self, storage: &str, volid: &str) -> DriverResult<()>;
+    /// Whether `volid` is on `storage` (what a task that gives up asks, so the record it
+    /// leaves says what the storage holds).
+    async fn backup_exists(&self, storage: &str, volid: &str) -> DriverResult<bool>;
     /// Current usage; zeros when the VM is stopped.
     async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats>;
     /// The VNC endpoint of a running VM.

@@ -1,6 +1,11 @@
 //! The `sim` driver: hosts modelled in memory with finite capacity, per-operation latency and
 //! failure injection (random, from a seeded generator, and scripted "fail the next N calls").
 //! It backs the demo fleet and the control-plane tests.
+//!
+//! By default the sim's hosts live in the process's memory. With `state_file` set they live in
+//! a file instead, shared by every process that names it and surviving `kill -9`, as a real
+//! fleet outlives the control plane: each operation takes an exclusive lock on the file, reads
+//! the world, changes it and writes it back (whole, through a rename, so it is never torn).
 
 use crate::{ConsoleEndpoint, DriverError, DriverResult, Hypervisor, NicAddress, VmSpec, VmStats};
 use async_trait::async_trait;
@@ -10,10 +15,11 @@ use lobster_core::fleet::Host;
 use lobster_core::instance::PowerStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -90,6 +96,8 @@ pub struct SimConfig {
     pub failure_rate: f64,
     /// Seed for the failure generator, so a failing run can be replayed.
     pub seed: u64,
+    /// Where the hosts' VMs and the backup storage live; `None` keeps them in memory.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -98,6 +106,7 @@ impl Default for SimConfig {
             delays_ms: SimDelays::default(),
             failure_rate: 0.0,
             seed: 1,
+            state_file: None,
         }
     }
 }
@@ -109,6 +118,7 @@ impl SimConfig {
             delays_ms: SimDelays::zero(),
             failure_rate: 0.0,
             seed: 1,
+            state_file: None,
         }
     }
 }
@@ -121,7 +131,7 @@ pub enum FailWhen {
     After,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimVm {
     pub spec: VmSpec,
     pub power: PowerStatus,
@@ -130,26 +140,72 @@ pub struct SimVm {
     pub firewall: Option<Firewall>,
     /// Addresses pushed by `set_ips` (None until the first push).
     pub ips: Option<Vec<NicAddress>>,
-    /// When the VM last booted (for uptime).
-    pub booted_at: Option<std::time::Instant>,
+    /// When the VM last booted, in Unix milliseconds (for uptime).
+    pub booted_at: Option<u64>,
     /// The backup whose data the disk holds since the last restore.
     pub restored_from: Option<String>,
 }
 
 /// A backup on the sim's storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimBackup {
     pub storage: String,
     pub vm: String,
     pub size_bytes: u64,
 }
 
+/// What the hypervisors and their storage hold: the part of the sim that outlives a control
+/// plane process.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SimWorld {
+    /// host id -> vm id -> vm
+    pub hosts: HashMap<String, HashMap<String, SimVm>>,
+    /// volid -> backup
+    pub backups: HashMap<String, SimBackup>,
+}
+
+impl SimWorld {
+    fn vm_mut(&mut self, host: &Host, vm: &str) -> DriverResult<&mut SimVm> {
+        self.hosts
+            .get_mut(&host.id)
+            .and_then(|h| h.get_mut(vm))
+            .ok_or_else(|| DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id)))
+    }
+
+    /// Reads the world from `path` (empty when the file does not exist yet).
+    pub fn load(path: &Path) -> DriverResult<SimWorld> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| DriverError::Permanent(format!("sim state {}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SimWorld::default()),
+            Err(e) => Err(io_error(path, e)),
+        }
+    }
+
+    /// Replaces `path` whole: a reader (or a process killed mid-write) never sees half a file.
+    /// No fsync: the file must survive the process, not the machine.
+    fn save(&self, path: &Path) -> DriverResult<()> {
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec(self).expect("the sim world serializes");
+        std::fs::write(&tmp, bytes).map_err(|e| io_error(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> DriverError {
+    DriverError::Transient(format!("sim state {}: {e}", path.display()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Default)]
 struct SimState {
-    /// host id -> vm id -> vm
-    hosts: HashMap<String, HashMap<String, SimVm>>,
-    /// volid -> backup
-    backups: HashMap<String, SimBackup>,
+    world: SimWorld,
     scripted: HashMap<Op, Vec<(FailWhen, bool)>>,
 }
 
@@ -181,18 +237,22 @@ impl SimDriver {
 
     /// Re-creates a VM the control plane knows about, as a real host would still have it after
     /// the control plane restarts (the sim keeps its hosts in memory only).
+    /// (Only for the in-memory world; a `state_file` world keeps its VMs itself.)
     pub fn adopt(&self, host: &str, spec: VmSpec, power: PowerStatus) {
-        let mut st = self.state.lock().unwrap();
         let vm = SimVm {
             spec: spec.clone(),
             power,
             boots: u32::from(power == PowerStatus::Running),
             firewall: None,
             ips: None,
-            booted_at: (power == PowerStatus::Running).then(std::time::Instant::now),
+            booted_at: (power == PowerStatus::Running).then(now_ms),
             restored_from: None,
         };
-        st.hosts
+        self.state
+            .lock()
+            .unwrap()
+            .world
+            .hosts
             .entry(host.to_string())
             .or_default()
             .insert(spec.id, vm);
@@ -203,35 +263,67 @@ impl SimDriver {
         self.state
             .lock()
             .unwrap()
+            .world
             .backups
             .insert(volid.to_string(), backup);
     }
 
+    /// Whether the world outlives this process (then nothing needs adopting).
+    pub fn is_durable(&self) -> bool {
+        self.cfg.state_file.is_some()
+    }
+
+    /// A copy of everything the hosts and storage hold now.
+    pub fn world(&self) -> SimWorld {
+        self.read(|w| w.clone()).unwrap_or_default()
+    }
+
     pub fn backups(&self) -> HashMap<String, SimBackup> {
-        self.state.lock().unwrap().backups.clone()
+        self.read(|w| w.backups.clone()).unwrap_or_default()
     }
 
     pub fn vm(&self, host: &str, vm: &str) -> Option<SimVm> {
-        let st = self.state.lock().unwrap();
-        st.hosts.get(host).and_then(|h| h.get(vm)).cloned()
+        self.read(|w| w.hosts.get(host).and_then(|h| h.get(vm)).cloned())
+            .ok()
+            .flatten()
     }
 
     pub fn vm_count(&self) -> usize {
-        let st = self.state.lock().unwrap();
-        st.hosts.values().map(|h| h.len()).sum()
+        self.read(|w| w.hosts.values().map(|h| h.len()).sum())
+            .unwrap_or(0)
     }
 
     /// Resources the sim host has handed out, as the hypervisor itself would report.
     pub fn used_on(&self, host: &str) -> Resources {
+        self.read(|w| used_of(w, host)).unwrap_or_default()
+    }
+
+    /// Runs `f` on the world without changing it.
+    fn read<T>(&self, f: impl FnOnce(&SimWorld) -> T) -> DriverResult<T> {
         let st = self.state.lock().unwrap();
-        let mut used = Resources::default();
-        for vm in st.hosts.get(host).into_iter().flat_map(|h| h.values()) {
-            used.cores += vm.spec.resources.cores;
-            used.memory_gb += vm.spec.resources.memory_gb;
-            used.disk_gb += vm.spec.resources.disk_gb;
-            used.gpus += vm.spec.resources.gpus;
+        match &self.cfg.state_file {
+            None => Ok(f(&st.world)),
+            Some(path) => {
+                let _lock = file_lock(path, false)?;
+                Ok(f(&SimWorld::load(path)?))
+            }
         }
-        used
+    }
+
+    /// Runs `f` on the world and keeps what it changed, under the file's exclusive lock when
+    /// the world is shared, so two processes never interleave one operation.
+    fn change<T>(&self, f: impl FnOnce(&mut SimWorld) -> DriverResult<T>) -> DriverResult<T> {
+        let mut st = self.state.lock().unwrap();
+        match &self.cfg.state_file {
+            None => f(&mut st.world),
+            Some(path) => {
+                let _lock = file_lock(path, true)?;
+                let mut world = SimWorld::load(path)?;
+                let out = f(&mut world)?;
+                world.save(path)?;
+                Ok(out)
+            }
+        }
     }
 
     fn scripted(&self, op: Op) -> Option<(FailWhen, bool)> {
@@ -270,13 +362,7 @@ impl SimDriver {
         vm: &str,
         f: impl FnOnce(&mut SimVm) -> T,
     ) -> DriverResult<T> {
-        let mut st = self.state.lock().unwrap();
-        let v = st
-            .hosts
-            .get_mut(&host.id)
-            .and_then(|h| h.get_mut(vm))
-            .ok_or_else(|| DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id)))?;
-        Ok(f(v))
+        self.change(|w| Ok(f(w.vm_mut(host, vm)?)))
     }
 
     async fn power(&self, op: Op, host: &Host, vm: &str, to: PowerStatus) -> DriverResult<()> {
@@ -284,7 +370,7 @@ impl SimDriver {
         self.with_vm(host, vm, |v| {
             if to == PowerStatus::Running && (v.power == PowerStatus::Stopped || op == Op::Reboot) {
                 v.boots += 1;
-                v.booted_at = Some(std::time::Instant::now());
+                v.booted_at = Some(now_ms());
             }
             if to == PowerStatus::Stopped {
                 v.booted_at = None;
@@ -293,6 +379,33 @@ impl SimDriver {
         })?;
         finish(op, after)
     }
+}
+
+/// What the VMs on `host` hold between them.
+fn used_of(w: &SimWorld, host: &str) -> Resources {
+    let mut used = Resources::default();
+    for vm in w.hosts.get(host).into_iter().flat_map(|h| h.values()) {
+        used.cores += vm.spec.resources.cores;
+        used.memory_gb += vm.spec.resources.memory_gb;
+        used.disk_gb += vm.spec.resources.disk_gb;
+        used.gpus += vm.spec.resources.gpus;
+    }
+    used
+}
+
+/// An advisory lock on `<state_file>.lock` (a separate file: the state file itself is
+/// replaced by rename on every write). Released when the returned file is dropped.
+fn file_lock(path: &Path, exclusive: bool) -> DriverResult<std::fs::File> {
+    let lock_path = path.with_extension("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_error(&lock_path, e))?;
+    let locked = if exclusive { f.lock() } else { f.lock_shared() };
+    locked.map_err(|e| io_error(&lock_path, e))?;
+    Ok(f)
 }
 
 fn failure(op: Op, transient: bool) -> DriverError {
@@ -323,19 +436,19 @@ impl Hypervisor for SimDriver {
 
     async fn create(&self, host: &Host, spec: &VmSpec) -> DriverResult<()> {
         let after = self.enter(Op::Create).await?;
-        {
-            let mut st = self.state.lock().unwrap();
-            let vms = st.hosts.entry(host.id.clone()).or_default();
-            if !vms.contains_key(&spec.id) {
+        self.change(|w| {
+            if !w
+                .hosts
+                .get(&host.id)
+                .is_some_and(|h| h.contains_key(&spec.id))
+            {
                 // A real hypervisor refuses what it cannot hold; the control plane must never
                 // ask for it, and tests rely on this check to catch overbooking.
-                let mut used = spec.resources;
-                for vm in vms.values() {
-                    used.cores += vm.spec.resources.cores;
-                    used.memory_gb += vm.spec.resources.memory_gb;
-                    used.disk_gb += vm.spec.resources.disk_gb;
-                    used.gpus += vm.spec.resources.gpus;
-                }
+                let mut used = used_of(w, &host.id);
+                used.cores += spec.resources.cores;
+                used.memory_gb += spec.resources.memory_gb;
+                used.disk_gb += spec.resources.disk_gb;
+                used.gpus += spec.resources.gpus;
                 if !used.fits_in(&host.capacity()) {
                     return Err(DriverError::Permanent(format!(
                         "sim: host {} is out of capacity",
@@ -351,9 +464,13 @@ impl Hypervisor for SimDriver {
                     booted_at: None,
                     restored_from: None,
                 };
-                vms.insert(spec.id.clone(), vm);
+                w.hosts
+                    .entry(host.id.clone())
+                    .or_default()
+                    .insert(spec.id.clone(), vm);
             }
-        }
+            Ok(())
+        })?;
         finish(Op::Create, after)
     }
 
@@ -376,12 +493,12 @@ impl Hypervisor for SimDriver {
 
     async fn destroy(&self, host: &Host, vm: &str) -> DriverResult<()> {
         let after = self.enter(Op::Destroy).await?;
-        {
-            let mut st = self.state.lock().unwrap();
-            if let Some(h) = st.hosts.get_mut(&host.id) {
+        self.change(|w| {
+            if let Some(h) = w.hosts.get_mut(&host.id) {
                 h.remove(vm);
             }
-        }
+            Ok(())
+        })?;
         finish(Op::Destroy, after)
     }
 
@@ -399,23 +516,22 @@ impl Hypervisor for SimDriver {
 
     async fn backup(&self, host: &Host, vm: &str, storage: &str, volid: &str) -> DriverResult<u64> {
         let after = self.enter(Op::Backup).await?;
-        let size = {
-            let disk = self.with_vm(host, vm, |v| v.spec.resources.disk_gb as u64)?;
-            let mut st = self.state.lock().unwrap();
+        let size = self.change(|w| {
+            let disk = w.vm_mut(host, vm)?.spec.resources.disk_gb as u64;
             let seed = volid
                 .bytes()
                 .fold(3u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
             // A used fraction of the disk (30-70 %), deduplicated as PBS would.
             let size = disk * 1024 * 1024 * 1024 / 100 * (30 + seed % 41);
-            st.backups
+            Ok(w.backups
                 .entry(volid.to_string())
                 .or_insert(SimBackup {
                     storage: storage.into(),
                     vm: vm.into(),
                     size_bytes: size,
                 })
-                .size_bytes
-        };
+                .size_bytes)
+        })?;
         finish(Op::Backup, after)?;
         Ok(size)
     }
@@ -428,29 +544,40 @@ impl Hypervisor for SimDriver {
         volid: &str,
     ) -> DriverResult<()> {
         let after = self.enter(Op::Restore).await?;
-        if !self.state.lock().unwrap().backups.contains_key(volid) {
-            return Err(DriverError::Permanent(format!("sim: no backup {volid}")));
-        }
-        self.with_vm(host, vm, |v| {
+        self.change(|w| {
+            if !w.backups.contains_key(volid) {
+                return Err(DriverError::Permanent(format!("sim: no backup {volid}")));
+            }
+            let v = w.vm_mut(host, vm)?;
             v.restored_from = Some(volid.to_string());
             v.power = PowerStatus::Running;
             v.boots += 1;
-            v.booted_at = Some(std::time::Instant::now());
+            v.booted_at = Some(now_ms());
+            Ok(())
         })?;
         finish(Op::Restore, after)
     }
 
     async fn delete_backup(&self, _storage: &str, volid: &str) -> DriverResult<()> {
         let after = self.enter(Op::DeleteBackup).await?;
-        self.state.lock().unwrap().backups.remove(volid);
+        self.change(|w| Ok(w.backups.remove(volid).map(drop)))?;
         finish(Op::DeleteBackup, after)
+    }
+
+    async fn backup_exists(&self, _storage: &str, volid: &str) -> DriverResult<bool> {
+        self.read(|w| w.backups.contains_key(volid))
     }
 
     /// Plausible, steady numbers derived from the VM's id: a guest under constant load.
     async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats> {
-        self.with_vm(host, vm, |v| {
+        self.read(|w| {
+            let v = w
+                .hosts
+                .get(&host.id)
+                .and_then(|h| h.get(vm))
+                .ok_or_else(|| DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id)))?;
             let Some(booted) = v.booted_at.filter(|_| v.power == PowerStatus::Running) else {
-                return VmStats::default();
+                return Ok(VmStats::default());
             };
             let seed = v
                 .spec
@@ -458,20 +585,34 @@ impl Hypervisor for SimDriver {
                 .bytes()
                 .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
             let mem_total = v.spec.resources.memory_gb as u64 * 1024 * 1024 * 1024;
-            VmStats {
+            Ok(VmStats {
                 cpu_usage_percent: (seed % 900) as f64 / 10.0 + 5.0,
                 memory_used_bytes: mem_total / 100 * (20 + seed % 60),
                 disk_read_bytes_sec: 1024 * (seed % 2048),
                 disk_write_bytes_sec: 512 * (seed % 2048),
                 net_in_bytes_sec: 100 * (seed % 4096),
                 net_out_bytes_sec: 50 * (seed % 4096),
-                uptime_seconds: booted.elapsed().as_secs(),
-            }
-        })
+                uptime_seconds: now_ms().saturating_sub(booted) / 1000,
+            })
+        })?
     }
 
     async fn console(&self, host: &Host, vm: &str) -> DriverResult<ConsoleEndpoint> {
-        let running = self.with_vm(host, vm, |v| v.power == PowerStatus::Running)?;
+        let power = self.read(|w| {
+            w.hosts
+                .get(&host.id)
+                .and_then(|h| h.get(vm))
+                .map(|v| v.power)
+        })?;
+        let running = match power {
+            Some(p) => p == PowerStatus::Running,
+            None => {
+                return Err(DriverError::Permanent(format!(
+                    "sim: no VM {vm} on {}",
+                    host.id
+                )))
+            }
+        };
         if !running {
             return Err(DriverError::Permanent(format!(
                 "sim: VM {vm} is not running"
@@ -485,12 +626,12 @@ impl Hypervisor for SimDriver {
     }
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {
-        let st = self.state.lock().unwrap();
-        Ok(st
-            .hosts
-            .get(&host.id)
-            .and_then(|h| h.get(vm))
-            .map(|v| v.power))
+        self.read(|w| {
+            w.hosts
+                .get(&host.id)
+                .and_then(|h| h.get(vm))
+                .map(|v| v.power)
+        })
     }
 }
 
@@ -601,5 +742,35 @@ mod tests {
     async fn power_on_unknown_vm_is_permanent_error() {
         let d = SimDriver::new(SimConfig::instant());
         assert!(!d.start(&host(), "ghost").await.unwrap_err().is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_state_file_is_shared_and_outlives_the_driver() {
+        let dir = std::env::temp_dir().join(format!("sim-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = SimConfig {
+            state_file: Some(dir.join("world.json")),
+            ..SimConfig::instant()
+        };
+        let (a, b) = (SimDriver::new(cfg.clone()), SimDriver::new(cfg.clone()));
+        let h = host();
+        a.create(&h, &spec("x", 40)).await.unwrap();
+        b.start(&h, "x").await.unwrap();
+        assert_eq!(
+            a.power_state(&h, "x").await.unwrap(),
+            Some(PowerStatus::Running)
+        );
+        // The second driver sees the first one's VM when it checks capacity.
+        assert!(!b
+            .create(&h, &spec("y", 40))
+            .await
+            .unwrap_err()
+            .is_transient());
+        a.backup(&h, "x", "pbs", "vol-1").await.unwrap();
+        drop((a, b));
+        let c = SimDriver::new(cfg);
+        assert_eq!(c.vm_count(), 1);
+        assert!(c.backups().contains_key("vol-1"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -44,12 +44,43 @@ impl Engine {
         let Some((volid, storage)) = target(task) else {
             return Outcome::Fail("task names no backup".into());
         };
-        if task.attempts > task.max_attempts {
-            return Outcome::Fail(format!("gave up after {} attempts", task.max_attempts));
+        let out = if task.attempts > task.max_attempts {
+            Outcome::Fail(format!("gave up after {} attempts", task.max_attempts))
+        } else {
+            match self.driver.delete_backup(&storage, &volid).await {
+                Ok(()) => Outcome::Done("Backup deleted".into()),
+                Err(e) => self.on_driver_error(task, "delete backup", e),
+            }
+        };
+        // Attempts whose answers were lost may have removed it after all: ask the storage,
+        // so the record says what the storage holds.
+        match out {
+            Outcome::Fail(why) => match self.driver.backup_exists(&storage, &volid).await {
+                Ok(false) => Outcome::Done("Backup deleted".into()),
+                _ => Outcome::Fail(why),
+            },
+            other => other,
         }
+    }
+
+    /// A backup that failed leaves nothing on the storage: an attempt whose answer was lost
+    /// (or whose worker died) may have written it. If the storage cannot be reached for that,
+    /// the task retries the clean-up.
+    pub(crate) async fn compensate_backup(&self, task: &TaskRow, why: String) -> Outcome {
+        let Some((volid, storage)) = target(task) else {
+            return Outcome::Fail(why);
+        };
         match self.driver.delete_backup(&storage, &volid).await {
-            Ok(()) => Outcome::Done("Backup deleted".into()),
-            Err(e) => self.on_driver_error(task, "delete backup", e),
+            Ok(()) => Outcome::Fail(why),
+            Err(e) if task.attempts < task.max_attempts + crate::steps::CLEANUP_TRIES => {
+                Outcome::Retry(format!("{why}; cleaning up: {e}"))
+            }
+            Err(e) => {
+                tracing::error!(%volid, "leaving a backup behind after a failed backup: {e}");
+                Outcome::Fail(format!(
+                    "{why}; the partial backup could not be removed: {e}"
+                ))
+            }
         }
     }
 

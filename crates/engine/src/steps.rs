@@ -12,7 +12,7 @@ use lobster_store::{InstanceRow, TaskRow};
 
 /// Extra attempts a failed create gets to clean up its half-built VM before capacity is
 /// released anyway (and the leftover is logged for the operator).
-const CLEANUP_TRIES: i64 = 10;
+pub(crate) const CLEANUP_TRIES: i64 = 10;
 
 /// The driver's view of an instance row.
 pub fn spec(i: &InstanceRow) -> VmSpec {
@@ -82,15 +82,39 @@ impl Engine {
             (TaskKind::ApplyFirewall | TaskKind::SyncIps, Some(host)) => {
                 self.push_config(task, kind, &host, &inst).await
             }
-            (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
-            (TaskKind::Backup, Some(host)) => self.backup(task, &host, &inst).await,
-            (TaskKind::Restore, Some(host)) => self.restore(task, &host, &inst).await,
-            (TaskKind::DeleteInstance, Some(host)) => {
-                match self.driver.destroy(&host, &inst.id).await {
-                    Ok(()) => Outcome::Done("VM deleted successfully".into()),
-                    Err(e) => self.on_driver_error(task, "destroy", e),
+            // A backup that will not complete removes whatever part of it the storage holds.
+            (TaskKind::Backup, Some(host)) => {
+                let out = if gave_up {
+                    Outcome::Fail(why_gave_up())
+                } else {
+                    self.backup(task, &host, &inst).await
+                };
+                match out {
+                    Outcome::Fail(why) => self.compensate_backup(task, why).await,
+                    other => other,
                 }
             }
+            // A delete that fails after attempts whose answers were lost (or a crash) asks the
+            // host: a VM that is gone is deleted, whatever the lost answers said.
+            (TaskKind::DeleteInstance, Some(host)) => {
+                let out = if gave_up {
+                    Outcome::Fail(why_gave_up())
+                } else {
+                    match self.driver.destroy(&host, &inst.id).await {
+                        Ok(()) => Outcome::Done("VM deleted successfully".into()),
+                        Err(e) => self.on_driver_error(task, "destroy", e),
+                    }
+                };
+                match out {
+                    Outcome::Fail(why) => match self.driver.power_state(&host, &inst.id).await {
+                        Ok(None) => Outcome::Done("VM deleted successfully".into()),
+                        _ => Outcome::Fail(why),
+                    },
+                    other => other,
+                }
+            }
+            (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
+            (TaskKind::Restore, Some(host)) => self.restore(task, &host, &inst).await,
             (TaskKind::Power(op), Some(host)) => {
                 let d = &self.driver;
                 let r = match op {

@@ -11,14 +11,17 @@ use lobster_store::Store;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The sim driver, with the VMs and backups the database says exist (it keeps its hosts and
-/// storage in memory only).
+/// The sim driver. An in-memory sim starts with the VMs and backups the database says exist,
+/// as real hosts would still hold them; a `state_file` sim has kept its own.
 async fn sim_driver(
     cfg: &Config,
     clock: SharedClock,
 ) -> Result<(Arc<App>, Arc<SimDriver>), String> {
     let sim = Arc::new(SimDriver::new(cfg.sim.clone()));
     let app = build(cfg, sim.clone(), clock).await?;
+    if sim.is_durable() {
+        return Ok((app, sim));
+    }
     for i in app
         .store()
         .instance_all()
@@ -95,7 +98,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         let _ = w.await;
     }
     app.store().close().await;
-    println!("lobster stopped");
+    say("lobster stopped\n");
     Ok(())
 }
 
@@ -118,25 +121,34 @@ fn spawn_scheduler(
     })
 }
 
+/// Tells the operator where to look. Written with errors ignored: a server whose stdout was
+/// closed (a supervisor that read the first line and left) must keep serving, not panic.
 fn announce(cfg: &Config, addr: std::net::SocketAddr, bootstrapped: bool) {
     let db = if cfg.database_url.starts_with("sqlite:") {
         cfg.database_url.clone()
     } else {
         "postgres".into()
     };
-    println!(
-        "lobster listening on http://{addr} (driver {}, database {db})",
+    let mut text = format!(
+        "lobster listening on http://{addr} (driver {}, database {db})\nAPI docs: http://{addr}/docs\n",
         cfg.driver
     );
-    println!("API docs: http://{addr}/docs");
     if bootstrapped {
-        println!("LOBSTER_BOOTSTRAP_KEY is an owner+staff key of account `default`.");
+        text.push_str("LOBSTER_BOOTSTRAP_KEY is an owner+staff key of account `default`.\n");
     } else {
         let dd = cfg.data_dir.display();
-        println!("Get an API key:");
-        println!("  lobster admin --data-dir {dd} account create acme");
-        println!("  lobster admin --data-dir {dd} key create --account acme --role owner");
+        text.push_str(&format!(
+            "Get an API key:\n  lobster admin --data-dir {dd} account create acme\n  \
+             lobster admin --data-dir {dd} key create --account acme --role owner\n"
+        ));
     }
+    say(&text);
+}
+
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 use crate::support::*;
 use lobster_driver::sim::{FailWhen, Op};
 use reqwest::StatusCode;
+use serde_json::json;
 
 #[tokio::test]
 async fn a_task_whose_worker_died_is_reclaimed_and_finishes() {
@@ -276,4 +277,103 @@ async fn deleting_an_instance_on_a_host_removed_from_the_config_releases_it() {
         .await;
     assert_eq!(t["status"], "FAILED");
     assert_eq!(alice.instance(id).await["status"], "rented");
+}
+
+/// Drains, then moves past any retry backoff, until no task is due.
+async fn settle(app: &TestApp) {
+    for _ in 0..20 {
+        app.drain().await;
+        app.clock.advance_ms(60_000);
+    }
+}
+
+#[tokio::test]
+async fn a_backup_that_fails_after_writing_leaves_nothing_on_the_storage() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let id = vm["vm_uuid"].as_str().unwrap();
+    app.drain().await;
+    // Every attempt writes the backup and then loses the answer.
+    let attempts = engine_config().max_attempts as usize;
+    app.sim
+        .fail_next(Op::Backup, attempts, FailWhen::After, true);
+    let b = expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/backup"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    settle(&app).await;
+    let t = alice
+        .get_json(
+            &format!("/api/v1/tasks/{}", b["task_id"].as_str().unwrap()),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(t["status"], "FAILED");
+    assert!(
+        app.sim.backups().is_empty(),
+        "the partial backup was removed"
+    );
+    let l = alice
+        .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
+        .await;
+    assert_eq!(l["total"], 0);
+    assert_eq!(alice.instance(id).await["status"], "rented");
+}
+
+#[tokio::test]
+async fn a_delete_whose_answers_were_lost_asks_the_host_and_finishes() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let id = vm["vm_uuid"].as_str().unwrap();
+    app.drain().await;
+    let attempts = engine_config().max_attempts as usize;
+    app.sim
+        .fail_next(Op::Destroy, attempts, FailWhen::After, true);
+    let r = alice.delete(&format!("/api/v1/instances/{id}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    settle(&app).await;
+    assert_eq!(app.sim.vm_count(), 0);
+    assert_eq!(
+        alice.get(&format!("/api/v1/instances/{id}")).await.status(),
+        StatusCode::NOT_FOUND,
+        "the VM is gone, so the instance is deleted, not left rented"
+    );
+    assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_backup_delete_whose_answers_were_lost_asks_the_storage_and_finishes() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let id = vm["vm_uuid"].as_str().unwrap();
+    app.drain().await;
+    let b = expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/backup"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    settle(&app).await;
+    assert_eq!(app.sim.backups().len(), 1);
+    let attempts = engine_config().max_attempts as usize;
+    app.sim
+        .fail_next(Op::DeleteBackup, attempts, FailWhen::After, true);
+    let volid = b["volid"].as_str().unwrap();
+    let r = alice
+        .delete(&format!("/api/v1/backups?volid={volid}"))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    settle(&app).await;
+    assert!(app.sim.backups().is_empty());
+    let l = alice
+        .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
+        .await;
+    assert_eq!(l["total"], 0, "{l}");
 }
