@@ -144,6 +144,16 @@ pub struct SimVm {
     pub booted_at: Option<u64>,
     /// The backup whose data the disk holds since the last restore.
     pub restored_from: Option<String>,
+    /// How many times each operation reached this VM (`Create`, `Start`, ...): what a test
+    /// reads to see that a task's work was done once.
+    #[serde(default)]
+    pub calls: HashMap<String, u32>,
+}
+
+impl SimVm {
+    fn count(&mut self, op: Op) {
+        *self.calls.entry(format!("{op:?}")).or_default() += 1;
+    }
 }
 
 /// A backup on the sim's storage.
@@ -247,6 +257,7 @@ impl SimDriver {
             ips: None,
             booted_at: (power == PowerStatus::Running).then(now_ms),
             restored_from: None,
+            calls: HashMap::new(),
         };
         self.state
             .lock()
@@ -368,6 +379,7 @@ impl SimDriver {
     async fn power(&self, op: Op, host: &Host, vm: &str, to: PowerStatus) -> DriverResult<()> {
         let after = self.enter(op).await?;
         self.with_vm(host, vm, |v| {
+            v.count(op);
             if to == PowerStatus::Running && (v.power == PowerStatus::Stopped || op == Op::Reboot) {
                 v.boots += 1;
                 v.booted_at = Some(now_ms());
@@ -437,11 +449,9 @@ impl Hypervisor for SimDriver {
     async fn create(&self, host: &Host, spec: &VmSpec) -> DriverResult<()> {
         let after = self.enter(Op::Create).await?;
         self.change(|w| {
-            if !w
-                .hosts
-                .get(&host.id)
-                .is_some_and(|h| h.contains_key(&spec.id))
-            {
+            if let Some(vm) = w.hosts.get_mut(&host.id).and_then(|h| h.get_mut(&spec.id)) {
+                vm.count(Op::Create);
+            } else {
                 // A real hypervisor refuses what it cannot hold; the control plane must never
                 // ask for it, and tests rely on this check to catch overbooking.
                 let mut used = used_of(w, &host.id);
@@ -463,6 +473,7 @@ impl Hypervisor for SimDriver {
                     ips: None,
                     booted_at: None,
                     restored_from: None,
+                    calls: HashMap::from([("Create".to_string(), 1)]),
                 };
                 w.hosts
                     .entry(host.id.clone())
@@ -549,6 +560,7 @@ impl Hypervisor for SimDriver {
                 return Err(DriverError::Permanent(format!("sim: no backup {volid}")));
             }
             let v = w.vm_mut(host, vm)?;
+            v.count(Op::Restore);
             v.restored_from = Some(volid.to_string());
             v.power = PowerStatus::Running;
             v.boots += 1;

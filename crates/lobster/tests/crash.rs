@@ -56,10 +56,15 @@ fn start(dir: &Path, url: &str) -> Server {
 
 /// Every server shares one sim world in a file, as they would share real hosts.
 fn write_config(dir: &Path, seed: u64) {
+    write_config_with(dir, seed, 0.05, 1);
+}
+
+/// A one-second lease makes a killed server's tasks come back quickly.
+fn write_config_with(dir: &Path, seed: u64, failure_rate: f64, lease_seconds: u64) {
     let state = dir.join("sim-world.json");
     let cfg = format!(
-        "[engine]\nworkers = 4\nlease_seconds = 1\npoll_ms = 50\nmax_attempts = 3\n\
-         [sim]\nfailure_rate = 0.05\nseed = {seed}\nstate_file = {state:?}\n\
+        "[engine]\nworkers = 4\nlease_seconds = {lease_seconds}\npoll_ms = 50\nmax_attempts = 3\n\
+         [sim]\nfailure_rate = {failure_rate}\nseed = {seed}\nstate_file = {state:?}\n\
          [sim.delays_ms]\ncreate = 30\nstart = 5\nshutdown = 10\nstop = 5\nreboot = 10\ndestroy = 10\n"
     );
     std::fs::write(dir.join("crash.toml"), cfg).unwrap();
@@ -194,42 +199,12 @@ async fn run(url: &str, servers: usize, rounds: usize, seed: u64) {
     // Let the survivors finish every task (bounded: a stuck task fails the test). Counted in
     // one query on the database, so a task moving between states cannot slip through.
     let store = Store::connect(url).await.unwrap();
-    let mut open = i64::MAX;
-    for _ in 0..600 {
-        let counts = store.task_counts().await.unwrap();
-        open = counts
-            .iter()
-            .filter(|(s, _)| s == "PENDING" || s == "PROCESSING")
-            .map(|(_, n)| n)
-            .sum();
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if open != 0 {
-        for t in store.task_all().await.unwrap() {
-            if t.status == "PENDING" || t.status == "PROCESSING" {
-                eprintln!(
-                    "open: {} {} {} attempts={} lease={:?}/{:?} run_after={} msg={:?}",
-                    t.id,
-                    t.operation,
-                    t.status,
-                    t.attempts,
-                    t.lease_owner,
-                    t.lease_until,
-                    t.run_after,
-                    t.message
-                );
-            }
-        }
-    }
-    if open != 0 {
+    if let Err(open) = wait_for_tasks(&store).await {
         let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
         eprintln!("serve.log (last lines, newest first):\n{}", tail.join("\n"));
+        panic!("{open} tasks left unfinished");
     }
-    assert_eq!(open, 0, "tasks left unfinished");
     for mut p in procs {
         let _ = Command::new("kill")
             .args(["-TERM", &p.child.id().to_string()])
@@ -378,22 +353,131 @@ async fn postgres_with_two_servers_survives_kill_9() {
         eprintln!("skipped: LOBSTER_TEST_POSTGRES_URL is not set");
         return;
     };
+    let url = fresh_schema(&base).await;
+    let rounds = std::env::var("LOBSTER_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    run(&url, 2, rounds, 11).await;
+}
+
+/// A URL whose connections use a new, empty schema of the database at `base`.
+async fn fresh_schema(base: &str) -> String {
     sqlx::any::install_default_drivers();
     let schema = format!(
         "t_{}",
         &lobster_core::ids::new_uuid().replace('-', "")[..16]
     );
-    let pool = sqlx::AnyPool::connect(&base).await.unwrap();
+    let pool = sqlx::AnyPool::connect(base).await.unwrap();
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let rounds = std::env::var("LOBSTER_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    run(&url, 2, rounds, 11).await;
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Two `serve` processes on one PostgreSQL database, no crashes and no injected failures:
+/// launches and reboots sent to either server are each carried out exactly once, by
+/// whichever process claimed them. Runs in the PostgreSQL pass of the test suite.
+#[tokio::test]
+async fn two_servers_on_postgres_do_each_task_once() {
+    let Ok(base) = std::env::var("LOBSTER_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: LOBSTER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let url = fresh_schema(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A long lease: with no crashes, no task may be taken over (and so done twice).
+    write_config_with(dir.path(), 1, 0.0, 60);
+    let servers = [start(dir.path(), &url), start(dir.path(), &url)];
+    let c = reqwest::Client::new();
+    let mut launches = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let (c, base) = (c.clone(), servers[n % 2].base.clone());
+        launches.spawn(async move {
+            let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small",
+                              "ssh_key": "ssh-ed25519 AAAAC3Nz once@test"});
+            let (status, v) = call(
+                &c,
+                &base,
+                reqwest::Method::POST,
+                "/api/v1/instances/launch-instance",
+                Some(body),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 200, "{v}");
+            v["vm_uuid"].as_str().unwrap().to_string()
+        });
+    }
+    let ids: Vec<String> = launches.join_all().await;
+    let store = Store::connect(&url).await.unwrap();
+    wait_for_tasks(&store).await.unwrap();
+    // Each reboot goes to the server that did not take the launch.
+    for (n, id) in ids.iter().enumerate() {
+        let base = &servers[(n + 1) % 2].base;
+        let path = format!("/api/v1/instances/{id}/reboot");
+        let (status, v) = call(&c, base, reqwest::Method::POST, &path, Some(json!({})))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{v}");
+    }
+    wait_for_tasks(&store).await.unwrap();
+    for t in store.task_all().await.unwrap() {
+        assert_eq!(t.status, "COMPLETED", "{} {:?}", t.operation, t.message);
+    }
+    let world = SimWorld::load(&dir.path().join("sim-world.json")).unwrap();
+    let vms: Vec<_> = world.hosts.values().flat_map(|h| h.values()).collect();
+    assert_eq!(vms.len(), ids.len());
+    for vm in vms {
+        let mut calls: Vec<_> = vm.calls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        calls.sort();
+        assert_eq!(
+            calls,
+            [("Create", 1), ("Reboot", 1), ("Start", 1)],
+            "{}",
+            vm.spec.id
+        );
+    }
+    for mut p in servers {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+}
+
+/// Waits until no task is pending or running, counted in one query so a task moving between
+/// states cannot slip through. Bounded: after a minute, prints what is still open and gives
+/// its count.
+async fn wait_for_tasks(store: &Store) -> Result<(), i64> {
+    let mut open = 0;
+    for _ in 0..600 {
+        let counts = store.task_counts().await.unwrap();
+        open = counts
+            .iter()
+            .filter(|(s, _)| s == "PENDING" || s == "PROCESSING")
+            .map(|(_, n)| n)
+            .sum();
+        if open == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in store.task_all().await.unwrap() {
+        if t.status == "PENDING" || t.status == "PROCESSING" {
+            eprintln!(
+                "open: {} {} {} attempts={} lease={:?}/{:?} run_after={} msg={:?}",
+                t.id,
+                t.operation,
+                t.status,
+                t.attempts,
+                t.lease_owner,
+                t.lease_until,
+                t.run_after,
+                t.message
+            );
+        }
+    }
+    Err(open)
 }

@@ -153,3 +153,25 @@ async fn console_tickets_are_single_use_and_short_lived() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn a_ticket_from_one_server_is_redeemed_once_by_any_server() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let id = vm["vm_uuid"].as_str().unwrap();
+    app.drain().await;
+    let t = alice
+        .get_json(&format!("/api/v1/instances/{id}/console"), StatusCode::OK)
+        .await;
+    let ticket = t["ticket"].as_str().unwrap();
+    // Two servers' proxies race for the same ticket: exactly one gets it.
+    let other = app.second_app().await;
+    let (a, b) = tokio::join!(
+        app.app.console_ticket_redeem(ticket),
+        other.console_ticket_redeem(ticket)
+    );
+    let won: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(won.len(), 1);
+    assert_eq!(won[0].instance_id, id);
+}

@@ -22,6 +22,7 @@ pub struct TestApp {
     pub sim: Arc<SimDriver>,
     pub clock: Arc<ManualClock>,
     pub fleet: Fleet,
+    pub url: String,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -103,6 +104,7 @@ impl TestApp {
             sim,
             clock,
             fleet,
+            url: url.to_string(),
             client: reqwest::Client::new(),
             _dir: dir,
         }
@@ -111,6 +113,21 @@ impl TestApp {
     /// Runs every due task to completion.
     pub async fn drain(&self) -> usize {
         self.app.engine().run_until_idle().await.expect("drain")
+    }
+
+    /// A second server's app: its own connections to the same database, the same hosts.
+    pub async fn second_app(&self) -> Arc<App> {
+        let store = Store::connect(&self.url).await.expect("store");
+        let clock: SharedClock = self.clock.clone();
+        App::new(
+            store,
+            self.sim.clone(),
+            self.fleet.clone(),
+            clock,
+            engine_config(),
+        )
+        .await
+        .expect("app")
     }
 
     /// Another worker on the same database, as a second process would have.
