@@ -2,6 +2,12 @@ use clap::{Parser, Subcommand};
 use lobster::admin::AdminCmd;
 use lobster::config::{self, CommonArgs};
 
+// glibc's malloc showed up as a quarter of the server's CPU time in profiles of list
+// requests (arena lock contention between worker threads and the SQLite threads); mimalloc
+// keeps allocation thread-local. Numbers in docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Lobster: a self-hosted control plane for GPU and CPU clouds.
 #[derive(Debug, Parser)]
 #[command(name = "lobster", version)]

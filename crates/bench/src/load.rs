@@ -1,0 +1,162 @@
+//! A small HTTP/1.1 load generator: `connections` keep-alive connections, each sending its
+//! next request as soon as the previous answer is read, for a time or a number of requests.
+//! Latency is measured per request, from writing the request to reading the whole body.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+pub type Req = Request<Full<Bytes>>;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    Time(Duration),
+    Count(u64),
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct Stat {
+    pub ok: u64,
+    pub errors: u64,
+    pub secs: f64,
+    lat_us: Vec<u32>,
+    /// Bodies of successful answers, when asked for (to learn the ids a launch made).
+    pub bodies: Vec<Bytes>,
+}
+
+impl Stat {
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+
+    /// The `p`-th percentile latency in milliseconds.
+    pub fn pct_ms(&self, p: f64) -> f64 {
+        percentile_ms(&self.lat_us, p)
+    }
+}
+
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    sorted_us[i] as f64 / 1000.0
+}
+
+/// Runs requests made by `make(i)` against `addr`.
+pub async fn drive(
+    addr: SocketAddr,
+    connections: usize,
+    budget: Budget,
+    keep_bodies: bool,
+    make: impl Fn(u64) -> Req + Send + Sync + 'static,
+) -> Stat {
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (make, next) = (make.clone(), next.clone());
+        set.spawn(
+            async move { one_connection(addr, budget, start, keep_bodies, &*make, &next).await },
+        );
+    }
+    let mut stat = Stat::default();
+    while let Some(part) = set.join_next().await {
+        let part = part.expect("load connection panicked");
+        stat.ok += part.ok;
+        stat.errors += part.errors;
+        stat.lat_us.extend(part.lat_us);
+        stat.bodies.extend(part.bodies);
+    }
+    stat.secs = start.elapsed().as_secs_f64();
+    stat.lat_us.sort_unstable();
+    stat
+}
+
+async fn one_connection(
+    addr: SocketAddr,
+    budget: Budget,
+    start: Instant,
+    keep_bodies: bool,
+    make: &(dyn Fn(u64) -> Req + Send + Sync),
+    next: &AtomicU64,
+) -> Stat {
+    let mut stat = Stat::default();
+    let mut sender = None;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        match budget {
+            Budget::Count(n) if i >= n => break,
+            Budget::Time(d) if start.elapsed() >= d => break,
+            _ => {}
+        }
+        if sender.is_none() {
+            sender = connect(addr).await;
+            if sender.is_none() {
+                stat.errors += 1;
+                continue;
+            }
+        }
+        let tx = sender.as_mut().unwrap();
+        let req = make(i);
+        let t0 = Instant::now();
+        let answer = match tx.send_request(req).await {
+            Ok(resp) => {
+                let good = resp.status().is_success();
+                resp.into_body()
+                    .collect()
+                    .await
+                    .ok()
+                    .map(|b| (good, b.to_bytes()))
+            }
+            Err(_) => None,
+        };
+        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match answer {
+            Some((true, body)) => {
+                stat.ok += 1;
+                stat.lat_us.push(us);
+                if keep_bodies {
+                    stat.bodies.push(body);
+                }
+            }
+            Some((false, _)) => stat.errors += 1,
+            None => {
+                stat.errors += 1;
+                sender = None; // the connection is gone; open another
+            }
+        }
+    }
+    stat
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Option<Sender> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(tx)
+}
+
+/// One request on a fresh connection; the status and the body.
+pub async fn once(addr: SocketAddr, req: Req) -> (u16, Bytes) {
+    let mut tx = connect(addr).await.expect("connect");
+    let resp = tx.send_request(req).await.expect("request");
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.into_body().collect().await.expect("body").to_bytes(),
+    )
+}

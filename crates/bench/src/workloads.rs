@@ -1,0 +1,495 @@
+//! The workloads, per target, and the table they produce.
+
+use crate::load::{drive, once, percentile_ms, Budget, Req, Stat};
+use crate::servers::{self, Proc, KEY};
+use crate::Args;
+use bytes::Bytes;
+use http_body_util::Full;
+use lobster_store::Store;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One line of the table.
+struct Row {
+    target: String,
+    workload: &'static str,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    ok: u64,
+    errors: u64,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, target: &str, workload: &'static str, s: &Stat) {
+        eprintln!(
+            "{target:<22} {workload:<24} {:>10.0} req/s  p50 {:>8.2} ms  p99 {:>8.2} ms  ({} ok, {} errors)",
+            s.rps(),
+            s.pct_ms(50.0),
+            s.pct_ms(99.0),
+            s.ok,
+            s.errors
+        );
+        self.rows.push(Row {
+            target: target.into(),
+            workload,
+            rps: s.rps(),
+            p50: s.pct_ms(50.0),
+            p99: s.pct_ms(99.0),
+            ok: s.ok,
+            errors: s.errors,
+        });
+    }
+
+    fn note(&mut self, n: String) {
+        eprintln!("{n}");
+        self.notes.push(n);
+    }
+
+    fn rps(&self, target: &str, workload: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.target == target && r.workload == workload)
+            .map(|r| r.rps)
+    }
+}
+
+pub async fn run_all(args: &Args) {
+    let mut report = Report::default();
+    let t = Duration::from_secs(args.seconds);
+    let hello = servers::hello().await;
+    let addr = hello.addr;
+    let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
+        get(addr, "/hello", None)
+    })
+    .await;
+    report.add("axum hello", "GET one", &s);
+    hello.stop().await;
+    for backend in &args.backends {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match backend.as_str() {
+            "sqlite" => format!("sqlite://{}/bench.db", dir.path().display()),
+            "postgres" => fresh_schema(&args.postgres_url).await,
+            other => panic!("unknown backend {other:?}"),
+        };
+        bench_lobster(
+            args,
+            &format!("lobster {backend}"),
+            dir.path(),
+            &url,
+            &mut report,
+        )
+        .await;
+    }
+    if args.moto_server.exists() {
+        bench_moto(args, &mut report).await;
+    } else {
+        report.note(format!(
+            "moto skipped: {} not found (scripts/bench.sh installs it)",
+            args.moto_server.display()
+        ));
+    }
+    print_table(&report, args);
+}
+
+fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> Req {
+    request(addr, "GET", path, key, Bytes::new(), None)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Bytes,
+    content_type: Option<&str>,
+) -> Req {
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(k) = key {
+        b = b.header("x-api-key", k);
+    }
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    b.body(Full::new(body)).unwrap()
+}
+
+const LAUNCH: &str = r#"{"region":"us-east-1","instance_type":"v1_cpu_small","ssh_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench bench@lobster"}"#;
+
+fn launch(addr: SocketAddr) -> Req {
+    request(
+        addr,
+        "POST",
+        "/api/v1/instances/launch-instance",
+        Some(KEY),
+        Bytes::from_static(LAUNCH.as_bytes()),
+        Some("application/json"),
+    )
+}
+
+fn vm_ids(bodies: &[Bytes]) -> Vec<String> {
+    bodies
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .filter_map(|v| v["vm_uuid"].as_str().map(String::from))
+        .collect()
+}
+
+/// Until no task is pending or running (counted in one query).
+async fn wait_idle(store: &Store) {
+    loop {
+        let open: i64 = store
+            .task_counts()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == "PENDING" || s == "PROCESSING")
+            .map(|(_, n)| n)
+            .sum();
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Launches `n` instances; the accepted rate, then the rate and latency through COMPLETED
+/// (from the tasks' own created/finished times).
+async fn launches(
+    args: &Args,
+    p: &Proc,
+    store: &Store,
+    n: u64,
+) -> (Stat, f64, Vec<u32>, Vec<String>) {
+    let since = now_ms() - 1;
+    let accepted = drive(p.addr, args.connections, Budget::Count(n), true, {
+        let addr = p.addr;
+        move |_| launch(addr)
+    })
+    .await;
+    wait_idle(store).await;
+    let tasks: Vec<_> = store
+        .task_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.operation == "create_instance" && t.created_at >= since)
+        .collect();
+    let first = tasks.iter().map(|t| t.created_at).min().unwrap_or(0);
+    let last = tasks
+        .iter()
+        .filter_map(|t| t.finished_at)
+        .max()
+        .unwrap_or(0);
+    let mut lat: Vec<u32> = tasks
+        .iter()
+        .filter(|t| t.status == "COMPLETED")
+        .filter_map(|t| t.finished_at.map(|f| ((f - t.created_at) * 1000) as u32))
+        .collect();
+    lat.sort_unstable();
+    let completed = lat.len() as f64;
+    let rate = completed / ((last - first).max(1) as f64 / 1000.0);
+    let ids = vm_ids(&accepted.bodies);
+    (accepted, rate, lat, ids)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn bench_lobster(
+    args: &Args,
+    target: &str,
+    dir: &std::path::Path,
+    url: &str,
+    r: &mut Report,
+) {
+    let t = Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let p = servers::lobster(&args.lobster, dir, url).await;
+    r.note(format!(
+        "{target}: started in {:.1} s (fleet sync of 262,000 addresses included)",
+        started.elapsed().as_secs_f64()
+    ));
+    let store = Store::connect(url).await.unwrap();
+    let addr = p.addr;
+    // 100 instances, then reads.
+    let (_, _, _, ids) = launches(args, &p, &store, 100).await;
+    let one = format!("/api/v1/instances/{}", ids[0]);
+    let (status, _) = once(addr, get(addr, &one, Some(KEY))).await;
+    assert_eq!(status, 200, "GET {one}");
+    let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
+        get(addr, &one, Some(KEY))
+    })
+    .await;
+    r.add(target, "GET one", &s);
+    let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
+        get(addr, "/api/v1/instances", Some(KEY))
+    })
+    .await;
+    r.add(target, "list of 100", &s);
+    // 9,900 more: the launch rates.
+    let (accepted, rate, lat, _) = launches(args, &p, &store, 9_900).await;
+    r.add(target, "launch accepted", &accepted);
+    r.rows.push(Row {
+        target: target.into(),
+        workload: "launch to COMPLETED",
+        rps: rate,
+        p50: percentile_ms(&lat, 50.0),
+        p99: percentile_ms(&lat, 99.0),
+        ok: lat.len() as u64,
+        errors: 9_900 - lat.len() as u64,
+    });
+    eprintln!(
+        "{target:<22} launch to COMPLETED      {rate:>10.0} /s     p50 {:>8.2} ms  p99 {:>8.2} ms",
+        percentile_ms(&lat, 50.0),
+        percentile_ms(&lat, 99.0)
+    );
+    let s = drive(addr, 4, Budget::Time(t), false, move |_| {
+        get(addr, "/api/v1/instances", Some(KEY))
+    })
+    .await;
+    r.add(target, "list of 10,000", &s);
+    let gone = ids.clone();
+    let s = drive(
+        addr,
+        args.connections,
+        Budget::Count(gone.len() as u64),
+        false,
+        move |i| {
+            let path = format!("/api/v1/instances/{}", gone[i as usize]);
+            request(addr, "DELETE", &path, Some(KEY), Bytes::new(), None)
+        },
+    )
+    .await;
+    r.add(target, "delete accepted", &s);
+    wait_idle(&store).await;
+    if args.big > 10_000 {
+        let more = args.big - 10_000 + ids.len() as u64;
+        let t0 = Instant::now();
+        let (accepted, _, _, _) = launches(args, &p, &store, more).await;
+        let held = store
+            .instance_all()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|i| i.status == "rented")
+            .count();
+        r.note(format!(
+            "{target}: {} more launches in {:.0} s; now holds {held} instances; RSS {:.0} MiB",
+            accepted.ok,
+            t0.elapsed().as_secs_f64(),
+            p.rss_mib()
+        ));
+        let id = store.instance_all().await.unwrap()[0].id.clone();
+        let one = format!("/api/v1/instances/{id}");
+        let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
+            get(addr, &one, Some(KEY))
+        })
+        .await;
+        r.add(target, "GET one (at 100k)", &s);
+        r.note(format!(
+            "{target}: RSS after GET one at {held} instances: {:.0} MiB",
+            p.rss_mib()
+        ));
+    }
+    p.stop().await;
+}
+
+/// EC2's query protocol, as the AWS CLI sends it (moto reads the service and region from
+/// the credential scope and does not check the signature).
+fn ec2(addr: SocketAddr, form: String) -> Req {
+    let mut req = request(
+        addr,
+        "POST",
+        "/",
+        None,
+        Bytes::from(form),
+        Some("application/x-www-form-urlencoded; charset=utf-8"),
+    );
+    let h = req.headers_mut();
+    h.insert("x-amz-date", "20261123T000000Z".parse().unwrap());
+    h.insert(
+        "authorization",
+        "AWS4-HMAC-SHA256 Credential=AKIDBENCH/20261123/us-east-1/ec2/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+            .parse()
+            .unwrap(),
+    );
+    req
+}
+
+fn tags(body: &[u8], tag: &str) -> Vec<String> {
+    let s = String::from_utf8_lossy(body);
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    s.split(&open)
+        .skip(1)
+        .filter_map(|p| p.split(&close).next().map(String::from))
+        .collect()
+}
+
+async fn bench_moto(args: &Args, r: &mut Report) {
+    let t = Duration::from_secs(args.seconds);
+    let target = "moto EC2";
+    let p = servers::moto(&args.moto_server).await;
+    let addr = p.addr;
+    let (status, body) = once(
+        addr,
+        ec2(
+            addr,
+            "Action=DescribeImages&Version=2016-11-15&Owner.1=amazon".into(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let ami = tags(&body, "imageId").into_iter().next().expect("an AMI");
+    let run = move |_| {
+        ec2(
+            addr,
+            format!("Action=RunInstances&Version=2016-11-15&ImageId={ami}&MinCount=1&MaxCount=1&InstanceType=t2.micro"),
+        )
+    };
+    let s = drive(
+        addr,
+        args.connections,
+        Budget::Count(100),
+        true,
+        run.clone(),
+    )
+    .await;
+    let ids: Vec<String> = s
+        .bodies
+        .iter()
+        .flat_map(|b| tags(b, "instanceId"))
+        .collect();
+    assert_eq!(ids.len(), 100, "moto launched {}", ids.len());
+    let first = ids[0].clone();
+    let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
+        ec2(
+            addr,
+            format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={first}"),
+        )
+    })
+    .await;
+    r.add(target, "GET one", &s);
+    let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
+        ec2(addr, "Action=DescribeInstances&Version=2016-11-15".into())
+    })
+    .await;
+    r.add(target, "list of 100", &s);
+    let s = drive(addr, args.connections, Budget::Count(9_900), false, run).await;
+    r.add(target, "launch accepted", &s);
+    // moto has no asynchronous creation: an instance is usable once RunInstances answers.
+    r.rows.push(Row {
+        target: target.into(),
+        workload: "launch to COMPLETED",
+        rps: s.rps(),
+        p50: s.pct_ms(50.0),
+        p99: s.pct_ms(99.0),
+        ok: s.ok,
+        errors: s.errors,
+    });
+    let s = drive(addr, 4, Budget::Time(t), false, move |_| {
+        ec2(addr, "Action=DescribeInstances&Version=2016-11-15".into())
+    })
+    .await;
+    r.add(target, "list of 10,000", &s);
+    let s = drive(
+        addr,
+        args.connections,
+        Budget::Count(ids.len() as u64),
+        false,
+        move |i| {
+            ec2(
+                addr,
+                format!(
+                    "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
+                    ids[i as usize]
+                ),
+            )
+        },
+    )
+    .await;
+    r.add(target, "delete accepted", &s);
+    r.note(format!(
+        "moto EC2: RSS at 10,000 instances: {:.0} MiB",
+        p.rss_mib()
+    ));
+    p.stop().await;
+}
+
+/// A URL whose connections use a new, empty schema of the database at `base`.
+async fn fresh_schema(base: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let schema = format!("bench_{}", now_ms());
+    let pool = sqlx::AnyPool::connect(base).await.expect("PostgreSQL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+fn print_table(r: &Report, args: &Args) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("Machine: {cores} cores ({cpu}). Load: {} connections, {} s per timed workload, from a one-thread client process on the same machine.\n", args.connections, args.seconds);
+    println!("| target | workload | req/s | p50 ms | p99 ms | ok | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for row in &r.rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            row.target, row.workload, row.rps, row.p50, row.p99, row.ok, row.errors
+        );
+    }
+    println!();
+    let workloads = [
+        "GET one",
+        "list of 100",
+        "list of 10,000",
+        "launch accepted",
+        "launch to COMPLETED",
+        "delete accepted",
+    ];
+    for backend in &args.backends {
+        let target = format!("lobster {backend}");
+        for w in workloads {
+            if let (Some(a), Some(m)) = (r.rps(&target, w), r.rps("moto EC2", w)) {
+                println!("- {target} / moto, {w}: {:.0}×", a / m);
+            }
+        }
+        if let (Some(a), Some(h)) = (r.rps(&target, "GET one"), r.rps("axum hello", "GET one")) {
+            println!(
+                "- {target} GET one / axum hello: {:.2} (hello is {:.2}× faster)",
+                a / h,
+                h / a
+            );
+        }
+    }
+    println!();
+    for n in &r.notes {
+        println!("- {n}");
+    }
+}
