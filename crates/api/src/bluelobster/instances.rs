@@ -10,20 +10,19 @@ use lobster_app::instances::Queued;
 use lobster_core::instance::PowerOp;
 use serde_json::{json, Value};
 
-pub async fn instance_list(ctx: Ctx, Auth(caller): Auth) -> BlResult<Json<Value>> {
+pub async fn instance_list(ctx: Ctx, Auth(caller): Auth) -> BlResult<Response> {
     let rows = ctx.0.instance_list(&caller).await?;
-    Ok(Json(Value::Array(
-        rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect(),
-    )))
+    let views: Vec<_> = rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect();
+    Ok(Json(views).into_response())
 }
 
 pub async fn instance_get(
     ctx: Ctx,
     Auth(caller): Auth,
     Path(id): Path<String>,
-) -> BlResult<Json<Value>> {
+) -> BlResult<Response> {
     let row = ctx.0.instance_get(&caller, &id).await?;
-    Ok(Json(instance(&ctx.0, &caller, &row)))
+    Ok(Json(instance(&ctx.0, &caller, &row)).into_response())
 }
 
 fn queued(q: &Queued, message: &str) -> Json<Value> {
