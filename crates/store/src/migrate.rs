@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_console.sql")),
     (5, include_str!("../migrations/0005_backups.sql")),
     (6, include_str!("../migrations/0006_ip_history.sql")),
+    (7, include_str!("../migrations/0007_task_claim.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {

@@ -152,10 +152,16 @@ impl Store {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // Expired leases first (their tasks were due first), then the earliest due task; each
+        // candidate is one index range scan (migration 0007).
         let sql = format!(
             "UPDATE tasks SET status = 'PROCESSING', lease_owner = $1, lease_until = $2,
                attempts = attempts + 1, updated_at = $3
-             WHERE id = (SELECT id FROM tasks WHERE {CLAIMABLE} ORDER BY created_at, id LIMIT 1{lock})
+             WHERE id = COALESCE(
+                 (SELECT id FROM tasks WHERE status = 'PROCESSING' AND lease_until < $3
+                    ORDER BY lease_until LIMIT 1{lock}),
+                 (SELECT id FROM tasks WHERE status = 'PENDING' AND run_after <= $3
+                    ORDER BY run_after LIMIT 1{lock}))
                AND {CLAIMABLE}
              RETURNING {COLS}"
         );
