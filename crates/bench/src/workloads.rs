@@ -76,6 +76,7 @@ pub async fn run_all(args: &Args) {
         let url = match backend.as_str() {
             "sqlite" => format!("sqlite://{}/bench.db", dir.path().display()),
             "postgres" => fresh_schema(&args.postgres_url).await,
+            "none" => continue,
             other => panic!("unknown backend {other:?}"),
         };
         bench_lobster(
@@ -293,7 +294,13 @@ async fn bench_lobster(
             t0.elapsed().as_secs_f64(),
             p.rss_mib()
         ));
-        let id = store.instance_all().await.unwrap()[0].id.clone();
+        let all = store.instance_all().await.unwrap();
+        let id = all
+            .iter()
+            .find(|i| i.status == "rented")
+            .unwrap()
+            .id
+            .clone();
         let one = format!("/api/v1/instances/{id}");
         let s = drive(addr, args.connections, Budget::Time(t), false, move |_| {
             get(addr, &one, Some(KEY))
