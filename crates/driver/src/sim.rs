@@ -174,12 +174,23 @@ pub struct SimWorld {
     pub backups: HashMap<String, SimBackup>,
 }
 
+fn no_vm(host: &Host, vm: &str) -> DriverError {
+    DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id))
+}
+
 impl SimWorld {
+    fn vm(&self, host: &Host, vm: &str) -> DriverResult<&SimVm> {
+        self.hosts
+            .get(&host.id)
+            .and_then(|h| h.get(vm))
+            .ok_or_else(|| no_vm(host, vm))
+    }
+
     fn vm_mut(&mut self, host: &Host, vm: &str) -> DriverResult<&mut SimVm> {
         self.hosts
             .get_mut(&host.id)
             .and_then(|h| h.get_mut(vm))
-            .ok_or_else(|| DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id)))
+            .ok_or_else(|| no_vm(host, vm))
     }
 
     /// Reads the world from `path` (empty when the file does not exist yet).
@@ -583,11 +594,7 @@ impl Hypervisor for SimDriver {
     /// Plausible, steady numbers derived from the VM's id: a guest under constant load.
     async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats> {
         self.read(|w| {
-            let v = w
-                .hosts
-                .get(&host.id)
-                .and_then(|h| h.get(vm))
-                .ok_or_else(|| DriverError::Permanent(format!("sim: no VM {vm} on {}", host.id)))?;
+            let v = w.vm(host, vm)?;
             let Some(booted) = v.booted_at.filter(|_| v.power == PowerStatus::Running) else {
                 return Ok(VmStats::default());
             };
@@ -610,22 +617,8 @@ impl Hypervisor for SimDriver {
     }
 
     async fn console(&self, host: &Host, vm: &str) -> DriverResult<ConsoleEndpoint> {
-        let power = self.read(|w| {
-            w.hosts
-                .get(&host.id)
-                .and_then(|h| h.get(vm))
-                .map(|v| v.power)
-        })?;
-        let running = match power {
-            Some(p) => p == PowerStatus::Running,
-            None => {
-                return Err(DriverError::Permanent(format!(
-                    "sim: no VM {vm} on {}",
-                    host.id
-                )))
-            }
-        };
-        if !running {
+        let power = self.read(|w| w.vm(host, vm).map(|v| v.power))??;
+        if power != PowerStatus::Running {
             return Err(DriverError::Permanent(format!(
                 "sim: VM {vm} is not running"
             )));
@@ -638,12 +631,7 @@ impl Hypervisor for SimDriver {
     }
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {
-        self.read(|w| {
-            w.hosts
-                .get(&host.id)
-                .and_then(|h| h.get(vm))
-                .map(|v| v.power)
-        })
+        self.read(|w| w.vm(host, vm).ok().map(|v| v.power))
     }
 }
 
