@@ -37,6 +37,9 @@ struct Args {
     /// Instances held when the server's memory is measured (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     big: u64,
+    /// Only the reads (GET one, list of 100) after 100 launches: for profiling.
+    #[arg(long)]
+    reads_only: bool,
 }
 
 #[derive(Subcommand)]

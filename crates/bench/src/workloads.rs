@@ -241,6 +241,10 @@ async fn bench_lobster(
     })
     .await;
     r.add(target, "list of 100", &s);
+    if args.reads_only {
+        p.stop().await;
+        return;
+    }
     // 9,900 more: the launch rates.
     let (accepted, rate, lat, _) = launches(args, &p, &store, 9_900).await;
     r.add(target, "launch accepted", &accepted);
@@ -396,6 +400,10 @@ async fn bench_moto(args: &Args, r: &mut Report) {
     })
     .await;
     r.add(target, "list of 100", &s);
+    if args.reads_only {
+        p.stop().await;
+        return;
+    }
     // moto launches about 20 a second: 1,000 single launches are measured, and the rest of
     // the 10,000 are made 500 per call.
     let s = drive(addr, args.connections, Budget::Count(1_000), false, run).await;

@@ -1,6 +1,6 @@
 //! Accounts (organisations), teams and API keys.
 
-use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, is_unique_violation, Store};
+use crate::{db_err, get_i64, get_str, is_unique_violation, Cells, Store};
 use lobster_core::Error;
 use sqlx::any::AnyRow;
 
@@ -50,23 +50,24 @@ fn team(r: &AnyRow) -> Result<TeamRow, Error> {
     })
 }
 
-fn key(r: &AnyRow) -> Result<KeyRow, Error> {
-    Ok(KeyRow {
-        id: get_str(r, "id")?,
-        account_id: get_str(r, "account_id")?,
-        prefix: get_str(r, "prefix")?,
-        name: get_str(r, "name")?,
-        role: get_str(r, "role")?,
-        staff: get_i64(r, "staff")? != 0,
-        team_id: get_opt_str(r, "team_id")?,
-        created_at: get_i64(r, "created_at")?,
-        expires_at: get_opt_i64(r, "expires_at")?,
-        revoked_at: get_opt_i64(r, "revoked_at")?,
-    })
-}
-
+/// `key` reads these by position.
 const KEY_COLS: &str =
     "id, account_id, prefix, name, role, staff, team_id, created_at, expires_at, revoked_at";
+
+fn key(r: &impl Cells) -> Result<KeyRow, Error> {
+    Ok(KeyRow {
+        id: r.text(0)?,
+        account_id: r.text(1)?,
+        prefix: r.text(2)?,
+        name: r.text(3)?,
+        role: r.text(4)?,
+        staff: r.int(5)? != 0,
+        team_id: r.opt_text(6)?,
+        created_at: r.int(7)?,
+        expires_at: r.opt_int(8)?,
+        revoked_at: r.opt_int(9)?,
+    })
+}
 
 impl Store {
     pub async fn account_create(
@@ -195,6 +196,9 @@ impl Store {
     /// The key with this digest, if it exists (revocation and expiry are the caller's check).
     pub async fn key_by_digest(&self, digest: &str) -> Result<Option<KeyRow>, Error> {
         let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE digest = $1");
+        if let Some(fast) = self.fast() {
+            return fast.one(&sql, &[digest], |r| key(r)).await;
+        }
         let row = sqlx::query(&sql)
             .bind(digest)
             .fetch_optional(self.reader())

@@ -2,10 +2,9 @@
 //! engine writes are guarded by the instance's active task so that only the task that holds
 //! the instance can move it on (invariant 3).
 
-use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, is_unique_violation, Store, Tx};
+use crate::{db_err, is_unique_violation, Cells, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 /// Whose instances a query may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,39 +69,40 @@ const COLS: &str = "i.id, i.account_id, i.team_id, t.name AS team_name, i.name, 
 const FROM: &str = "FROM instances i LEFT JOIN teams t ON t.id = i.team_id";
 const LIVE: &str = "i.status IN ('creating', 'rented', 'terminating')";
 
-fn row(r: &AnyRow) -> Result<InstanceRow, Error> {
+/// Reads the columns of `COLS` by position.
+fn row(r: &impl Cells) -> Result<InstanceRow, Error> {
     Ok(InstanceRow {
-        id: get_str(r, "id")?,
-        account_id: get_str(r, "account_id")?,
-        team_id: get_opt_str(r, "team_id")?,
-        team_name: get_opt_str(r, "team_name")?,
-        name: get_str(r, "name")?,
-        host_id: get_str(r, "host_id")?,
-        region: get_str(r, "region")?,
-        instance_type: get_opt_str(r, "instance_type")?,
-        template_name: get_opt_str(r, "template_name")?,
-        iso_url: get_opt_str(r, "iso_url")?,
-        os_type: get_opt_str(r, "os_type")?,
+        id: r.text(0)?,
+        account_id: r.text(1)?,
+        team_id: r.opt_text(2)?,
+        team_name: r.opt_text(3)?,
+        name: r.text(4)?,
+        host_id: r.text(5)?,
+        region: r.text(6)?,
+        instance_type: r.opt_text(7)?,
+        template_name: r.opt_text(8)?,
+        iso_url: r.opt_text(9)?,
+        os_type: r.opt_text(10)?,
         resources: Resources {
-            cores: get_i64(r, "cores")?,
-            memory_gb: get_i64(r, "memory_gb")?,
-            disk_gb: get_i64(r, "disk_gb")?,
-            gpus: get_i64(r, "gpus")?,
+            cores: r.int(11)?,
+            memory_gb: r.int(12)?,
+            disk_gb: r.int(13)?,
+            gpus: r.int(14)?,
         },
-        gpu_model: get_opt_str(r, "gpu_model")?,
-        price_cents_per_hour: get_i64(r, "price_cents_per_hour")?,
-        status: get_str(r, "status")?,
-        power_status: get_str(r, "power_status")?,
-        ip_address: get_opt_str(r, "ip_address")?,
-        username: get_str(r, "username")?,
-        ssh_key: get_opt_str(r, "ssh_key")?,
-        password: get_opt_str(r, "password")?,
-        metadata: get_opt_str(r, "metadata")?,
-        active_task_id: get_opt_str(r, "active_task_id")?,
-        created_at: get_i64(r, "created_at")?,
-        updated_at: get_i64(r, "updated_at")?,
-        ready_at: get_opt_i64(r, "ready_at")?,
-        deleted_at: get_opt_i64(r, "deleted_at")?,
+        gpu_model: r.opt_text(15)?,
+        price_cents_per_hour: r.int(16)?,
+        status: r.text(17)?,
+        power_status: r.text(18)?,
+        ip_address: r.opt_text(19)?,
+        username: r.text(20)?,
+        ssh_key: r.opt_text(21)?,
+        password: r.opt_text(22)?,
+        metadata: r.opt_text(23)?,
+        active_task_id: r.opt_text(24)?,
+        created_at: r.int(25)?,
+        updated_at: r.int(26)?,
+        ready_at: r.opt_int(27)?,
+        deleted_at: r.opt_int(28)?,
     })
 }
 
@@ -136,6 +136,11 @@ impl Store {
     ) -> Result<Option<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 2);
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
+        if let Some(fast) = self.fast() {
+            let mut all = vec![id];
+            all.extend(binds);
+            return fast.one(&sql, &all, |r| row(r)).await;
+        }
         let mut q = sqlx::query(&sql).bind(id);
         for b in binds {
             q = q.bind(b);
@@ -150,6 +155,10 @@ impl Store {
         let sql = format!(
             "SELECT {COLS} {FROM} WHERE {cond} AND {LIVE} ORDER BY i.created_at DESC, i.id DESC"
         );
+        if let Some(fast) = self.fast() {
+            let binds = binds.into_iter().map(String::from).collect();
+            return fast.all(sql, binds, |r| row(r)).await;
+        }
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = q.bind(b);

@@ -15,11 +15,14 @@ pub mod instances;
 pub mod ips;
 mod migrate;
 pub mod schedules;
+mod sqlite_read;
 pub mod tasks;
 
 use lobster_core::Error;
+use sqlite_read::SqliteReads;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use accounts::{AccountRow, KeyRow, TeamRow};
@@ -40,6 +43,8 @@ pub struct Store {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
+    /// SQLite only: the hot reads, in-process (see `sqlite_read`).
+    fast: Option<Arc<SqliteReads>>,
 }
 
 /// A write transaction. Commands do all their writes through one of these.
@@ -106,6 +111,7 @@ impl Store {
                     backend,
                     read,
                     write,
+                    fast: None,
                 }
             }
             Backend::Postgres => {
@@ -119,11 +125,16 @@ impl Store {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    fast: None,
                 }
             }
         };
         migrate::run(&store).await?;
-        Ok(store)
+        let fast = match backend {
+            Backend::Sqlite => SqliteReads::open(url)?,
+            Backend::Postgres => None,
+        };
+        Ok(Store { fast, ..store })
     }
 
     pub fn backend(&self) -> Backend {
@@ -157,6 +168,10 @@ impl Store {
         &self.read
     }
 
+    pub(crate) fn fast(&self) -> Option<&Arc<SqliteReads>> {
+        self.fast.as_ref()
+    }
+
     pub(crate) fn writer(&self) -> &AnyPool {
         &self.write
     }
@@ -178,6 +193,31 @@ impl Tx {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+}
+
+/// A row's cells by position, whichever driver read it: one row mapper per table serves
+/// sqlx's rows and the in-process SQLite reads alike. Positions follow the table's column
+/// list constant, which sits beside its mapper.
+pub(crate) trait Cells {
+    fn text(&self, i: usize) -> Result<String, Error>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Error>;
+    fn int(&self, i: usize) -> Result<i64, Error>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Error>;
+}
+
+impl Cells for AnyRow {
+    fn text(&self, i: usize) -> Result<String, Error> {
+        sqlx::Row::try_get(self, i).map_err(db_err)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Error> {
+        sqlx::Row::try_get(self, i).map_err(db_err)
+    }
+    fn int(&self, i: usize) -> Result<i64, Error> {
+        sqlx::Row::try_get(self, i).map_err(db_err)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Error> {
+        sqlx::Row::try_get(self, i).map_err(db_err)
     }
 }
 
