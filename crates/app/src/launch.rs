@@ -64,6 +64,8 @@ pub struct Launched {
 
 /// Everything decided before the transaction starts.
 struct Plan {
+    /// The new instance's id, chosen first so that a generated name can carry it.
+    id: String,
     region: String,
     hosts: Vec<String>,
     resources: Resources,
@@ -103,8 +105,10 @@ impl App {
             self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
         let (username, password, generated) = credentials(&template, cmd.username, cmd.password);
         auth_method_required(&template, &cmd.ssh_key, &password)?;
-        let name = cmd.name.unwrap_or_else(|| auto_name(&itype.name));
+        let id = ids::new_instance_id();
+        let name = cmd.name.unwrap_or_else(|| auto_name(&itype.name, &id));
         let plan = Plan {
+            id,
             region: cmd.region,
             gpu_model_of: candidates.iter().map(|h| h.gpu_model.clone()).collect(),
             hosts: candidates.into_iter().map(|h| h.id).collect(),
@@ -199,8 +203,10 @@ impl App {
             Some(t) => t.price_cents_per_hour,
             None => self.fleet.custom_price(&r),
         };
-        let name = cmd.name.unwrap_or_else(|| auto_name("custom"));
+        let id = ids::new_instance_id();
+        let name = cmd.name.unwrap_or_else(|| auto_name("custom", &id));
         let plan = Plan {
+            id,
             region,
             gpu_model_of: candidates.iter().map(|h| h.gpu_model.clone()).collect(),
             hosts: candidates.into_iter().map(|h| h.id).collect(),
@@ -269,9 +275,21 @@ impl App {
     /// and its create task, all in one transaction.
     async fn launch(&self, caller: &Caller, p: Plan) -> Result<Launched, Error> {
         let now = self.now();
-        let id = ids::new_instance_id();
+        let id = p.id.clone();
         let task_id = ids::new_task_id();
         let mut tx = self.store.begin().await?;
+        // The address first, the host last: every launch that fits the best host updates that
+        // one row, and on PostgreSQL its row lock is held until commit, so the fewer
+        // statements after it, the more launches per second (addresses are taken with
+        // SKIP LOCKED and do not queue behind each other).
+        let mac = lobster_core::ip::mac_for(&id, "net0");
+        let claim = IpClaim {
+            instance_id: &id,
+            interface_name: "net0",
+            mac_address: &mac,
+            is_primary: true,
+        };
+        let ip = tx.ip_allocate(&p.region, &claim, now).await?;
         let mut chosen = None;
         for (i, h) in p.hosts.iter().enumerate() {
             if tx.host_reserve(h, &p.resources).await? {
@@ -282,20 +300,13 @@ impl App {
         let Some(ci) = chosen else {
             return Err(p.conflict);
         };
-        let host_id = p.hosts[ci].clone();
-        let mac = lobster_core::ip::mac_for(&id, "net0");
-        let claim = IpClaim {
-            instance_id: &id,
-            interface_name: "net0",
-            mac_address: &mac,
-            is_primary: true,
-        };
-        let Some(ip) = tx.ip_allocate(&p.region, &claim, now).await? else {
+        let Some(ip) = ip else {
             return Err(Error::conflict(
                 "resource_conflict",
                 "No IP addresses available in the specified region",
             ));
         };
+        let host_id = p.hosts[ci].clone();
         let gpu_model = if p.resources.gpus > 0 {
             p.gpu_model_of[ci].clone()
         } else {
@@ -425,7 +436,9 @@ fn auth_method_required(
     )]))
 }
 
-fn auto_name(prefix: &str) -> String {
-    let id = ids::new_uuid();
-    format!("{}-{}", prefix.replace('_', "-"), &id[..8])
+/// The type's name and the instance's id: unique by construction. (A random 8-digit suffix
+/// collided about once in 10,000 launches, the benchmark found, and answered a spurious 409
+/// to a request that named nothing.)
+fn auto_name(prefix: &str, id: &str) -> String {
+    format!("{}-{id}", prefix.replace('_', "-"))
 }

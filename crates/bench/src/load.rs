@@ -29,6 +29,21 @@ pub struct Stat {
     lat_us: Vec<u32>,
     /// Bodies of successful answers, when asked for (to learn the ids a launch made).
     pub bodies: Vec<Bytes>,
+    /// The first few failures, as "status: body" or "no answer", so that an error in the
+    /// table can be explained.
+    pub failures: Vec<String>,
+}
+
+/// Failures kept per run.
+const KEEP_FAILURES: usize = 5;
+
+impl Stat {
+    fn fail(&mut self, what: String) {
+        self.errors += 1;
+        if self.failures.len() < KEEP_FAILURES {
+            self.failures.push(what);
+        }
+    }
 }
 
 impl Stat {
@@ -75,6 +90,8 @@ pub async fn drive(
         stat.errors += part.errors;
         stat.lat_us.extend(part.lat_us);
         stat.bodies.extend(part.bodies);
+        let room = KEEP_FAILURES.saturating_sub(stat.failures.len());
+        stat.failures.extend(part.failures.into_iter().take(room));
     }
     stat.secs = start.elapsed().as_secs_f64();
     stat.lat_us.sort_unstable();
@@ -116,13 +133,13 @@ async fn one_connection(
             };
             match tx.try_send_request(make(i)).await {
                 Ok(resp) => {
-                    let good = resp.status().is_success();
+                    let status = resp.status().as_u16();
                     answer = resp
                         .into_body()
                         .collect()
                         .await
                         .ok()
-                        .map(|b| (good, b.to_bytes()));
+                        .map(|b| (status, b.to_bytes()));
                     break;
                 }
                 Err(mut e) => {
@@ -135,15 +152,18 @@ async fn one_connection(
         }
         let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match answer {
-            Some((true, body)) => {
+            Some((status, body)) if (200..300).contains(&status) => {
                 stat.ok += 1;
                 stat.lat_us.push(us);
                 if keep_bodies {
                     stat.bodies.push(body);
                 }
             }
-            Some((false, _)) => stat.errors += 1,
-            None => stat.errors += 1,
+            Some((status, body)) => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                stat.fail(format!("{status}: {text}"));
+            }
+            None => stat.fail("no answer (connection lost after the request was sent)".into()),
         }
     }
     stat

@@ -45,6 +45,9 @@ impl Report {
             ok: s.ok,
             errors: s.errors,
         });
+        for f in &s.failures {
+            self.note(format!("{target} {workload}: failed with {f}"));
+        }
     }
 
     fn note(&mut self, n: String) {
@@ -285,6 +288,9 @@ async fn bench_lobster(
         let more = args.big - 10_000 + ids.len() as u64;
         let t0 = Instant::now();
         let (accepted, _, _, _) = launches(args, &p, &store, more).await;
+        for f in &accepted.failures {
+            r.note(format!("{target} bulk launches: failed with {f}"));
+        }
         let held = store
             .instance_all()
             .await

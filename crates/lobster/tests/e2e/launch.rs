@@ -433,3 +433,19 @@ async fn n_concurrent_launches_against_room_for_k_place_exactly_k() {
     addrs.dedup();
     assert_eq!(addrs.len(), k as usize);
 }
+
+/// A launch that names nothing gets the type's name and its own id: unique by construction,
+/// so an unnamed launch never meets a 409 for a name it did not choose.
+#[tokio::test]
+async fn unnamed_launches_get_names_that_carry_their_ids() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    for _ in 0..3 {
+        let body =
+            json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY});
+        let b = expect(alice.launch_body(body).await, StatusCode::OK).await;
+        let id = b["vm_uuid"].as_str().unwrap();
+        let i = alice.instance(id).await;
+        assert_eq!(i["name"], json!(format!("v1-cpu-small-{id}")));
+    }
+}
