@@ -2,12 +2,6 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn running(app: &TestApp, t: &Tenant, ty: &str) -> String {
-    let v = t.launch(ty, "us-east-1").await;
-    app.drain().await;
-    v["vm_uuid"].as_str().unwrap().to_string()
-}
-
 async fn backup(app: &TestApp, t: &Tenant, id: &str) -> String {
     let b = expect(
         t.post(&format!("/api/v1/instances/{id}/backup"), json!({}))
@@ -24,7 +18,7 @@ async fn backup(app: &TestApp, t: &Tenant, id: &str) -> String {
 async fn a_backup_runs_alone_while_the_instance_keeps_running() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice, "v1_cpu_small").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let b = expect(
         alice
             .post(&format!("/api/v1/instances/{id}/backup"), json!({}))
@@ -104,7 +98,7 @@ async fn a_backup_runs_alone_while_the_instance_keeps_running() {
 async fn restore_replaces_the_disk_and_starts_the_instance() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice, "v1_cpu_small").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let volid = backup(&app, &alice, &id).await;
     let r = expect(
         alice
@@ -182,8 +176,8 @@ async fn account_backups_outlive_their_instance_and_respect_scope() {
     let owner = app.tenant("acme").await;
     let team = app.app.team_create("acme", "ml").await.unwrap();
     let ml = app.key("acme", "member", false, Some(&team.id)).await;
-    let a = running(&app, &owner, "v1_cpu_small").await;
-    let b = running(&app, &ml, "v1_cpu_small").await;
+    let a = app.running(&owner, "v1_cpu_small").await;
+    let b = app.running(&ml, "v1_cpu_small").await;
     let va = backup(&app, &owner, &a).await;
     let vb = backup(&app, &ml, &b).await;
     expect(
@@ -232,7 +226,7 @@ async fn account_backups_outlive_their_instance_and_respect_scope() {
 async fn deleting_a_backup_is_a_task_and_only_one_runs() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice, "v1_cpu_small").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let volid = backup(&app, &alice, &id).await;
     let r = expect(
         alice
@@ -286,9 +280,9 @@ async fn deleting_a_backup_is_a_task_and_only_one_runs() {
 async fn restore_to_another_instance_by_query_or_body() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let src = running(&app, &alice, "v1_cpu_medium").await;
-    let big = running(&app, &alice, "v1_cpu_medium").await;
-    let small = running(&app, &alice, "v1_cpu_small").await;
+    let src = app.running(&alice, "v1_cpu_medium").await;
+    let big = app.running(&alice, "v1_cpu_medium").await;
+    let small = app.running(&alice, "v1_cpu_small").await;
     let volid = backup(&app, &alice, &src).await;
     let size = alice.get_json("/api/v1/backups", StatusCode::OK).await["backups"][0]["size_bytes"]
         .as_i64()
@@ -392,7 +386,7 @@ async fn notes_and_storage_bill() {
         ),
         (Some(0), Some(true), Some("$0.00/mo"))
     );
-    let id = running(&app, &alice, "v1_cpu_small").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let volid = backup(&app, &alice, &id).await;
     let r = expect(
         alice

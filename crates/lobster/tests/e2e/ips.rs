@@ -6,17 +6,11 @@ fn ips(id: &str) -> String {
     format!("/api/v1/instances/{id}/ips")
 }
 
-async fn running(app: &TestApp, t: &Tenant) -> String {
-    let v = t.launch("v1_cpu_small", "us-east-1").await;
-    app.drain().await;
-    v["vm_uuid"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn primary_ip_is_listed_with_its_interface() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let b = alice.get_json(&ips(&id), StatusCode::OK).await;
     assert_eq!(b["instance_id"], json!(id));
     assert_eq!(b["ip_count"], 1);
@@ -39,7 +33,7 @@ async fn primary_ip_is_listed_with_its_interface() {
 async fn assign_and_release_an_additional_ip() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let a = expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     let addr = a["ip"]["ip_address"].as_str().unwrap().to_string();
     assert_eq!(a["status"], "success");
@@ -94,7 +88,7 @@ async fn assign_and_release_an_additional_ip() {
 async fn primary_unknown_and_foreign_addresses() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let primary = alice.instance(&id).await["ip_address"]
         .as_str()
         .unwrap()
@@ -140,7 +134,7 @@ async fn assignment_needs_a_rented_instance_and_a_free_address() {
     )
     .await;
     assert_eq!(r["error"], "invalid_state");
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     let r = expect(
         alice.post(&ips(&id), json!({})).await,
@@ -194,7 +188,7 @@ async fn concurrent_assignments_never_share_an_address() {
 async fn deleting_the_instance_frees_every_address() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     expect(alice.post(&ips(&id), json!({})).await, StatusCode::OK).await;
     app.drain().await;

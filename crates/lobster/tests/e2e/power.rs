@@ -2,17 +2,11 @@ use crate::support::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-async fn running_vm(app: &TestApp, t: &Tenant) -> String {
-    let vm = t.launch("v1_cpu_small", "us-east-1").await;
-    app.drain().await;
-    vm["vm_uuid"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running_vm(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let host = alice.instance(&id).await["host_id"]
         .as_str()
         .unwrap()
@@ -77,7 +71,7 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
 async fn a_second_operation_while_one_runs_is_409() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running_vm(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     assert_eq!(
         alice
             .post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
@@ -120,7 +114,7 @@ async fn a_second_operation_while_one_runs_is_409() {
 async fn concurrent_power_requests_queue_exactly_one() {
     let app = TestApp::spawn().await;
     let alice = std::sync::Arc::new(app.tenant("alice").await);
-    let id = running_vm(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let mut hs = vec![];
     for _ in 0..10 {
         let (a, id) = (alice.clone(), id.clone());
@@ -144,7 +138,7 @@ async fn concurrent_power_requests_queue_exactly_one() {
 async fn power_posts_accept_an_empty_or_any_body() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running_vm(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let r = app
         .raw(
             Method::POST,
@@ -195,7 +189,7 @@ async fn a_failed_power_operation_leaves_the_real_power_state() {
     use lobster_driver::sim::{FailWhen, Op};
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running_vm(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     app.sim.fail_next(Op::Shutdown, 1, FailWhen::Before, false);
     let b = expect(
         alice
@@ -232,7 +226,7 @@ async fn a_failed_power_operation_leaves_the_real_power_state() {
 async fn power_on_a_terminating_instance_is_409() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running_vm(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     assert_eq!(
         alice
             .delete(&format!("/api/v1/instances/{id}"))

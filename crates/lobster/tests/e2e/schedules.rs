@@ -7,17 +7,11 @@ fn path(id: &str) -> String {
     format!("/api/v1/instances/{id}/backup-schedule")
 }
 
-async fn running(app: &TestApp, t: &Tenant) -> String {
-    let v = t.launch("v1_cpu_small", "us-east-1").await;
-    app.drain().await;
-    v["vm_uuid"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn both_body_forms_create_and_update() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let nf = expect(alice.get(&path(&id)).await, StatusCode::NOT_FOUND).await;
     assert_eq!(nf["error"], "schedule_not_found");
     let r = expect(
@@ -83,7 +77,7 @@ async fn both_body_forms_create_and_update() {
 async fn nonsense_is_400_and_missing_fields_422() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     for body in [
         json!({"frequency": "hourly", "hour_utc": 3}),
         json!({"frequency": "daily", "hour_utc": 24}),
@@ -138,7 +132,7 @@ async fn to_next_firing(app: &TestApp, t: &Tenant, id: &str) {
 async fn the_scheduler_fires_once_when_due() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     expect(
         alice
             .post(&path(&id), json!({"frequency": "daily", "hour_utc": 3}))
@@ -167,7 +161,7 @@ async fn the_scheduler_fires_once_when_due() {
 async fn retention_prunes_only_scheduled_backups_beyond_the_count() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     let manual = expect(
         alice
             .post(&format!("/api/v1/instances/{id}/backup"), json!({}))
@@ -221,7 +215,7 @@ async fn retention_prunes_only_scheduled_backups_beyond_the_count() {
 async fn a_busy_instance_skips_the_occurrence_without_failing() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let id = running(&app, &alice).await;
+    let id = app.running(&alice, "v1_cpu_small").await;
     expect(
         alice
             .post(&path(&id), json!({"frequency": "daily", "hour_utc": 1}))

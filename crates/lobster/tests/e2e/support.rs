@@ -110,6 +110,14 @@ impl TestApp {
         }
     }
 
+    /// Launches an instance of type `ty` for `t` and runs its create task: a running
+    /// instance to act on. Its id.
+    pub async fn running(&self, t: &Tenant, ty: &str) -> String {
+        let v = t.launch(ty, "us-east-1").await;
+        self.drain().await;
+        v["vm_uuid"].as_str().unwrap().to_string()
+    }
+
     /// Runs every due task to completion.
     pub async fn drain(&self) -> usize {
         self.app.engine().run_until_idle().await.expect("drain")
