@@ -158,9 +158,8 @@ async fn console_tickets_are_single_use_and_short_lived() {
 async fn a_ticket_from_one_server_is_redeemed_once_by_any_server() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let id = vm["vm_uuid"].as_str().unwrap();
-    app.drain().await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let id = id.as_str();
     let t = alice
         .get_json(&format!("/api/v1/instances/{id}/console"), StatusCode::OK)
         .await;

@@ -130,9 +130,8 @@ async fn transient_failures_then_success() {
 async fn a_failed_delete_leaves_the_instance_rented_for_another_try() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let id = vm["vm_uuid"].as_str().unwrap();
-    app.drain().await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let id = id.as_str();
     app.sim.fail_next(Op::Destroy, 1, FailWhen::Before, false);
     let r = alice.delete(&format!("/api/v1/instances/{id}")).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -291,9 +290,8 @@ async fn settle(app: &TestApp) {
 async fn a_backup_that_fails_after_writing_leaves_nothing_on_the_storage() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let id = vm["vm_uuid"].as_str().unwrap();
-    app.drain().await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let id = id.as_str();
     // Every attempt writes the backup and then loses the answer.
     let attempts = engine_config().max_attempts as usize;
     app.sim
@@ -328,9 +326,8 @@ async fn a_backup_that_fails_after_writing_leaves_nothing_on_the_storage() {
 async fn a_delete_whose_answers_were_lost_asks_the_host_and_finishes() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let id = vm["vm_uuid"].as_str().unwrap();
-    app.drain().await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let id = id.as_str();
     let attempts = engine_config().max_attempts as usize;
     app.sim
         .fail_next(Op::Destroy, attempts, FailWhen::After, true);
@@ -350,9 +347,8 @@ async fn a_delete_whose_answers_were_lost_asks_the_host_and_finishes() {
 async fn a_backup_delete_whose_answers_were_lost_asks_the_storage_and_finishes() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
-    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
-    let id = vm["vm_uuid"].as_str().unwrap();
-    app.drain().await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let id = id.as_str();
     let b = expect(
         alice
             .post(&format!("/api/v1/instances/{id}/backup"), json!({}))
