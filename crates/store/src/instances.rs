@@ -261,6 +261,24 @@ impl Tx {
         Ok(())
     }
 
+    /// Moves a `creating` instance written in this transaction to another host (the launch
+    /// wrote it on its best candidate before reserving capacity).
+    pub async fn instance_rehost(
+        &mut self,
+        id: &str,
+        host_id: &str,
+        gpu_model: Option<&str>,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE instances SET host_id = $1, gpu_model = $2 WHERE id = $3 AND status = 'creating'")
+            .bind(host_id)
+            .bind(gpu_model)
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// Reads a live instance inside the transaction (for decisions the write depends on).
     pub async fn instance_get(
         &mut self,

@@ -293,6 +293,17 @@ impl Tx {
         Ok(())
     }
 
+    /// Rewrites a pending task's parameters (a launch moved to another host).
+    pub async fn task_params(&mut self, id: &str, params: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE tasks SET params = $1 WHERE id = $2 AND status = 'PENDING'")
+            .bind(params)
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// Finishes a task the worker still holds (COMPLETED or FAILED). False when the lease was
     /// lost to another worker: then the caller must roll back its transaction.
     pub async fn task_finish(

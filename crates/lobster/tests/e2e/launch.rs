@@ -434,6 +434,56 @@ async fn n_concurrent_launches_against_room_for_k_place_exactly_k() {
     assert_eq!(addrs.len(), k as usize);
 }
 
+/// Launches read the hosts before their transaction, so concurrent ones race for the best
+/// host; a launch that finds it full moves to the next candidate. Every instance and its
+/// create task must then name the host that holds its reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_launches_that_lose_the_best_host_move_to_the_next() {
+    let n = 24;
+    let app = TestApp::spawn_with(tiny_fleet_of(&[3, 2]), engine_config()).await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let mut handles = vec![];
+    for _ in 0..n {
+        let a = alice.clone();
+        handles.push(tokio::spawn(async move {
+            let r = a
+                .post(
+                    "/api/v1/instances/launch-instance",
+                    json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+                )
+                .await;
+            (r.status(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut placed = vec![];
+    for h in handles {
+        match h.await.unwrap() {
+            (StatusCode::OK, b) => placed.push(b),
+            (StatusCode::CONFLICT, _) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(placed.len(), 5);
+    let store = app.app.store();
+    for b in &placed {
+        let id = b["vm_uuid"].as_str().unwrap();
+        let row = store.instance_by_id(id).await.unwrap().unwrap();
+        let task = store
+            .task_by_id(b["task_id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let params: Value = serde_json::from_str(&task.params).unwrap();
+        assert_eq!(params["host_id"], json!(row.host_id), "task of {id}");
+    }
+    assert_eq!(app.host_free("tiny-1").await.cores, 0);
+    assert_eq!(app.host_free("tiny-2").await.cores, 0);
+    app.drain().await;
+    // Each VM was built where its capacity was reserved.
+    assert_eq!(app.sim.used_on("tiny-1").cores, 6);
+    assert_eq!(app.sim.used_on("tiny-2").cores, 4);
+}
+
 /// A launch that names nothing gets the type's name and its own id: unique by construction,
 /// so an unnamed launch never meets a 409 for a name it did not choose.
 #[tokio::test]

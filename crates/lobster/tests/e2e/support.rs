@@ -288,18 +288,28 @@ pub async fn expect(r: Response, status: StatusCode) -> Value {
 /// A fleet with one small CPU host, for capacity tests: room for exactly `slots` instances of
 /// `v1_cpu_small` (2 cores, 8 GB, 100 GB).
 pub fn tiny_fleet(slots: i64) -> Fleet {
+    tiny_fleet_of(&[slots])
+}
+
+/// One region whose hosts `tiny-1`, `tiny-2`, … have room for the given numbers of
+/// `v1_cpu_small` instances.
+pub fn tiny_fleet_of(slots: &[i64]) -> Fleet {
     let mut f = Fleet::demo();
     f.regions.truncate(1);
-    f.hosts = vec![lobster_core::fleet::Host {
-        id: "tiny-1".into(),
-        region: f.regions[0].name.clone(),
-        cores: 2 * slots,
-        memory_gb: 8 * slots,
-        disk_gb: 100 * slots,
-        gpus: 0,
-        gpu_model: None,
-        uri: None,
-        hostname: None,
-    }];
+    f.hosts = slots
+        .iter()
+        .enumerate()
+        .map(|(i, &slots)| lobster_core::fleet::Host {
+            id: format!("tiny-{}", i + 1),
+            region: f.regions[0].name.clone(),
+            cores: 2 * slots,
+            memory_gb: 8 * slots,
+            disk_gb: 100 * slots,
+            gpus: 0,
+            gpu_model: None,
+            uri: None,
+            hostname: None,
+        })
+        .collect();
     f
 }
