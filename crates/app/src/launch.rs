@@ -310,8 +310,12 @@ impl App {
         if ci != 0 {
             instance.host_id = p.hosts[ci].clone();
             instance.gpu_model = p.gpu_model_on(ci);
-            tx.instance_rehost(&instance.id, &instance.host_id, instance.gpu_model.as_deref())
-                .await?;
+            tx.instance_rehost(
+                &instance.id,
+                &instance.host_id,
+                instance.gpu_model.as_deref(),
+            )
+            .await?;
             tx.task_params(&task_id, &create_params(caller, &instance))
                 .await?;
         }
@@ -339,8 +343,16 @@ impl App {
     }
 }
 
-/// Index of the first candidate host that still has room, now reserved.
+/// Index of the candidate host now reserved, or None when none has room. The first pass
+/// passes over hosts whose row another launch holds until its commit (PostgreSQL), so
+/// concurrent launches spread over the next-best hosts instead of queueing for the best one;
+/// the second waits, so a launch is refused only when no candidate has room.
 async fn reserve_first_fit(tx: &mut Tx, p: &Plan) -> Result<Option<usize>, Error> {
+    for (i, h) in p.hosts.iter().enumerate() {
+        if tx.host_reserve_unless_busy(h, &p.resources).await? {
+            return Ok(Some(i));
+        }
+    }
     for (i, h) in p.hosts.iter().enumerate() {
         if tx.host_reserve(h, &p.resources).await? {
             return Ok(Some(i));

@@ -80,8 +80,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     workers.push(spawn_scheduler(
         Arc::clone(&app),
         cfg.scheduler_seconds,
-        stop_rx,
+        stop_rx.clone(),
     ));
+    workers.push(spawn_stats_keeper(Arc::clone(&app), stop_rx));
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -116,6 +117,31 @@ fn spawn_scheduler(
             }
             if let Err(e) = app.schedules_run_due().await {
                 tracing::error!("backup scheduler: {e}");
+            }
+        }
+    })
+}
+
+/// Keeps PostgreSQL's planner statistics within a fifth of the tables they describe (see
+/// `Store::stats_refresh`): looked at every second, so that a table growing by hundreds of
+/// rows a second is never planned from much staler numbers.
+fn spawn_stats_keeper(
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if app.store().backend() != lobster_store::Backend::Postgres {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            match app.store().stats_refresh().await {
+                Ok(t) if !t.is_empty() => tracing::debug!("analyzed {}", t.join(", ")),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("planner statistics: {e}"),
             }
         }
     })

@@ -392,3 +392,44 @@ async fn instance_reads_round_trip_every_column() {
         assert_eq!((got.name.as_str(), got.updated_at), ("web-2", 2_000));
     }
 }
+
+/// PostgreSQL: a table that changed by more than a fifth since its last analysis is analyzed
+/// by the next refresh, and only once (SQLite has nothing to refresh).
+#[tokio::test]
+async fn stale_planner_statistics_are_refreshed_once() {
+    for (store, _d) in stores().await {
+        store.stats_refresh().await.unwrap();
+        if store.backend() == Backend::Sqlite {
+            assert_eq!(store.stats_refresh().await.unwrap(), Vec::<String>::new());
+            continue;
+        }
+        for n in 0..200 {
+            let id = format!("a{n}");
+            store.account_create(&id, &id, 0).await.unwrap();
+        }
+        // Each connection hands its counters to the statistics collector at most once a
+        // second; make every pooled one (all held at once) hand them over now.
+        let mut held = vec![];
+        for _ in 0..store.writer().size() {
+            held.push(store.writer().acquire().await.unwrap());
+        }
+        for c in held.iter_mut() {
+            sqlx::query("SELECT pg_stat_force_next_flush()")
+                .execute(&mut **c)
+                .await
+                .unwrap();
+        }
+        drop(held);
+        let analyzed = store.stats_refresh().await.unwrap();
+        assert!(analyzed.contains(&"accounts".to_string()), "{analyzed:?}");
+        let tuples: f32 = sqlx::query_scalar::<_, f64>(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = 'accounts'::regclass",
+        )
+        .fetch_one(store.writer())
+        .await
+        .unwrap() as f32;
+        assert_eq!(tuples, 200.0);
+        let again = store.stats_refresh().await.unwrap();
+        assert!(!again.contains(&"accounts".to_string()), "{again:?}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Hosts, their reserved capacity, and the IP pools. Reservation is a conditional UPDATE that
 //! only succeeds while the host still has room, so it holds across processes (invariant 1).
 
-use crate::{db_err, get_i64, get_opt_str, get_str, Store, Tx};
+use crate::{db_err, get_i64, get_opt_str, get_str, Backend, Store, Tx};
 use lobster_core::capacity::{HostFree, Resources};
 use lobster_core::fleet::Fleet;
 use lobster_core::Error;
@@ -122,23 +122,50 @@ impl Store {
 }
 
 impl Tx {
-    /// Reserves `r` on the host if it still has room; false when it does not.
+    /// Reserves `r` on the host if it still has room; false when it does not. Waits for a
+    /// transaction that holds the host's row.
     pub async fn host_reserve(&mut self, host_id: &str, r: &Resources) -> Result<bool, Error> {
-        let res = sqlx::query(
+        self.host_reserve_where(host_id, r, "$5").await
+    }
+
+    /// As `host_reserve`, but false at once when another transaction holds the host's row
+    /// (PostgreSQL; SQLite runs one writer at a time, so nothing else can hold it).
+    pub async fn host_reserve_unless_busy(
+        &mut self,
+        host_id: &str,
+        r: &Resources,
+    ) -> Result<bool, Error> {
+        match self.backend {
+            Backend::Postgres => {
+                let free = "(SELECT id FROM hosts WHERE id = $5 FOR NO KEY UPDATE SKIP LOCKED)";
+                self.host_reserve_where(host_id, r, free).await
+            }
+            Backend::Sqlite => self.host_reserve(host_id, r).await,
+        }
+    }
+
+    async fn host_reserve_where(
+        &mut self,
+        host_id: &str,
+        r: &Resources,
+        id: &str,
+    ) -> Result<bool, Error> {
+        let sql = format!(
             "UPDATE hosts SET cores_used = cores_used + $1, memory_used = memory_used + $2,
                 disk_used = disk_used + $3, gpus_used = gpus_used + $4
-             WHERE id = $5 AND status = 'available'
+             WHERE id = {id} AND status = 'available'
                AND cores_used + $1 <= cores_total AND memory_used + $2 <= memory_total
-               AND disk_used + $3 <= disk_total AND gpus_used + $4 <= gpus_total",
-        )
-        .bind(r.cores)
-        .bind(r.memory_gb)
-        .bind(r.disk_gb)
-        .bind(r.gpus)
-        .bind(host_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+               AND disk_used + $3 <= disk_total AND gpus_used + $4 <= gpus_total"
+        );
+        let res = sqlx::query(&sql)
+            .bind(r.cores)
+            .bind(r.memory_gb)
+            .bind(r.disk_gb)
+            .bind(r.gpus)
+            .bind(host_id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(res.rows_affected() == 1)
     }
 

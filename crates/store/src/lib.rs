@@ -16,6 +16,7 @@ pub mod ips;
 mod migrate;
 pub mod schedules;
 mod sqlite_read;
+mod stats;
 pub mod tasks;
 
 use lobster_core::Error;
@@ -185,6 +186,12 @@ impl Store {
 impl Tx {
     pub async fn commit(self) -> Result<(), Error> {
         self.inner.commit().await.map_err(db_err)
+    }
+
+    /// Undoes the transaction now (dropping it also rolls back, but only when its connection
+    /// is next used).
+    pub async fn rollback(self) -> Result<(), Error> {
+        self.inner.rollback().await.map_err(db_err)
     }
 
     pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {

@@ -484,6 +484,39 @@ async fn concurrent_launches_that_lose_the_best_host_move_to_the_next() {
     assert_eq!(app.sim.used_on("tiny-2").cores, 4);
 }
 
+/// On PostgreSQL a launch does not queue behind another transaction that holds the best
+/// host's row: it takes the next host with room. (SQLite has one writer at a time, so there
+/// is no such transaction to pass; the test is PostgreSQL's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_passes_over_a_host_another_transaction_holds() {
+    let app = TestApp::spawn_with(tiny_fleet_of(&[4, 2]), engine_config()).await;
+    let store = app.app.store();
+    if store.backend() != lobster_store::Backend::Postgres {
+        return;
+    }
+    let alice = app.tenant("alice").await;
+    // tiny-2 is the best fit (least room); hold its row as a launch mid-commit would.
+    let mut holder = store.begin().await.unwrap();
+    let nothing = lobster_core::capacity::Resources::default();
+    assert!(holder.host_reserve("tiny-2", &nothing).await.unwrap());
+    let b = alice.launch("v1_cpu_small", "us-east-1").await;
+    let row = store
+        .instance_by_id(b["vm_uuid"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.host_id, "tiny-1");
+    holder.rollback().await.unwrap();
+    // With the row free again, the best fit is taken as before.
+    let b = alice.launch("v1_cpu_small", "us-east-1").await;
+    let row = store
+        .instance_by_id(b["vm_uuid"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.host_id, "tiny-2");
+}
+
 /// A launch that names nothing gets the type's name and its own id: unique by construction,
 /// so an unnamed launch never meets a 409 for a name it did not choose.
 #[tokio::test]
