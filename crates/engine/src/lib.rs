@@ -13,7 +13,7 @@ use lobster_core::fleet::Fleet;
 use lobster_core::task::backoff_ms;
 use lobster_core::Error;
 use lobster_driver::{DriverError, Hypervisor};
-use lobster_store::{Store, TaskRow};
+use lobster_store::{InstanceRow, Store, TaskRow};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,8 @@ pub struct Engine {
     wake: Arc<Notify>,
     /// When a worker loop last looked for work (health reporting); 0 = never.
     last_poll: AtomicI64,
+    /// When a claim next looks for expired leases even though pending tasks are waiting.
+    next_expiry_look: AtomicI64,
 }
 
 /// How a task run ended, before it is written down.
@@ -81,6 +83,7 @@ impl Engine {
             worker_id,
             wake,
             last_poll: AtomicI64::new(0),
+            next_expiry_look: AtomicI64::new(0),
         })
     }
 
@@ -102,16 +105,40 @@ impl Engine {
 
     /// Claims and runs one task; false when nothing was claimable.
     pub async fn run_once(&self) -> Result<bool, Error> {
-        let now = self.clock.now().millis();
-        let Some(task) = self
-            .store
-            .task_claim(&self.worker_id, now, self.cfg.lease_ms)
-            .await?
-        else {
+        let Some(task) = self.claim().await? else {
             return Ok(false);
         };
         self.run_claimed(task).await?;
         Ok(true)
+    }
+
+    /// The next task to run. Tasks whose worker died (expired leases) are looked for once
+    /// per poll interval while pending tasks keep the workers busy, and whenever nothing is
+    /// pending: so nothing claimable is ever left behind, and a busy queue does not pay for
+    /// that look on every claim.
+    async fn claim(&self) -> Result<Option<TaskRow>, Error> {
+        let (now, w, lease) = (
+            self.clock.now().millis(),
+            &self.worker_id,
+            self.cfg.lease_ms,
+        );
+        let next = self.next_expiry_look.load(Ordering::Relaxed);
+        let due = now >= next
+            && self
+                .next_expiry_look
+                .compare_exchange(
+                    next,
+                    now + self.cfg.poll_ms as i64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if !due {
+            if let Some(t) = self.store.task_claim_pending(w, now, lease).await? {
+                return Ok(Some(t));
+            }
+        }
+        self.store.task_claim(w, now, lease).await
     }
 
     /// Runs tasks until none is claimable now. Tests use this instead of sleeping.
@@ -134,14 +161,14 @@ impl Engine {
     async fn run_claimed(&self, task: TaskRow) -> Result<(), Error> {
         let work = self.execute(&task);
         let beat = self.heartbeat(&task.id);
-        let outcome = tokio::select! {
+        let (outcome, inst) = tokio::select! {
             o = work => o,
             lost = beat => {
                 tracing::warn!(task = %task.id, "lease lost: {lost}; abandoning");
                 return Ok(());
             }
         };
-        self.record(&task, outcome).await
+        self.record(&task, outcome, inst.as_ref()).await
     }
 
     /// Extends the lease every third of its length; returns only when the lease is lost.
@@ -158,10 +185,15 @@ impl Engine {
         }
     }
 
-    async fn record(&self, task: &TaskRow, outcome: Outcome) -> Result<(), Error> {
+    async fn record(
+        &self,
+        task: &TaskRow,
+        outcome: Outcome,
+        inst: Option<&InstanceRow>,
+    ) -> Result<(), Error> {
         match outcome {
-            Outcome::Done(msg) => self.finish(task, true, &msg).await,
-            Outcome::Fail(msg) => self.finish(task, false, &msg).await,
+            Outcome::Done(msg) => self.finish(task, true, &msg, inst).await,
+            Outcome::Fail(msg) => self.finish(task, false, &msg, inst).await,
             Outcome::Retry(msg) => {
                 let now = self.clock.now().millis();
                 let at = now + backoff_ms(task.attempts);

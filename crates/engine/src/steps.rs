@@ -61,18 +61,26 @@ impl Engine {
 
     /// Runs the task's driver steps. Everything that talks to a host happens here, inside the
     /// heartbeat's cover, including the clean-up of a create that failed.
-    pub(crate) async fn execute(&self, task: &TaskRow) -> Outcome {
+    /// Also returns the instance as read before the run, for `finish` (the fields it
+    /// needs — id, host, shape — do not change once the instance exists).
+    pub(crate) async fn execute(&self, task: &TaskRow) -> (Outcome, Option<InstanceRow>) {
         let Some(kind) = TaskKind::parse(&task.operation) else {
-            return Outcome::Fail(format!("unknown operation {:?}", task.operation));
+            let why = format!("unknown operation {:?}", task.operation);
+            return (Outcome::Fail(why), None);
         };
         let Some(id) = task.instance_id.as_deref() else {
-            return Outcome::Fail("task names no instance".into());
+            return (Outcome::Fail("task names no instance".into()), None);
         };
         let inst = match self.store.instance_by_id(id).await {
             Ok(Some(i)) => i,
-            Ok(None) => return Outcome::Fail(format!("instance {id} does not exist")),
-            Err(e) => return Outcome::Retry(format!("database: {e}")),
+            Ok(None) => return (Outcome::Fail(format!("instance {id} does not exist")), None),
+            Err(e) => return (Outcome::Retry(format!("database: {e}")), None),
         };
+        let out = self.execute_on(task, kind, &inst).await;
+        (out, Some(inst))
+    }
+
+    async fn execute_on(&self, task: &TaskRow, kind: TaskKind, inst: &InstanceRow) -> Outcome {
         let host = self.fleet.host(&inst.host_id).cloned();
         let gave_up = task.attempts > task.max_attempts;
         let why_gave_up = || format!("gave up after {} attempts", task.max_attempts);
@@ -249,16 +257,18 @@ impl Engine {
     /// Writes the end of a task and the state change it causes in one transaction, only while
     /// this worker still holds the lease. A database error leaves the task leased, to be
     /// reclaimed and finished later; nothing is half-written.
-    pub(crate) async fn finish(&self, task: &TaskRow, ok: bool, msg: &str) -> Result<(), Error> {
+    pub(crate) async fn finish(
+        &self,
+        task: &TaskRow,
+        ok: bool,
+        msg: &str,
+        inst: Option<&InstanceRow>,
+    ) -> Result<(), Error> {
         let kind = TaskKind::parse(&task.operation);
-        let inst = match task.instance_id.as_deref() {
-            Some(id) => self.store.instance_by_id(id).await?,
-            None => None,
-        };
         // What a failed power operation left behind, asked before the transaction: a write
         // transaction never waits on a host.
         let mut power_after_failure = None;
-        if let (Some(TaskKind::Power(_) | TaskKind::Restore), false, Some(inst)) = (kind, ok, &inst)
+        if let (Some(TaskKind::Power(_) | TaskKind::Restore), false, Some(inst)) = (kind, ok, inst)
         {
             if let Some(host) = self.fleet.host(&inst.host_id) {
                 power_after_failure = self.driver.power_state(host, &inst.id).await.ok().flatten();

@@ -33,6 +33,43 @@ async fn a_task_whose_worker_died_is_reclaimed_and_finishes() {
     assert_eq!(alice.instance(id).await["status"], "rented");
 }
 
+/// A busy queue does not starve a task whose worker died: claims skip the look for expired
+/// leases only between looks one poll interval apart, and a look takes them first.
+#[tokio::test]
+async fn an_expired_lease_is_taken_back_while_pending_tasks_wait() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let orphan = vm["task_id"].as_str().unwrap();
+    let dead = app.second_engine();
+    assert_eq!(dead.claim_and_abandon().await.unwrap().unwrap().id, orphan);
+    let mut waiting = vec![];
+    for _ in 0..3 {
+        let v = alice.launch("v1_cpu_small", "us-east-1").await;
+        waiting.push(v["task_id"].as_str().unwrap().to_string());
+    }
+    app.clock.advance_ms(engine_config().lease_ms + 1);
+    let engine = app.app.engine();
+    assert!(engine.run_once().await.unwrap());
+    let status = |id: String| {
+        let alice = &alice;
+        async move {
+            alice.get_json(&format!("/api/v1/tasks/{id}"), StatusCode::OK).await["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(status(orphan.to_string()).await, "COMPLETED");
+    for t in &waiting {
+        assert_eq!(status(t.clone()).await, "PENDING");
+    }
+    // Until the next look, claims take pending tasks in order.
+    assert!(engine.run_once().await.unwrap());
+    assert_eq!(status(waiting[0].clone()).await, "COMPLETED");
+    assert_eq!(app.drain().await, 2);
+}
+
 #[tokio::test]
 async fn a_lost_answer_after_the_vm_was_built_does_not_build_it_twice() {
     let app = TestApp::spawn().await;
