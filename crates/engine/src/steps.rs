@@ -96,23 +96,23 @@ impl Engine {
             (TaskKind::CreateInstance, Some(host)) => {
                 if gave_up {
                     return self
-                        .compensate_create(task, &host, &inst, why_gave_up())
+                        .compensate_create(task, &host, inst, why_gave_up())
                         .await;
                 }
-                match self.create(task, &host, &inst).await {
-                    Outcome::Fail(why) => self.compensate_create(task, &host, &inst, why).await,
+                match self.create(task, &host, inst).await {
+                    Outcome::Fail(why) => self.compensate_create(task, &host, inst, why).await,
                     other => other,
                 }
             }
             (TaskKind::ApplyFirewall | TaskKind::SyncIps, Some(host)) => {
-                self.push_config(task, kind, &host, &inst).await
+                self.push_config(task, kind, &host, inst).await
             }
             // A backup that will not complete removes whatever part of it the storage holds.
             (TaskKind::Backup, Some(host)) => {
                 let out = if gave_up {
                     Outcome::Fail(why_gave_up())
                 } else {
-                    self.backup(task, &host, &inst).await
+                    self.backup(task, &host, inst).await
                 };
                 match out {
                     Outcome::Fail(why) => self.compensate_backup(task, why).await,
@@ -139,7 +139,7 @@ impl Engine {
                 }
             }
             (_, Some(_)) if gave_up => Outcome::Fail(why_gave_up()),
-            (TaskKind::Restore, Some(host)) => self.restore(task, &host, &inst).await,
+            (TaskKind::Restore, Some(host)) => self.restore(task, &host, inst).await,
             (TaskKind::Power(op), Some(host)) => {
                 let d = &self.driver;
                 let r = match op {
@@ -311,7 +311,7 @@ impl Engine {
                 (TaskKind::ApplyFirewall | TaskKind::SyncIps, _) => {}
                 (TaskKind::Backup | TaskKind::Restore | TaskKind::DeleteBackup, _) => {
                     let power = power_after_failure.map(|p| p.as_str());
-                    self.finish_backup(&mut tx, (kind, ok), task, &inst, power, now)
+                    self.finish_backup(&mut tx, (kind, ok), task, inst, power, now)
                         .await?;
                 }
                 (TaskKind::Power(_), false) => {

@@ -54,7 +54,9 @@ async fn an_expired_lease_is_taken_back_while_pending_tasks_wait() {
     let status = |id: String| {
         let alice = &alice;
         async move {
-            alice.get_json(&format!("/api/v1/tasks/{id}"), StatusCode::OK).await["status"]
+            alice
+                .get_json(&format!("/api/v1/tasks/{id}"), StatusCode::OK)
+                .await["status"]
                 .as_str()
                 .unwrap()
                 .to_string()
