@@ -46,11 +46,15 @@ fn start(dir: &Path, url: &str) -> Server {
     out.read_line(&mut line).expect("banner");
     // Keep reading, so the server never writes into a closed pipe.
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("address")
-        .to_string();
+    let Some(base) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+        let tail: Vec<_> = log.lines().rev().take(20).collect();
+        panic!(
+            "serve did not start: {line:?}; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
+    let base = base.to_string();
     Server { child, base }
 }
 

@@ -88,6 +88,30 @@ async fn reservation_never_exceeds_capacity() {
     }
 }
 
+/// PostgreSQL: the reservation that does not wait passes over a host another transaction
+/// holds, and one that finds no room leaves the host unlocked (a launch trying its next
+/// candidate must not hold the full one: two such launches would deadlock).
+#[tokio::test]
+async fn reserving_unless_busy_skips_held_hosts_and_holds_no_full_one() {
+    for (store, _d) in stores().await {
+        if store.backend() == Backend::Sqlite {
+            continue; // one writer at a time: no other transaction can hold a host
+        }
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        let nothing = Resources::default();
+        // wil-cpu-03 has 64 cores: 128 do not fit, and the row must stay free.
+        let mut a = store.begin().await.unwrap();
+        assert!(!a.host_reserve_unless_busy("wil-cpu-03", &res(128)).await.unwrap());
+        let mut b = store.begin().await.unwrap();
+        assert!(b.host_reserve_unless_busy("wil-cpu-03", &nothing).await.unwrap());
+        // Now b holds it: a passes over it at once instead of waiting.
+        assert!(!a.host_reserve_unless_busy("wil-cpu-03", &res(8)).await.unwrap());
+        b.rollback().await.unwrap();
+        assert!(a.host_reserve_unless_busy("wil-cpu-03", &res(8)).await.unwrap());
+        a.commit().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn fleet_sync_is_idempotent_and_keeps_reservations() {
     for (store, _d) in stores().await {

@@ -59,10 +59,21 @@ fn host(r: &AnyRow) -> Result<HostRow, Error> {
     })
 }
 
+/// The host takes new placements and has room for $1–$4 (cores, memory, disk, GPUs).
+const HAS_ROOM: &str = "status = 'available'
+    AND cores_used + $1 <= cores_total AND memory_used + $2 <= memory_total
+    AND disk_used + $3 <= disk_total AND gpus_used + $4 <= gpus_total";
+
 impl Store {
     /// Makes the database's hosts and IP pools match the fleet configuration. Reservations are
     /// kept; hosts no longer configured are retired (no new placements) rather than deleted.
+    ///
+    /// Two transactions, addresses first: a launch locks its address, then its host, so a
+    /// sync that held the hosts while its address inserts waited on a running launch's
+    /// address deadlocked with it (the crash harness found it when a restarted server synced
+    /// while the other launched). New addresses are harmless before their hosts change.
     pub async fn fleet_sync(&self, fleet: &Fleet) -> Result<(), Error> {
+        self.ip_pools_sync(fleet).await?;
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE hosts SET status = 'retired'")
             .execute(&mut *tx.conn())
@@ -87,6 +98,12 @@ impl Store {
             .await
             .map_err(db_err)?;
         }
+        tx.commit().await
+    }
+
+    /// Adds every configured pool address the database does not have yet.
+    async fn ip_pools_sync(&self, fleet: &Fleet) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
         for r in &fleet.regions {
             let mut addrs = Vec::new();
             for pool in &r.ip_pools {
@@ -137,8 +154,14 @@ impl Tx {
     ) -> Result<bool, Error> {
         match self.backend {
             Backend::Postgres => {
-                let free = "(SELECT id FROM hosts WHERE id = $5 FOR NO KEY UPDATE SKIP LOCKED)";
-                self.host_reserve_where(host_id, r, free).await
+                // The room is checked inside the locking subquery too: a host without room
+                // must not stay locked by this launch while it tries the next candidate (two
+                // launches each holding a full host and waiting for the other's would
+                // deadlock).
+                let free = format!(
+                    "(SELECT id FROM hosts WHERE id = $5 AND {HAS_ROOM} FOR NO KEY UPDATE SKIP LOCKED)"
+                );
+                self.host_reserve_where(host_id, r, &free).await
             }
             Backend::Sqlite => self.host_reserve(host_id, r).await,
         }
@@ -153,11 +176,22 @@ impl Tx {
         let sql = format!(
             "UPDATE hosts SET cores_used = cores_used + $1, memory_used = memory_used + $2,
                 disk_used = disk_used + $3, gpus_used = gpus_used + $4
-             WHERE id = {id} AND status = 'available'
-               AND cores_used + $1 <= cores_total AND memory_used + $2 <= memory_total
-               AND disk_used + $3 <= disk_total AND gpus_used + $4 <= gpus_total"
+             WHERE id = {id} AND {HAS_ROOM}"
         );
-        let res = sqlx::query(&sql)
+        Ok(self.host_update(&sql, host_id, r).await? == 1)
+    }
+
+    pub async fn host_release(&mut self, host_id: &str, r: &Resources) -> Result<(), Error> {
+        let sql = "UPDATE hosts SET cores_used = cores_used - $1, memory_used = memory_used - $2,
+                disk_used = disk_used - $3, gpus_used = gpus_used - $4 WHERE id = $5";
+        self.host_update(sql, host_id, r).await?;
+        Ok(())
+    }
+
+    /// Runs a host update whose $1–$4 are the shape's cores, memory, disk and GPUs and $5
+    /// the host; the number of rows it changed.
+    async fn host_update(&mut self, sql: &str, host_id: &str, r: &Resources) -> Result<u64, Error> {
+        let res = sqlx::query(sql)
             .bind(r.cores)
             .bind(r.memory_gb)
             .bind(r.disk_gb)
@@ -166,22 +200,6 @@ impl Tx {
             .execute(self.conn())
             .await
             .map_err(db_err)?;
-        Ok(res.rows_affected() == 1)
-    }
-
-    pub async fn host_release(&mut self, host_id: &str, r: &Resources) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE hosts SET cores_used = cores_used - $1, memory_used = memory_used - $2,
-                disk_used = disk_used - $3, gpus_used = gpus_used - $4 WHERE id = $5",
-        )
-        .bind(r.cores)
-        .bind(r.memory_gb)
-        .bind(r.disk_gb)
-        .bind(r.gpus)
-        .bind(host_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(())
+        Ok(res.rows_affected())
     }
 }

@@ -68,6 +68,14 @@ fn row(r: &AnyRow) -> Result<TaskRow, Error> {
     })
 }
 
+/// The earliest due pending task's id (a subquery; `$3` is now).
+fn due_pending(lock: &str) -> String {
+    format!(
+        "(SELECT id FROM tasks WHERE status = 'PENDING' AND run_after <= $3
+            ORDER BY run_after LIMIT 1{lock})"
+    )
+}
+
 /// Filters for the task list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskFilter {
@@ -154,8 +162,8 @@ impl Store {
             "COALESCE(
                  (SELECT id FROM tasks WHERE status = 'PROCESSING' AND lease_until < $3
                     ORDER BY lease_until LIMIT 1{lock}),
-                 (SELECT id FROM tasks WHERE status = 'PENDING' AND run_after <= $3
-                    ORDER BY run_after LIMIT 1{lock}))"
+                 {})",
+            due_pending(lock)
         );
         self.task_claim_of(&candidate, worker, now, lease_ms).await
     }
@@ -171,11 +179,7 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Option<TaskRow>, Error> {
-        let lock = self.skip_locked();
-        let candidate = format!(
-            "(SELECT id FROM tasks WHERE status = 'PENDING' AND run_after <= $3
-                ORDER BY run_after LIMIT 1{lock})"
-        );
+        let candidate = due_pending(self.skip_locked());
         self.task_claim_of(&candidate, worker, now, lease_ms).await
     }
 

@@ -499,22 +499,15 @@ async fn a_launch_passes_over_a_host_another_transaction_holds() {
     let mut holder = store.begin().await.unwrap();
     let nothing = lobster_core::capacity::Resources::default();
     assert!(holder.host_reserve("tiny-2", &nothing).await.unwrap());
-    let b = alice.launch("v1_cpu_small", "us-east-1").await;
-    let row = store
-        .instance_by_id(b["vm_uuid"].as_str().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.host_id, "tiny-1");
+    let host_of_launch = || async {
+        let b = alice.launch("v1_cpu_small", "us-east-1").await;
+        let id = b["vm_uuid"].as_str().unwrap().to_string();
+        store.instance_by_id(&id).await.unwrap().unwrap().host_id
+    };
+    assert_eq!(host_of_launch().await, "tiny-1");
     holder.rollback().await.unwrap();
     // With the row free again, the best fit is taken as before.
-    let b = alice.launch("v1_cpu_small", "us-east-1").await;
-    let row = store
-        .instance_by_id(b["vm_uuid"].as_str().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.host_id, "tiny-2");
+    assert_eq!(host_of_launch().await, "tiny-2");
 }
 
 /// A launch that names nothing gets the type's name and its own id: unique by construction,
