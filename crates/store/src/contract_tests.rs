@@ -101,13 +101,25 @@ async fn reserving_unless_busy_skips_held_hosts_and_holds_no_full_one() {
         let nothing = Resources::default();
         // wil-cpu-03 has 64 cores: 128 do not fit, and the row must stay free.
         let mut a = store.begin().await.unwrap();
-        assert!(!a.host_reserve_unless_busy("wil-cpu-03", &res(128)).await.unwrap());
+        assert!(!a
+            .host_reserve_unless_busy("wil-cpu-03", &res(128))
+            .await
+            .unwrap());
         let mut b = store.begin().await.unwrap();
-        assert!(b.host_reserve_unless_busy("wil-cpu-03", &nothing).await.unwrap());
+        assert!(b
+            .host_reserve_unless_busy("wil-cpu-03", &nothing)
+            .await
+            .unwrap());
         // Now b holds it: a passes over it at once instead of waiting.
-        assert!(!a.host_reserve_unless_busy("wil-cpu-03", &res(8)).await.unwrap());
+        assert!(!a
+            .host_reserve_unless_busy("wil-cpu-03", &res(8))
+            .await
+            .unwrap());
         b.rollback().await.unwrap();
-        assert!(a.host_reserve_unless_busy("wil-cpu-03", &res(8)).await.unwrap());
+        assert!(a
+            .host_reserve_unless_busy("wil-cpu-03", &res(8))
+            .await
+            .unwrap());
         a.commit().await.unwrap();
     }
 }
