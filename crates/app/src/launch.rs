@@ -8,7 +8,6 @@ use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
 use lobster_core::fleet::Template;
 use lobster_core::{ids, Error, FieldError};
-use lobster_engine::EngineConfig;
 use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -298,7 +297,8 @@ impl App {
         // concurrent launch took its room since the candidates were read.
         let mut instance = p.instance_row(caller, ip, &task_id, now);
         tx.instance_insert(&instance).await?;
-        tx.task_insert(&p.create_task(caller, &instance, &task_id, self.engine.config(), now))
+        let max_attempts = self.engine.config().max_attempts;
+        tx.task_insert(&p.create_task(caller, &instance, &task_id, max_attempts, now))
             .await?;
         // The host row last: every launch that fits the best host updates that one row, and on
         // PostgreSQL its lock is held until commit, so launches on one host queue behind each
@@ -422,7 +422,7 @@ impl Plan {
         caller: &Caller,
         i: &InstanceRow,
         task_id: &str,
-        engine: &EngineConfig,
+        max_attempts: i64,
         now: i64,
     ) -> NewTask {
         NewTask {
@@ -433,7 +433,7 @@ impl Plan {
             operation: "create_instance".into(),
             params: create_params(caller, i),
             message: "Allocating resources".into(),
-            max_attempts: engine.max_attempts,
+            max_attempts,
             now,
         }
     }
