@@ -25,7 +25,10 @@ impl App {
             .ok_or_else(|| Error::not_found("instance", id))
     }
 
-    pub async fn instance_list(&self, caller: &Caller) -> Result<Vec<InstanceRow>, Error> {
+    pub async fn instance_list(
+        &self,
+        caller: &Caller,
+    ) -> Result<std::sync::Arc<Vec<InstanceRow>>, Error> {
         caller.require(Permission::Read)?;
         self.store.instance_list(&scope(caller)).await
     }

@@ -63,7 +63,7 @@ impl App {
         &self,
         caller: &Caller,
         team_id: &str,
-    ) -> Result<(TeamRow, Vec<InstanceRow>), Error> {
+    ) -> Result<(TeamRow, std::sync::Arc<Vec<InstanceRow>>), Error> {
         caller.require(Permission::Read)?;
         if caller.team_id.as_deref().is_some_and(|t| t != team_id) {
             return Err(Error::not_found("team", team_id));

@@ -1,6 +1,6 @@
 //! Accounts (organisations), teams and API keys.
 
-use crate::{db_err, get_i64, get_str, is_unique_violation, Cells, Store};
+use crate::{db_err, get_i64, get_str, is_unique_violation, Cells, Store, Tx};
 use lobster_core::Error;
 use sqlx::any::AnyRow;
 
@@ -194,17 +194,29 @@ impl Store {
     }
 
     /// The key with this digest, if it exists (revocation and expiry are the caller's check).
+    /// (From the read cache on PostgreSQL, where revocations are announced to every server.)
     pub async fn key_by_digest(&self, digest: &str) -> Result<Option<KeyRow>, Error> {
-        let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE digest = $1");
-        if let Some(fast) = self.fast() {
-            return fast.one(&sql, &[digest], |r| key(r)).await;
+        let cache = self.cache();
+        if let Some(k) = cache.key(digest) {
+            return Ok(Some(k));
         }
-        let row = sqlx::query(&sql)
-            .bind(digest)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(db_err)?;
-        row.as_ref().map(key).transpose()
+        let ticket = cache.ticket();
+        let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE digest = $1");
+        let row = match self.fast() {
+            Some(fast) => fast.one(&sql, &[digest], |r| key(r)).await?,
+            None => {
+                let r = sqlx::query(&sql)
+                    .bind(digest)
+                    .fetch_optional(self.reader())
+                    .await
+                    .map_err(db_err)?;
+                r.as_ref().map(key).transpose()?
+            }
+        };
+        if let Some(k) = &row {
+            cache.keep_key(ticket, digest, k);
+        }
+        Ok(row)
     }
 
     pub async fn key_list(&self, account_id: Option<&str>) -> Result<Vec<KeyRow>, Error> {
@@ -226,12 +238,25 @@ impl Store {
 
     /// Revokes a key by id, or by a prefix that matches exactly one key. Ok(false) when
     /// nothing unrevoked matched; an ambiguous prefix is an error and revokes nothing.
+    /// Every server's read cache hears of it from the revoking transaction itself.
     pub async fn key_revoke(&self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
+        let mut tx = self.begin().await?;
+        let done = tx.key_revoke(id_or_prefix, now).await?;
+        if done {
+            tx.announce_keys_changed(self.channel()).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+}
+
+impl Tx {
+    async fn key_revoke(&mut self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
         let by_id =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now)
                 .bind(id_or_prefix)
-                .execute(self.writer())
+                .execute(self.conn())
                 .await
                 .map_err(db_err)?;
         if by_id.rows_affected() > 0 {
@@ -241,7 +266,7 @@ impl Store {
             "SELECT COUNT(*) AS n FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
         )
         .bind(id_or_prefix)
-        .fetch_one(self.writer())
+        .fetch_one(self.conn())
         .await
         .map_err(db_err)?;
         match get_i64(&n, "n")? {
@@ -252,7 +277,7 @@ impl Store {
                 )
                 .bind(now)
                 .bind(id_or_prefix)
-                .execute(self.writer())
+                .execute(self.conn())
                 .await
                 .map_err(db_err)?;
                 Ok(r.rows_affected() > 0)

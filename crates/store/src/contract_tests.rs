@@ -364,6 +364,38 @@ async fn key_reads_see_each_commit_at_once() {
     }
 }
 
+/// A rented instance of `account` on wil-cpu-03, every column set.
+pub(crate) fn sample_instance(id: &str, account: &str) -> InstanceRow {
+    InstanceRow {
+        id: id.into(),
+        account_id: account.into(),
+        team_id: None,
+        team_name: None,
+        name: "web-1".into(),
+        host_id: "wil-cpu-03".into(),
+        region: "us-east-1".into(),
+        instance_type: Some("v1_cpu_small".into()),
+        template_name: Some("UBUNTU-22-04".into()),
+        iso_url: None,
+        os_type: Some("linux".into()),
+        resources: res(2),
+        gpu_model: None,
+        price_cents_per_hour: 12,
+        status: "rented".into(),
+        power_status: "running".into(),
+        ip_address: Some("10.0.0.5".into()),
+        username: "ubuntu".into(),
+        ssh_key: Some("ssh-ed25519 AAAA x".into()),
+        password: None,
+        metadata: Some(r#"{"k":"v"}"#.into()),
+        active_task_id: None,
+        created_at: 1_000,
+        updated_at: 1_001,
+        ready_at: Some(1_002),
+        deleted_at: None,
+    }
+}
+
 /// Every column of an instance reads back as written, by the single-instance read and the
 /// list alike, and a rename is visible to the next read.
 #[tokio::test]
@@ -371,34 +403,7 @@ async fn instance_reads_round_trip_every_column() {
     for (store, _d) in stores().await {
         store.fleet_sync(&Fleet::demo()).await.unwrap();
         store.account_create("a1", "acme", 0).await.unwrap();
-        let row = InstanceRow {
-            id: "i1".into(),
-            account_id: "a1".into(),
-            team_id: None,
-            team_name: None,
-            name: "web-1".into(),
-            host_id: "wil-cpu-03".into(),
-            region: "us-east-1".into(),
-            instance_type: Some("v1_cpu_small".into()),
-            template_name: Some("UBUNTU-22-04".into()),
-            iso_url: None,
-            os_type: Some("linux".into()),
-            resources: res(2),
-            gpu_model: None,
-            price_cents_per_hour: 12,
-            status: "rented".into(),
-            power_status: "running".into(),
-            ip_address: Some("10.0.0.5".into()),
-            username: "ubuntu".into(),
-            ssh_key: Some("ssh-ed25519 AAAA x".into()),
-            password: None,
-            metadata: Some(r#"{"k":"v"}"#.into()),
-            active_task_id: None,
-            created_at: 1_000,
-            updated_at: 1_001,
-            ready_at: Some(1_002),
-            deleted_at: None,
-        };
+        let row = sample_instance("i1", "a1");
         let scope = Scope {
             account_id: "a1".into(),
             team_id: None,
@@ -412,7 +417,7 @@ async fn instance_reads_round_trip_every_column() {
             Some(row.clone())
         );
         assert_eq!(
-            store.instance_list(&scope).await.unwrap(),
+            *store.instance_list(&scope).await.unwrap(),
             vec![row.clone()]
         );
         let other = Scope {
@@ -424,8 +429,10 @@ async fn instance_reads_round_trip_every_column() {
         let mut tx = store.begin().await.unwrap();
         tx.instance_rename("i1", "web-2", 2_000).await.unwrap();
         tx.commit().await.unwrap();
+        // Both reads above were kept by the read cache: the commit must have dropped them.
         let got = store.instance_get(&scope, "i1").await.unwrap().unwrap();
         assert_eq!((got.name.as_str(), got.updated_at), ("web-2", 2_000));
+        assert_eq!(store.instance_list(&scope).await.unwrap()[0].name, "web-2");
     }
 }
 

@@ -108,6 +108,8 @@ impl Store {
             }
             copied.push((*t, rows.len() as u64));
         }
+        // Servers already running on the target forget what they had read of it.
+        dst.written.push(crate::cache::Token::All);
         dst.commit().await?;
         Ok(copied)
     }

@@ -2,12 +2,14 @@
 //! engine writes are guarded by the instance's active task so that only the task that holds
 //! the instance can move it on (invariant 3).
 
+use crate::cache::visible;
 use crate::{db_err, is_unique_violation, Cells, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
+use std::sync::Arc;
 
 /// Whose instances a query may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub account_id: String,
     pub team_id: Option<String>,
@@ -128,29 +130,55 @@ fn scoped(scope: &Scope, first: usize) -> (String, Vec<&str>) {
 }
 
 impl Store {
-    /// A live instance the scope may see.
+    /// A live instance the scope may see: from the read cache when it holds the row, else
+    /// the row by id (cached for the next read) checked against the scope here.
     pub async fn instance_get(
         &self,
         scope: &Scope,
         id: &str,
     ) -> Result<Option<InstanceRow>, Error> {
-        let (cond, binds) = scoped(scope, 2);
-        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
+        let cache = self.cache();
+        let row = match cache.instance(id) {
+            Some(row) => Some(row),
+            None => {
+                let ticket = cache.ticket();
+                let row = self.instance_read(id).await?;
+                if let Some(r) = &row {
+                    cache.keep_instance(ticket, r);
+                }
+                row
+            }
+        };
+        Ok(row.filter(|r| visible(scope, r)))
+    }
+
+    /// The row by id, whatever its state and owner, from the database.
+    async fn instance_read(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1");
         if let Some(fast) = self.fast() {
-            let mut all = vec![id];
-            all.extend(binds);
-            return fast.one(&sql, &all, |r| row(r)).await;
+            return fast.one(&sql, &[id], |r| row(r)).await;
         }
-        let mut q = sqlx::query(&sql).bind(id);
-        for b in binds {
-            q = q.bind(b);
-        }
-        let r = q.fetch_optional(self.reader()).await.map_err(db_err)?;
+        let r = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
         r.as_ref().map(row).transpose()
     }
 
-    /// Live instances the scope may see, newest first.
-    pub async fn instance_list(&self, scope: &Scope) -> Result<Vec<InstanceRow>, Error> {
+    /// Live instances the scope may see, newest first (shared with the read cache).
+    pub async fn instance_list(&self, scope: &Scope) -> Result<Arc<Vec<InstanceRow>>, Error> {
+        let cache = self.cache();
+        if let Some(rows) = cache.list(scope) {
+            return Ok(rows);
+        }
+        let ticket = cache.ticket();
+        let rows = Arc::new(self.instance_list_read(scope).await?);
+        cache.keep_list(ticket, scope, &rows);
+        Ok(rows)
+    }
+
+    async fn instance_list_read(&self, scope: &Scope) -> Result<Vec<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 1);
         let sql = format!(
             "SELECT {COLS} {FROM} WHERE {cond} AND {LIVE} ORDER BY i.created_at DESC, i.id DESC"
@@ -195,15 +223,10 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
-    /// Any instance by id, whatever its state: for the engine and invariant checks.
+    /// Any instance by id, whatever its state, from the database (never the cache): for the
+    /// engine and invariant checks.
     pub async fn instance_by_id(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
-        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1");
-        let r = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(self.reader())
-            .await
-            .map_err(db_err)?;
-        r.as_ref().map(row).transpose()
+        self.instance_read(id).await
     }
 
     /// Every instance in every state: for invariant checks and operator views.
@@ -219,6 +242,7 @@ impl Store {
 
 impl Tx {
     pub async fn instance_insert(&mut self, i: &NewInstance) -> Result<(), Error> {
+        self.wrote_instance(&i.id);
         sqlx::query(
             "INSERT INTO instances (id, account_id, team_id, name, host_id, region, instance_type, template_name,
                iso_url, os_type, cores, memory_gb, disk_gb, gpus, gpu_model, price_cents_per_hour, status,
@@ -269,6 +293,7 @@ impl Tx {
         host_id: &str,
         gpu_model: Option<&str>,
     ) -> Result<(), Error> {
+        self.wrote_instance(id);
         sqlx::query("UPDATE instances SET host_id = $1, gpu_model = $2 WHERE id = $3 AND status = 'creating'")
             .bind(host_id)
             .bind(gpu_model)
@@ -305,6 +330,7 @@ impl Tx {
         new_status: &str,
         now: i64,
     ) -> Result<bool, Error> {
+        self.wrote_instance(id);
         let (cond, binds) = scope.clause(5);
         let sql = format!(
             "UPDATE instances SET active_task_id = $1, status = $2, updated_at = $3
@@ -352,6 +378,7 @@ impl Tx {
         team_id: Option<&str>,
         now: i64,
     ) -> Result<(), Error> {
+        self.wrote_instance(id);
         sqlx::query("UPDATE instances SET team_id = $1, updated_at = $2 WHERE id = $3")
             .bind(team_id)
             .bind(now)
@@ -363,6 +390,7 @@ impl Tx {
     }
 
     pub async fn instance_rename(&mut self, id: &str, name: &str, now: i64) -> Result<(), Error> {
+        self.wrote_instance(id);
         sqlx::query("UPDATE instances SET name = $1, updated_at = $2 WHERE id = $3")
             .bind(name)
             .bind(now)
@@ -381,6 +409,7 @@ impl Tx {
         task_id: &str,
         now: i64,
     ) -> Result<bool, Error> {
+        self.wrote_instance(id);
         let r = sqlx::query(
             "UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
                password = NULL, ready_at = $1, updated_at = $1
@@ -404,6 +433,7 @@ impl Tx {
         status: &str,
         now: i64,
     ) -> Result<bool, Error> {
+        self.wrote_instance(id);
         let r = sqlx::query(
             "UPDATE instances SET status = $1, active_task_id = NULL, password = NULL, deleted_at = $2, updated_at = $2
              WHERE id = $3 AND active_task_id = $4 AND status IN ('creating', 'terminating')",
@@ -426,6 +456,7 @@ impl Tx {
         power: Option<&str>,
         now: i64,
     ) -> Result<bool, Error> {
+        self.wrote_instance(id);
         let r = match power {
             Some(p) => sqlx::query(
                 "UPDATE instances SET active_task_id = NULL, power_status = $1, updated_at = $2
@@ -457,6 +488,7 @@ impl Tx {
         status: &str,
         now: i64,
     ) -> Result<bool, Error> {
+        self.wrote_instance(id);
         let r = sqlx::query(
             "UPDATE instances SET active_task_id = NULL, status = $1, updated_at = $2 WHERE id = $3 AND active_task_id = $4",
         )

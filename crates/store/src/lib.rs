@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod backups;
+mod cache;
 pub mod console;
 pub mod copy;
 pub mod firewall;
@@ -14,11 +15,13 @@ pub mod hosts;
 pub mod instances;
 pub mod ips;
 mod migrate;
+mod notify;
 pub mod schedules;
 mod sqlite_read;
 mod stats;
 pub mod tasks;
 
+use cache::{Cache, Token};
 use lobster_core::Error;
 use sqlite_read::SqliteReads;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -46,12 +49,21 @@ pub struct Store {
     write: AnyPool,
     /// SQLite only: the hot reads, in-process (see `sqlite_read`).
     fast: Option<Arc<SqliteReads>>,
+    /// Tenants' hot reads, from memory (see `cache`).
+    cache: Arc<Cache>,
+    /// PostgreSQL: ends the cache's listening and announcing tasks with the last clone.
+    stop: Option<Arc<notify::Stop>>,
+    /// PostgreSQL: the cache's notification channel.
+    channel: Option<Arc<str>>,
 }
 
 /// A write transaction. Commands do all their writes through one of these.
 pub struct Tx {
     backend: Backend,
     inner: Transaction<'static, Any>,
+    cache: Arc<Cache>,
+    /// What this transaction wrote that the read cache may hold, invalidated at commit.
+    written: Vec<Token>,
 }
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -113,6 +125,9 @@ impl Store {
                     read,
                     write,
                     fast: None,
+                    cache: Cache::new(true, false),
+                    stop: None,
+                    channel: None,
                 }
             }
             Backend::Postgres => {
@@ -127,15 +142,27 @@ impl Store {
                     read: pool.clone(),
                     write: pool,
                     fast: None,
+                    // Off until its listening connection is up.
+                    cache: Cache::new(false, true),
+                    stop: None,
+                    channel: None,
                 }
             }
         };
         migrate::run(&store).await?;
-        let fast = match backend {
-            Backend::Sqlite => SqliteReads::open(url)?,
-            Backend::Postgres => None,
+        let (fast, stop, channel) = match backend {
+            Backend::Sqlite => (SqliteReads::open(url)?, None, None),
+            Backend::Postgres => {
+                let (stop, channel) = notify::start(url, &store.write, store.cache.clone()).await?;
+                (None, Some(Arc::new(stop)), Some(channel.into()))
+            }
         };
-        Ok(Store { fast, ..store })
+        Ok(Store {
+            fast,
+            stop,
+            channel,
+            ..store
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -153,6 +180,8 @@ impl Store {
         Ok(Tx {
             backend: self.backend,
             inner,
+            cache: self.cache.clone(),
+            written: Vec::new(),
         })
     }
 
@@ -177,7 +206,18 @@ impl Store {
         &self.write
     }
 
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub(crate) fn channel(&self) -> Option<&str> {
+        self.channel.as_deref()
+    }
+
     pub async fn close(&self) {
+        if let Some(stop) = &self.stop {
+            stop.now();
+        }
         self.write.close().await;
         self.read.close().await;
     }
@@ -185,7 +225,39 @@ impl Store {
 
 impl Tx {
     pub async fn commit(self) -> Result<(), Error> {
-        self.inner.commit().await.map_err(db_err)
+        let Tx {
+            inner,
+            cache,
+            written,
+            ..
+        } = self;
+        let done = inner.commit().await.map_err(db_err);
+        // Even when the commit's outcome is unknown (its connection failed): a needless
+        // invalidation costs a read, a missing one serves a stale row.
+        cache.invalidate(written, true);
+        done
+    }
+
+    /// Tells every server's read cache, as part of this transaction, that keys changed (and
+    /// this server's at commit).
+    pub(crate) async fn announce_keys_changed(
+        &mut self,
+        channel: Option<&str>,
+    ) -> Result<(), Error> {
+        if let Some(ch) = channel {
+            sqlx::query("SELECT pg_notify($1, 'k')")
+                .bind(ch)
+                .execute(self.conn())
+                .await
+                .map_err(db_err)?;
+        }
+        self.written.push(Token::Keys);
+        Ok(())
+    }
+
+    /// Marks an instance written: the cache drops it when this transaction commits.
+    pub(crate) fn wrote_instance(&mut self, id: &str) {
+        self.written.push(Token::Instance(id.to_string()));
     }
 
     /// Undoes the transaction now (dropping it also rolls back, but only when its connection
@@ -248,5 +320,7 @@ pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, Err
     row.try_get::<Option<String>, _>(col).map_err(db_err)
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod contract_tests;

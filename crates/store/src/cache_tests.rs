@@ -1,0 +1,177 @@
+//! The read cache across servers (PostgreSQL: two stores on one schema stand for two
+//! servers) and its scoping (both backends). This server's own writes being read back at
+//! once is `instance_reads_round_trip_every_column`.
+
+use super::cache::Cache;
+use super::contract_tests::{fresh_pg_schema, sample_instance, stores};
+use super::*;
+use lobster_core::fleet::Fleet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Waits (for a notification, not a fixed time) until `f` holds of the store's cache.
+async fn until(store: &Store, what: &str, f: impl Fn(&Cache) -> bool) {
+    let c = store.cache();
+    loop {
+        let changed = c.changed.notified();
+        if f(c) {
+            return;
+        }
+        tokio::time::timeout(Duration::from_secs(30), changed)
+            .await
+            .unwrap_or_else(|_| panic!("the read cache never reached: {what}"));
+    }
+}
+
+fn scope(account: &str, team: Option<&str>) -> Scope {
+    Scope {
+        account_id: account.into(),
+        team_id: team.map(String::from),
+    }
+}
+
+async fn with_instance(store: &Store, id: &str) -> InstanceRow {
+    store.fleet_sync(&Fleet::demo()).await.unwrap();
+    store.account_create("a1", "acme", 0).await.unwrap();
+    let row = sample_instance(id, "a1");
+    let mut tx = store.begin().await.unwrap();
+    tx.instance_insert(&row).await.unwrap();
+    tx.commit().await.unwrap();
+    row
+}
+
+/// On a fresh PostgreSQL schema holding instance `i1` (written, and its write announced,
+/// before they start), `n` servers, all listening, with caches that outlive a slow test.
+/// `None` without PostgreSQL.
+async fn servers(n: usize) -> Option<Vec<Store>> {
+    let base = std::env::var("LOBSTER_TEST_POSTGRES_URL").ok()?;
+    let url = fresh_pg_schema(&base).await;
+    let setup = Store::connect(&url).await.unwrap();
+    with_instance(&setup, "i1").await;
+    until(&setup, "announced", |c| {
+        c.announced.load(Ordering::Acquire) == c.queued.load(Ordering::Acquire)
+    })
+    .await;
+    let mut out = vec![setup];
+    for _ in 0..n {
+        let s = Store::connect(&url).await.unwrap();
+        s.cache().set_ttl(Duration::from_secs(3600));
+        until(&s, "listening", |c| c.listens.load(Ordering::Acquire) >= 1).await;
+        out.push(s);
+    }
+    Some(out)
+}
+
+async fn two_servers() -> Option<(Store, Store)> {
+    let mut s = servers(2).await?;
+    let b = s.pop()?;
+    Some((s.pop()?, b))
+}
+
+/// The first read of a row may come from a tenant who may not see it; the row it caches
+/// must still be shown only to its own scope.
+#[tokio::test]
+async fn a_cached_instance_is_shown_only_to_its_scope() {
+    for (store, _d) in stores().await {
+        let row = with_instance(&store, "i1").await;
+        let stranger = scope("a2", None);
+        let other_team = scope("a1", Some("t9"));
+        assert_eq!(store.instance_get(&stranger, "i1").await.unwrap(), None);
+        assert!(store.cache().instance("i1").is_some(), "the read was kept");
+        assert_eq!(store.instance_get(&other_team, "i1").await.unwrap(), None);
+        let own = store.instance_get(&scope("a1", None), "i1").await.unwrap();
+        assert_eq!(own, Some(row));
+        assert_eq!(store.instance_get(&stranger, "i1").await.unwrap(), None);
+        assert!(store.instance_list(&stranger).await.unwrap().is_empty());
+    }
+}
+
+/// A write on one server reaches the other's cache: its next read shows the write.
+#[tokio::test]
+async fn another_servers_write_reaches_this_servers_cache() {
+    let Some((a, b)) = two_servers().await else {
+        return;
+    };
+    let sc = scope("a1", None);
+    assert_eq!(
+        a.instance_get(&sc, "i1").await.unwrap().unwrap().name,
+        "web-1"
+    );
+    assert_eq!(a.instance_list(&sc).await.unwrap().len(), 1);
+    assert!(a.cache().instance("i1").is_some() && a.cache().list(&sc).is_some());
+    let mut tx = b.begin().await.unwrap();
+    tx.instance_rename("i1", "web-2", 2_000).await.unwrap();
+    tx.commit().await.unwrap();
+    until(&a, "i1 dropped", |c| c.instance("i1").is_none()).await;
+    assert_eq!(
+        a.instance_get(&sc, "i1").await.unwrap().unwrap().name,
+        "web-2"
+    );
+    assert_eq!(a.instance_list(&sc).await.unwrap()[0].name, "web-2");
+}
+
+/// A key revoked through one server stops working on the other.
+#[tokio::test]
+async fn a_key_revoked_on_another_server_stops_working_here() {
+    let Some((a, b)) = two_servers().await else {
+        return;
+    };
+    let key = KeyRow {
+        id: "k1".into(),
+        account_id: "a1".into(),
+        prefix: "lob_k1".into(),
+        name: "ci".into(),
+        role: "admin".into(),
+        staff: false,
+        team_id: None,
+        created_at: 0,
+        expires_at: None,
+        revoked_at: None,
+    };
+    a.key_create(&key, "d1").await.unwrap();
+    assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
+    assert!(a.cache().key("d1").is_some(), "the read was kept");
+    assert!(b.key_revoke("k1", 5).await.unwrap());
+    until(&a, "key dropped", |c| c.key("d1").is_none()).await;
+    let got = a.key_by_digest("d1").await.unwrap().unwrap();
+    assert_eq!(got.revoked_at, Some(5));
+}
+
+/// While the listening connection is down, invalidations are missed: when it is back, the
+/// cache starts empty rather than serve what it held.
+#[tokio::test]
+async fn a_lost_listening_connection_empties_the_cache() {
+    let Some(a) = servers(1).await.and_then(|mut s| s.pop()) else {
+        return;
+    };
+    let sc = scope("a1", None);
+    a.instance_get(&sc, "i1").await.unwrap();
+    // A write no server announces (as if its notification were lost)…
+    sqlx::query("UPDATE instances SET name = 'web-2' WHERE id = 'i1'")
+        .execute(a.writer())
+        .await
+        .unwrap();
+    // …is not seen while the cache holds the row (so these reads do come from memory)…
+    assert_eq!(
+        a.instance_get(&sc, "i1").await.unwrap().unwrap().name,
+        "web-1"
+    );
+    let listen = format!("LISTEN \"{}\"", a.channel().unwrap());
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1",
+    )
+    .bind(&listen)
+    .fetch_one(a.writer())
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    until(&a, "listening again", |c| {
+        c.listens.load(Ordering::Acquire) >= 2
+    })
+    .await;
+    // …and is seen once the connection that could have missed its notification is back.
+    assert_eq!(
+        a.instance_get(&sc, "i1").await.unwrap().unwrap().name,
+        "web-2"
+    );
+}

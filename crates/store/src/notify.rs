@@ -1,0 +1,126 @@
+//! The two PostgreSQL tasks behind the read cache (see `cache`): one listens for other
+//! servers' invalidations, one announces this server's.
+
+use crate::cache::Cache;
+use crate::db_err;
+use lobster_core::Error;
+use sqlx::postgres::PgListener;
+use sqlx::AnyPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Stops the tasks when the last clone of the store that started them is dropped (or
+/// `Store::close` is called).
+pub(crate) struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    pub(crate) fn now(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The channel is per schema: test runs (and deployments) sharing a database but not a
+/// schema do not hear each other.
+async fn channel(pool: &AnyPool) -> Result<String, Error> {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(format!("lobster_cache:{schema}"))
+}
+
+/// Starts listening and announcing; returns their stop and the channel.
+pub(crate) async fn start(
+    url: &str,
+    pool: &AnyPool,
+    cache: Arc<Cache>,
+) -> Result<(Stop, String), Error> {
+    let channel = channel(pool).await?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(listen(
+        url.to_string(),
+        channel.clone(),
+        cache.clone(),
+        rx.clone(),
+    ));
+    tokio::spawn(announce(pool.clone(), channel.clone(), cache, rx));
+    Ok((Stop(tx), channel))
+}
+
+/// Resolves when the store is stopped or dropped.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn listen(url: String, channel: String, cache: Arc<Cache>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = listen_once(&url, &channel, &cache) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        // The connection is gone: nothing may be served from memory until it is back.
+        cache.switch_off();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Listens until the connection fails.
+async fn listen_once(url: &str, channel: &str, cache: &Cache) {
+    let mut listener = match PgListener::connect(url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("read cache: cannot connect to listen: {e}");
+            return;
+        }
+    };
+    if let Err(e) = listener.listen(channel).await {
+        tracing::warn!("read cache: LISTEN failed: {e}");
+        return;
+    }
+    // Everything committed before LISTEN took effect is in the database; start from empty.
+    cache.switch_on();
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => cache.receive(n.payload()),
+            Ok(None) => {
+                tracing::warn!("read cache: listening connection lost");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("read cache: listening connection failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn announce(
+    pool: AnyPool,
+    channel: String,
+    cache: Arc<Cache>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = cache.outbox_ready.notified() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        // Whatever queued while the last batch was being sent goes out together.
+        for (payload, n) in cache.take_outbox() {
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(&payload)
+                .execute(&pool)
+                .await;
+            if let Err(e) = sent {
+                // Other servers' entries for these rows now expire by TTL instead.
+                tracing::warn!("read cache: cannot announce invalidations: {e}");
+            }
+            cache.announced(n);
+        }
+    }
+}
