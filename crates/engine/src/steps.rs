@@ -280,6 +280,14 @@ impl Engine {
         } else {
             TaskStatus::Failed
         };
+        if let (Some(TaskKind::CreateInstance), true, Some(inst)) = (kind, ok, inst) {
+            // The end of every launch: one statement where the database allows it.
+            let w = &self.worker_id;
+            self.store
+                .task_finish_created(&task.id, w, msg, now, &inst.id)
+                .await?;
+            return Ok(());
+        }
         let mut tx = self.store.begin().await?;
         if !tx
             .task_finish(&task.id, &self.worker_id, status.as_str(), msg, now)
@@ -290,6 +298,7 @@ impl Engine {
         if let (Some(kind), Some(inst)) = (kind, inst) {
             let (id, t) = (inst.id.as_str(), task.id.as_str());
             match (kind, ok) {
+                // (Finished above; kept whole so the match stays exhaustive and correct.)
                 (TaskKind::CreateInstance, true) => {
                     tx.instance_created(id, t, now).await?;
                 }

@@ -312,6 +312,11 @@ impl Cache {
         self.changed.notify_waiters();
     }
 
+    /// This server wrote the instance outside a `Tx` (a single-statement write).
+    pub(crate) fn wrote_instance(&self, id: &str) {
+        self.invalidate(vec![Token::Instance(id.to_string())], true);
+    }
+
     /// Applies a notification's payload from another server (or this one's, echoed).
     pub(crate) fn receive(&self, payload: &str) {
         let tokens = payload.split(',').map(Token::decode).collect();

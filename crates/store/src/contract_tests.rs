@@ -237,6 +237,59 @@ async fn claim_lease_reclaim_and_finish_once() {
     }
 }
 
+/// The end of a launch: only the lease holder finishes it, and then the task is COMPLETED
+/// and its instance rented, running and without its one-time password, at once (both
+/// backends; one statement on PostgreSQL). A read cached before shows the change.
+#[tokio::test]
+async fn a_create_task_is_finished_with_its_instance_only_by_its_lease_holder() {
+    for (store, _d) in stores().await {
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let mut inst = sample_instance("i1", "a1");
+        inst.status = "creating".into();
+        inst.power_status = "stopped".into();
+        inst.password = Some("secret".into());
+        inst.ready_at = None;
+        inst.active_task_id = Some("t1".into());
+        let mut task = new_task("t1", 100);
+        task.instance_id = Some("i1".into());
+        let mut tx = store.begin().await.unwrap();
+        tx.instance_insert(&inst).await.unwrap();
+        tx.task_insert(&task).await.unwrap();
+        tx.commit().await.unwrap();
+        let scope = Scope {
+            account_id: "a1".into(),
+            team_id: None,
+        };
+        let before = store.instance_get(&scope, "i1").await.unwrap().unwrap();
+        assert_eq!(before.status, "creating");
+        store.task_claim("w1", 200, 1000).await.unwrap().unwrap();
+        store.task_claim("w2", 1300, 1000).await.unwrap().unwrap();
+        let late = store.task_finish_created("t1", "w1", "done", 1400, "i1");
+        assert!(!late.await.unwrap(), "w1 lost its lease");
+        let i = store.instance_by_id("i1").await.unwrap().unwrap();
+        assert_eq!(i.status, "creating", "nothing written without the lease");
+        let t = store.task_by_id("t1").await.unwrap().unwrap();
+        assert_eq!(t.status, "PROCESSING");
+        let done = store.task_finish_created("t1", "w2", "done", 1500, "i1");
+        assert!(done.await.unwrap());
+        let t = store.task_by_id("t1").await.unwrap().unwrap();
+        assert_eq!(
+            (t.status.as_str(), t.message.as_deref(), t.finished_at),
+            ("COMPLETED", Some("done"), Some(1500))
+        );
+        let i = store.instance_get(&scope, "i1").await.unwrap().unwrap();
+        assert_eq!(
+            (i.status.as_str(), i.power_status.as_str()),
+            ("rented", "running")
+        );
+        assert_eq!(
+            (i.password, i.active_task_id, i.ready_at),
+            (None, None, Some(1500))
+        );
+    }
+}
+
 #[tokio::test]
 async fn retry_waits_for_run_after() {
     for (store, _d) in stores().await {

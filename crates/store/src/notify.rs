@@ -5,7 +5,7 @@ use crate::cache::Cache;
 use crate::db_err;
 use lobster_core::Error;
 use sqlx::postgres::PgListener;
-use sqlx::AnyPool;
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -44,7 +44,7 @@ pub(crate) async fn start(
         cache.clone(),
         rx.clone(),
     ));
-    tokio::spawn(announce(pool.clone(), channel.clone(), cache, rx));
+    tokio::spawn(announce(url.to_string(), channel.clone(), cache, rx));
     Ok((Stop(tx), channel))
 }
 
@@ -98,12 +98,17 @@ async fn listen_once(url: &str, channel: &str, cache: &Cache) {
     }
 }
 
+/// Announces on a connection of its own whose commits do not wait for the disk: a
+/// notification needs no durability (after a crash there is nothing cached to invalidate),
+/// and a synchronous commit would cost every announcement a WAL flush, competing with the
+/// writes it announces.
 async fn announce(
-    pool: AnyPool,
+    url: String,
     channel: String,
     cache: Arc<Cache>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut conn: Option<AnyConnection> = None;
     loop {
         tokio::select! {
             _ = cache.outbox_ready.notified() => {}
@@ -111,16 +116,32 @@ async fn announce(
         }
         // Whatever queued while the last batch was being sent goes out together.
         for (payload, n) in cache.take_outbox() {
-            let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&channel)
-                .bind(&payload)
-                .execute(&pool)
-                .await;
-            if let Err(e) = sent {
+            if let Err(e) = send(&mut conn, &url, &channel, &payload).await {
                 // Other servers' entries for these rows now expire by TTL instead.
                 tracing::warn!("read cache: cannot announce invalidations: {e}");
+                conn = None;
             }
             cache.announced(n);
         }
     }
+}
+
+async fn send(
+    conn: &mut Option<AnyConnection>,
+    url: &str,
+    channel: &str,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
+    if conn.is_none() {
+        let mut c = AnyConnection::connect(url).await?;
+        c.execute("SET synchronous_commit = off").await?;
+        *conn = Some(c);
+    }
+    let c = conn.as_mut().expect("connected above");
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(c)
+        .await?;
+    Ok(())
 }

@@ -85,6 +85,51 @@ pub struct TaskFilter {
 }
 
 impl Store {
+    /// A create task finished well: the task is COMPLETED and its instance rented and
+    /// running (`Tx::task_finish` then `Tx::instance_created`), only while `worker` holds the
+    /// lease; false when it does not (nothing is written). On PostgreSQL this is one
+    /// statement rather than a four-round-trip transaction: it ends every launch.
+    pub async fn task_finish_created(
+        &self,
+        task_id: &str,
+        worker: &str,
+        message: &str,
+        now: i64,
+        instance_id: &str,
+    ) -> Result<bool, Error> {
+        if self.backend() == Backend::Sqlite {
+            let mut tx = self.begin().await?;
+            let finished = tx
+                .task_finish(task_id, worker, "COMPLETED", message, now)
+                .await?;
+            if finished {
+                tx.instance_created(instance_id, task_id, now).await?;
+                tx.commit().await?;
+            }
+            return Ok(finished);
+        }
+        let r = sqlx::query(
+            "WITH t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
+                          lease_owner = NULL, lease_until = NULL
+                        WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING' RETURNING id),
+                  i AS (UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
+                          password = NULL, ready_at = $2, updated_at = $2
+                        WHERE id = $5 AND active_task_id = $3 AND status = 'creating' AND EXISTS (SELECT 1 FROM t)
+                        RETURNING id)
+             SELECT (SELECT COUNT(*) FROM t) AS finished, (SELECT COUNT(*) FROM i) AS created",
+        )
+        .bind(message)
+        .bind(now)
+        .bind(task_id)
+        .bind(worker)
+        .bind(instance_id)
+        .fetch_one(self.writer())
+        .await;
+        // Whatever the outcome (a lost connection may hide a commit), the row may have changed.
+        self.cache().wrote_instance(instance_id);
+        Ok(get_i64(&r.map_err(db_err)?, "finished")? == 1)
+    }
+
     pub async fn task_get(&self, scope: &Scope, id: &str) -> Result<Option<TaskRow>, Error> {
         let (cond, binds) = scope.clause(2);
         let sql = format!("SELECT {COLS} FROM tasks WHERE id = $1 AND {cond}");
