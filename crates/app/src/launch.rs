@@ -328,13 +328,16 @@ impl App {
             }),
             _ => None,
         };
-        // Read back through the scoped query so the answer carries the team name.
-        let id = instance.id.clone();
-        let instance = self
-            .store
-            .instance_get(&scope(caller), &id)
-            .await?
-            .unwrap_or(instance);
+        // A team's launch is read back through the scoped query so that the answer carries
+        // the team's name; otherwise the row as written is the row as stored.
+        let instance = match instance.team_id {
+            Some(_) => self
+                .store
+                .instance_get(&scope(caller), &instance.id)
+                .await?
+                .unwrap_or(instance),
+            None => instance,
+        };
         Ok(Launched {
             instance,
             task_id,

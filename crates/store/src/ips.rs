@@ -92,7 +92,7 @@ impl Tx {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let sql = format!(
+        let take = format!(
             "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2, interface_name = $4, mac_address = $5,
                is_primary = $6
              WHERE address = (SELECT address FROM ip_addresses WHERE region = $3 AND instance_id IS NULL
@@ -100,6 +100,16 @@ impl Tx {
                AND instance_id IS NULL
              RETURNING address"
         );
+        // Held addresses are metered from here (billing reads this history). On PostgreSQL
+        // the history row is written by the same statement: one round trip per launch fewer.
+        let sql = match self.backend {
+            Backend::Postgres => format!(
+                "WITH a AS ({take})
+                 INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
+                 SELECT address, $1, $4, $6, $2 FROM a RETURNING address"
+            ),
+            Backend::Sqlite => take,
+        };
         for _ in 0..5 {
             let row = sqlx::query(&sql)
                 .bind(claim.instance_id)
@@ -113,7 +123,9 @@ impl Tx {
                 .map_err(db_err)?;
             if let Some(r) = row {
                 let address = get_str(&r, "address")?;
-                // Held addresses are metered from here (billing reads this history).
+                if self.backend == Backend::Postgres {
+                    return Ok(Some(address));
+                }
                 sqlx::query(
                     "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
                      VALUES ($1, $2, $3, $4, $5)",
