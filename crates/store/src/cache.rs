@@ -170,8 +170,9 @@ pub(crate) struct Cache {
     /// `TTL`, in milliseconds (tests lengthen it so that a slow machine cannot expire what
     /// they check is held).
     ttl_ms: AtomicU64,
-    /// Whether keys are kept (PostgreSQL only; see the module comment).
-    keys: bool,
+    /// Whether keys are kept and invalidations announced to other servers (PostgreSQL only;
+    /// see the module comment). Without an announcer nothing may queue for one.
+    shared: bool,
     state: Mutex<State>,
     /// This server's invalidations waiting to be announced to the others (PostgreSQL).
     outbox: Mutex<Vec<Token>>,
@@ -185,12 +186,13 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    /// `on` at start: SQLite's cache is always on; PostgreSQL's comes on when it listens.
-    pub(crate) fn new(on: bool, keys: bool) -> Arc<Cache> {
+    /// SQLite's cache (`shared` false) is on from the start; PostgreSQL's comes on when it
+    /// listens.
+    pub(crate) fn new(shared: bool) -> Arc<Cache> {
         Arc::new(Cache {
-            on: AtomicBool::new(on),
+            on: AtomicBool::new(!shared),
             ttl_ms: AtomicU64::new(TTL.as_millis() as u64),
-            keys,
+            shared,
             state: Mutex::new(State::default()),
             outbox: Mutex::new(Vec::new()),
             outbox_ready: Notify::new(),
@@ -267,7 +269,7 @@ impl Cache {
     }
 
     pub(crate) fn key(&self, digest: &str) -> Option<KeyRow> {
-        if !self.keys || !self.is_on() {
+        if !self.shared || !self.is_on() {
             return None;
         }
         self.state().keys.get(digest)?.fresh(self.ttl())
@@ -275,7 +277,7 @@ impl Cache {
 
     pub(crate) fn keep_key(&self, t: Ticket, digest: &str, row: &KeyRow) {
         let Some(since) = t.0 else { return };
-        if !self.keys {
+        if !self.shared {
             return;
         }
         let mut st = self.state();
@@ -301,7 +303,7 @@ impl Cache {
                 st.apply(t);
             }
         }
-        if announce {
+        if announce && self.shared {
             self.queued.fetch_add(tokens.len() as u64, Ordering::AcqRel);
             self.outbox
                 .lock()
@@ -401,8 +403,15 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_no_one_announces_for_queues_nothing() {
+        let c = Cache::new(false);
+        c.invalidate(vec![Token::Instance("a".into())], true);
+        assert!(c.take_outbox().is_empty());
+    }
+
+    #[test]
     fn payloads_stay_under_the_notification_limit_and_round_trip() {
-        let c = Cache::new(true, true);
+        let c = Cache::new(true);
         let ids: Vec<String> = (0..1000).map(|i| format!("inst-{i:020}")).collect();
         c.invalidate(ids.iter().cloned().map(Token::Instance).collect(), true);
         let payloads = c.take_outbox();

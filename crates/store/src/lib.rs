@@ -125,7 +125,7 @@ impl Store {
                     read,
                     write,
                     fast: None,
-                    cache: Cache::new(true, false),
+                    cache: Cache::new(false),
                     stop: None,
                     channel: None,
                 }
@@ -143,7 +143,7 @@ impl Store {
                     write: pool,
                     fast: None,
                     // Off until its listening connection is up.
-                    cache: Cache::new(false, true),
+                    cache: Cache::new(true),
                     stop: None,
                     channel: None,
                 }
