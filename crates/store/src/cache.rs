@@ -156,13 +156,22 @@ impl State {
     }
 }
 
-fn bounded<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, Entry<V>>, max: usize, ttl: Duration) {
+/// Keeps `value` under `key`, first making room if the map is full (expired entries go; if
+/// that is not enough, everything goes: simpler than LRU, and a full cache is rare).
+fn keep<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, Entry<V>>,
+    (max, ttl): (usize, Duration),
+    key: K,
+    value: V,
+) {
     if map.len() >= max {
         map.retain(|_, e| e.at.elapsed() < ttl);
         if map.len() >= max {
             map.clear();
         }
     }
+    let at = Instant::now();
+    map.insert(key, Entry { at, value });
 }
 
 pub(crate) struct Cache {
@@ -236,12 +245,8 @@ impl Cache {
         let Some(since) = t.0 else { return };
         let mut st = self.state();
         if self.is_on() && st.instance_unchanged_since(since, &row.id) {
-            bounded(&mut st.instances, MAX_INSTANCES, self.ttl());
-            let e = Entry {
-                at: Instant::now(),
-                value: row.clone(),
-            };
-            st.instances.insert(row.id.clone(), e);
+            let limits = (MAX_INSTANCES, self.ttl());
+            keep(&mut st.instances, limits, row.id.clone(), row.clone());
         }
     }
 
@@ -259,12 +264,8 @@ impl Cache {
         }
         let mut st = self.state();
         if self.is_on() && st.unchanged_since(since, st.instances_at) {
-            bounded(&mut st.lists, MAX_LISTS, self.ttl());
-            let e = Entry {
-                at: Instant::now(),
-                value: rows.clone(),
-            };
-            st.lists.insert(scope.clone(), e);
+            let limits = (MAX_LISTS, self.ttl());
+            keep(&mut st.lists, limits, scope.clone(), rows.clone());
         }
     }
 
@@ -282,12 +283,8 @@ impl Cache {
         }
         let mut st = self.state();
         if self.is_on() && st.unchanged_since(since, st.keys_at) {
-            bounded(&mut st.keys, MAX_KEYS, self.ttl());
-            let e = Entry {
-                at: Instant::now(),
-                value: row.clone(),
-            };
-            st.keys.insert(digest.to_string(), e);
+            let limits = (MAX_KEYS, self.ttl());
+            keep(&mut st.keys, limits, digest.to_string(), row.clone());
         }
     }
 
