@@ -456,7 +456,8 @@ async fn two_servers_on_postgres_do_each_task_once() {
 /// its count.
 async fn wait_for_tasks(store: &Store) -> Result<(), i64> {
     let mut open = 0;
-    for _ in 0..600 {
+    // Up to three minutes: CI runs this beside the two-server PostgreSQL harness on two cores.
+    for _ in 0..1800 {
         let counts = store.task_counts().await.unwrap();
         open = counts
             .iter()
@@ -471,7 +472,7 @@ async fn wait_for_tasks(store: &Store) -> Result<(), i64> {
     for t in store.task_all().await.unwrap() {
         if t.status == "PENDING" || t.status == "PROCESSING" {
             eprintln!(
-                "open: {} {} {} attempts={} lease={:?}/{:?} run_after={} msg={:?}",
+                "unfinished task: {} {} {} attempts={} lease={:?}/{:?} run_after={} msg={:?}",
                 t.id,
                 t.operation,
                 t.status,
