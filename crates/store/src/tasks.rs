@@ -102,11 +102,14 @@ impl Store {
             let finished = tx
                 .task_finish(task_id, worker, "COMPLETED", message, now)
                 .await?;
-            if finished {
-                tx.instance_created(instance_id, task_id, now).await?;
-                tx.commit().await?;
+            if !finished {
+                // Release SQLite's write lock now, not when the connection is next used.
+                tx.rollback().await?;
+                return Ok(false);
             }
-            return Ok(finished);
+            tx.instance_created(instance_id, task_id, now).await?;
+            tx.commit().await?;
+            return Ok(true);
         }
         let r = sqlx::query(
             "WITH t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
