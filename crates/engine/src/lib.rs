@@ -4,6 +4,7 @@
 //! leaves its task to be reclaimed when the lease expires (DESIGN invariant 2).
 
 mod backups;
+mod finisher;
 mod steps;
 
 pub use steps::spec as vm_spec;
@@ -14,6 +15,7 @@ use lobster_core::task::backoff_ms;
 use lobster_core::Error;
 use lobster_driver::{DriverError, Hypervisor};
 use lobster_store::{InstanceRow, Store, TaskRow};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,9 @@ use tokio::sync::{watch, Notify};
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     pub workers: usize,
+    /// How many tasks a worker claims at once (one claim statement) and runs side by side;
+    /// it claims again when all of them have ended.
+    pub batch: usize,
     pub lease_ms: i64,
     /// How often idle workers look for due retries and expired leases.
     pub poll_ms: u64,
@@ -32,6 +37,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             workers: 4,
+            batch: 16,
             lease_ms: 30_000,
             poll_ms: 500,
             max_attempts: 5,
@@ -51,6 +57,8 @@ pub struct Engine {
     last_poll: AtomicI64,
     /// When a claim next looks for expired leases even though pending tasks are waiting.
     next_expiry_look: AtomicI64,
+    /// Writes the ends of create tasks that finish together in one go.
+    finisher: finisher::Finisher,
 }
 
 /// How a task run ended, before it is written down.
@@ -60,6 +68,8 @@ pub(crate) enum Outcome {
     Retry(String),
     /// Give up: run the task's compensation and mark it FAILED.
     Fail(String),
+    /// Already written down by the run itself (a create's end, inside the heartbeat's cover).
+    Recorded,
     /// Not runnable yet (e.g. its VM is still being built): try again later, attempt refunded.
     Wait(String),
 }
@@ -84,6 +94,7 @@ impl Engine {
             wake,
             last_poll: AtomicI64::new(0),
             next_expiry_look: AtomicI64::new(0),
+            finisher: finisher::Finisher::default(),
         })
     }
 
@@ -104,19 +115,52 @@ impl Engine {
     }
 
     /// Claims and runs one task; false when nothing was claimable.
-    pub async fn run_once(&self) -> Result<bool, Error> {
-        let Some(task) = self.claim().await? else {
-            return Ok(false);
-        };
-        self.run_claimed(task).await?;
-        Ok(true)
+    pub async fn run_once(self: &Arc<Self>) -> Result<bool, Error> {
+        Ok(self.run_batch(1).await? > 0)
     }
 
-    /// The next task to run. Tasks whose worker died (expired leases) are looked for once
-    /// per poll interval while pending tasks keep the workers busy, and whenever nothing is
-    /// pending: so nothing claimable is ever left behind, and a busy queue does not pay for
-    /// that look on every claim.
-    async fn claim(&self) -> Result<Option<TaskRow>, Error> {
+    /// Claims up to `limit` tasks and runs them side by side until all have ended; how
+    /// many it claimed. Their instances are read with one query.
+    pub async fn run_batch(self: &Arc<Self>, limit: usize) -> Result<usize, Error> {
+        let tasks = self.claim(limit).await?;
+        let n = tasks.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = tasks
+            .iter()
+            .filter_map(|t| t.instance_id.as_deref())
+            .collect();
+        // A failed read is not fatal: each task then reads its own instance.
+        let mut insts: HashMap<String, InstanceRow> = match self.store.instances_by_ids(&ids).await
+        {
+            Ok(rows) => rows.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            Err(e) => {
+                tracing::warn!("reading a batch's instances: {e}");
+                HashMap::new()
+            }
+        };
+        let mut runs = tokio::task::JoinSet::new();
+        for task in tasks {
+            let inst = task.instance_id.as_deref().and_then(|id| insts.remove(id));
+            let engine = Arc::clone(self);
+            runs.spawn(async move { engine.run_claimed(task, inst).await });
+        }
+        while let Some(done) = runs.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("task engine: {e}"),
+                Err(e) => tracing::error!("task engine: a task run panicked: {e}"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// The next tasks to run, at most `limit`. Tasks whose worker died (expired leases) are
+    /// looked for once per poll interval while pending tasks keep the workers busy, and
+    /// whenever nothing is pending: so nothing claimable is ever left behind, and a busy
+    /// queue does not pay for that look on every claim.
+    async fn claim(&self, limit: usize) -> Result<Vec<TaskRow>, Error> {
         let (now, w, lease) = (
             self.clock.now().millis(),
             &self.worker_id,
@@ -133,16 +177,22 @@ impl Engine {
                     Ordering::Relaxed,
                 )
                 .is_ok();
-        if !due {
-            if let Some(t) = self.store.task_claim_pending(w, now, lease).await? {
-                return Ok(Some(t));
-            }
+        let mut claimed = Vec::with_capacity(limit);
+        if due {
+            claimed.extend(self.store.task_claim(w, now, lease).await?);
         }
-        self.store.task_claim(w, now, lease).await
+        if claimed.len() < limit {
+            let more = limit - claimed.len();
+            claimed.extend(self.store.task_claim_pending(w, now, lease, more).await?);
+        }
+        if claimed.is_empty() && !due {
+            claimed.extend(self.store.task_claim(w, now, lease).await?);
+        }
+        Ok(claimed)
     }
 
     /// Runs tasks until none is claimable now. Tests use this instead of sleeping.
-    pub async fn run_until_idle(&self) -> Result<usize, Error> {
+    pub async fn run_until_idle(self: &Arc<Self>) -> Result<usize, Error> {
         let mut n = 0;
         while self.run_once().await? {
             n += 1;
@@ -158,8 +208,8 @@ impl Engine {
             .await
     }
 
-    async fn run_claimed(&self, task: TaskRow) -> Result<(), Error> {
-        let work = self.execute(&task);
+    async fn run_claimed(&self, task: TaskRow, inst: Option<InstanceRow>) -> Result<(), Error> {
+        let work = self.execute(&task, inst);
         let beat = self.heartbeat(&task.id);
         let (outcome, inst) = tokio::select! {
             o = work => o,
@@ -192,6 +242,7 @@ impl Engine {
         inst: Option<&InstanceRow>,
     ) -> Result<(), Error> {
         match outcome {
+            Outcome::Recorded => Ok(()),
             Outcome::Done(msg) => self.finish(task, true, &msg, inst).await,
             Outcome::Fail(msg) => self.finish(task, false, &msg, inst).await,
             Outcome::Retry(msg) => {
@@ -244,9 +295,9 @@ impl Engine {
                         engine
                             .last_poll
                             .store(engine.clock.now().millis().max(1), Ordering::Relaxed);
-                        match engine.run_once().await {
-                            Ok(true) => continue,
-                            Ok(false) => {}
+                        match engine.run_batch(engine.cfg.batch.max(1)).await {
+                            Ok(n) if n > 0 => continue,
+                            Ok(_) => {}
                             Err(e) => tracing::error!("task engine: {e}"),
                         }
                         tokio::select! {

@@ -8,7 +8,7 @@ use lobster_core::instance::PowerOp;
 use lobster_core::task::{TaskKind, TaskStatus};
 use lobster_core::Error;
 use lobster_driver::{NicAddress, VmSpec};
-use lobster_store::{InstanceRow, TaskRow};
+use lobster_store::{Created, CreatedEnd, InstanceRow, TaskRow};
 use std::future::Future;
 
 /// Extra attempts a failed create gets to clean up its half-built VM before capacity is
@@ -63,7 +63,12 @@ impl Engine {
     /// heartbeat's cover, including the clean-up of a create that failed.
     /// Also returns the instance as read before the run, for `finish` (the fields it
     /// needs — id, host, shape — do not change once the instance exists).
-    pub(crate) async fn execute(&self, task: &TaskRow) -> (Outcome, Option<InstanceRow>) {
+    /// `read` is the instance when the caller already read it (a claimed batch's).
+    pub(crate) async fn execute(
+        &self,
+        task: &TaskRow,
+        read: Option<InstanceRow>,
+    ) -> (Outcome, Option<InstanceRow>) {
         let Some(kind) = TaskKind::parse(&task.operation) else {
             let why = format!("unknown operation {:?}", task.operation);
             return (Outcome::Fail(why), None);
@@ -71,7 +76,11 @@ impl Engine {
         let Some(id) = task.instance_id.as_deref() else {
             return (Outcome::Fail("task names no instance".into()), None);
         };
-        let inst = match self.store.instance_by_id(id).await {
+        let found = match read {
+            Some(i) if i.id == id => Ok(Some(i)),
+            _ => self.store.instance_by_id(id).await,
+        };
+        let inst = match found {
             Ok(Some(i)) => i,
             Ok(None) => return (Outcome::Fail(format!("instance {id} does not exist")), None),
             Err(e) => return (Outcome::Retry(format!("database: {e}")), None),
@@ -174,17 +183,50 @@ impl Engine {
         {
             return self.on_driver_error(task, "start", e);
         }
-        // A firewall configured while the VM was being built goes on before anyone uses it.
-        match self.store.firewall_get(&inst.id).await {
-            Ok(fw) if fw == Firewall::default() => {}
-            Ok(fw) => {
-                if let Err(e) = self.driver.apply_firewall(host, &inst.id, &fw).await {
-                    return self.on_driver_error(task, "apply firewall", e);
+        self.finish_create(task, host, inst).await
+    }
+
+    /// Writes a create's end here, inside the heartbeat's cover, rather than in `record`:
+    /// a firewall configured while the VM was being built must go on before the instance is
+    /// shown ready, and the end is written only if the firewall is still the one applied.
+    /// Most instances have none, so the common case reads nothing: the end is written as
+    /// "no firewall", and only a refusal sends the worker to read and apply it.
+    async fn finish_create(&self, task: &TaskRow, host: &Host, inst: &InstanceRow) -> Outcome {
+        let mut applied = -1;
+        // Each round is a firewall change made while this create was finishing.
+        for _ in 0..10 {
+            let item = Created {
+                task_id: task.id.clone(),
+                instance_id: inst.id.clone(),
+                firewall_version: applied,
+            };
+            let now = || self.clock.now().millis();
+            match self
+                .finisher
+                .finish(&self.store, &self.worker_id, now, item)
+                .await
+            {
+                Ok(CreatedEnd::Finished) => return Outcome::Recorded,
+                Ok(CreatedEnd::LeaseLost) => {
+                    tracing::warn!(task = %task.id, "lease lost before the create's end was written");
+                    return Outcome::Recorded;
                 }
+                Ok(CreatedEnd::FirewallChanged) => {}
+                Err(e) => return Outcome::Retry(format!("database: {e}")),
             }
-            Err(e) => return Outcome::Retry(format!("database: {e}")),
+            match self.store.firewall_versioned(&inst.id).await {
+                Ok((fw, version)) => {
+                    if fw != Firewall::default() {
+                        if let Err(e) = self.driver.apply_firewall(host, &inst.id, &fw).await {
+                            return self.on_driver_error(task, "apply firewall", e);
+                        }
+                    }
+                    applied = version;
+                }
+                Err(e) => return Outcome::Retry(format!("database: {e}")),
+            }
         }
-        Outcome::Done("VM created successfully".into())
+        Outcome::Retry("the firewall kept changing while the VM was finished".into())
     }
 
     /// Pushes the firewall or the address set as it is now. While the VM is still being
@@ -280,14 +322,6 @@ impl Engine {
         } else {
             TaskStatus::Failed
         };
-        if let (Some(TaskKind::CreateInstance), true, Some(inst)) = (kind, ok, inst) {
-            // The end of every launch: one statement where the database allows it.
-            let w = &self.worker_id;
-            self.store
-                .task_finish_created(&task.id, w, msg, now, &inst.id)
-                .await?;
-            return Ok(());
-        }
         let mut tx = self.store.begin().await?;
         if !tx
             .task_finish(&task.id, &self.worker_id, status.as_str(), msg, now)
@@ -298,7 +332,8 @@ impl Engine {
         if let (Some(kind), Some(inst)) = (kind, inst) {
             let (id, t) = (inst.id.as_str(), task.id.as_str());
             match (kind, ok) {
-                // (Finished above; kept whole so the match stays exhaustive and correct.)
+                // Not reached: a create's run writes its own end (`finish_create`); kept so
+                // the match stays exhaustive and correct.
                 (TaskKind::CreateInstance, true) => {
                     tx.instance_created(id, t, now).await?;
                 }

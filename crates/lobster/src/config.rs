@@ -24,6 +24,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     pub workers: usize,
+    /// Tasks a worker claims at once and runs side by side.
+    pub batch: usize,
     /// How often the backup scheduler looks for due schedules.
     pub scheduler_seconds: u64,
     pub lease_seconds: i64,
@@ -36,6 +38,7 @@ impl Default for EngineSection {
         let d = EngineConfig::default();
         EngineSection {
             workers: d.workers,
+            batch: d.batch,
             scheduler_seconds: 30,
             lease_seconds: d.lease_ms / 1000,
             poll_ms: d.poll_ms,
@@ -48,6 +51,7 @@ impl EngineSection {
     pub fn to_engine(&self) -> EngineConfig {
         EngineConfig {
             workers: self.workers.max(1),
+            batch: self.batch.clamp(1, 256),
             lease_ms: self.lease_seconds.max(1) * 1000,
             poll_ms: self.poll_ms.max(10),
             max_attempts: self.max_attempts.max(1),

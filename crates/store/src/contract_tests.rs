@@ -265,14 +265,24 @@ async fn a_create_task_is_finished_with_its_instance_only_by_its_lease_holder() 
         assert_eq!(before.status, "creating");
         store.task_claim("w1", 200, 1000).await.unwrap().unwrap();
         store.task_claim("w2", 1300, 1000).await.unwrap().unwrap();
-        let late = store.task_finish_created("t1", "w1", "done", 1400, "i1");
-        assert!(!late.await.unwrap(), "w1 lost its lease");
+        let item = Created {
+            task_id: "t1".into(),
+            instance_id: "i1".into(),
+            firewall_version: -1,
+        };
+        let items = std::slice::from_ref(&item);
+        let late = store.task_finish_created("w1", "done", 1400, items);
+        assert_eq!(
+            late.await.unwrap(),
+            [CreatedEnd::LeaseLost],
+            "w1 lost its lease"
+        );
         let i = store.instance_by_id("i1").await.unwrap().unwrap();
         assert_eq!(i.status, "creating", "nothing written without the lease");
         let t = store.task_by_id("t1").await.unwrap().unwrap();
         assert_eq!(t.status, "PROCESSING");
-        let done = store.task_finish_created("t1", "w2", "done", 1500, "i1");
-        assert!(done.await.unwrap());
+        let done = store.task_finish_created("w2", "done", 1500, items);
+        assert_eq!(done.await.unwrap(), [CreatedEnd::Finished]);
         let t = store.task_by_id("t1").await.unwrap().unwrap();
         assert_eq!(
             (t.status.as_str(), t.message.as_deref(), t.finished_at),
@@ -527,5 +537,152 @@ async fn stale_planner_statistics_are_refreshed_once() {
         assert_eq!(tuples, 200.0);
         let again = store.stats_refresh().await.unwrap();
         assert!(!again.contains(&"accounts".to_string()), "{again:?}");
+    }
+}
+
+/// A creating instance `id` held by its create task `t-<id>` (due at 100).
+async fn creating(store: &Store, id: &str) {
+    let mut inst = sample_instance(id, "a1");
+    inst.name = format!("vm-{id}");
+    inst.status = "creating".into();
+    inst.power_status = "stopped".into();
+    inst.ready_at = None;
+    inst.active_task_id = Some(format!("t-{id}"));
+    let mut task = new_task(&format!("t-{id}"), 100);
+    task.instance_id = Some(id.into());
+    let mut tx = store.begin().await.unwrap();
+    tx.instance_insert(&inst).await.unwrap();
+    tx.task_insert(&task).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn created(id: &str, firewall_version: i64) -> Created {
+    Created {
+        task_id: format!("t-{id}"),
+        instance_id: id.into(),
+        firewall_version,
+    }
+}
+
+/// The engine finishes the creates that end together in one write: each is judged on its
+/// own (its lease, its firewall's version), and only those finished change their instance.
+#[tokio::test]
+async fn creates_finished_together_are_each_judged_on_their_own() {
+    for (store, _d) in stores().await {
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        for id in ["i1", "i2", "i3"] {
+            creating(&store, id).await;
+        }
+        // i2's task goes to another worker; i3 gets a firewall while its VM is built.
+        let mine = store.task_claim_pending("w", 200, 1000, 2).await.unwrap();
+        assert_eq!(mine.len(), 2);
+        let theirs = store
+            .task_claim_pending("other", 200, 1000, 5)
+            .await
+            .unwrap();
+        assert_eq!(theirs.len(), 1);
+        let lost = theirs[0].instance_id.clone().unwrap();
+        let walled = ["i1", "i2", "i3"]
+            .into_iter()
+            .find(|id| *id != lost)
+            .unwrap();
+        let kept = ["i1", "i2", "i3"]
+            .into_iter()
+            .find(|id| *id != lost && *id != walled)
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.firewall_lock(walled, 300).await.unwrap();
+        tx.commit().await.unwrap();
+        let items = [created(kept, -1), created(&lost, -1), created(walled, -1)];
+        let ends = store
+            .task_finish_created("w", "done", 400, &items)
+            .await
+            .unwrap();
+        assert_eq!(
+            ends,
+            [
+                CreatedEnd::Finished,
+                CreatedEnd::LeaseLost,
+                CreatedEnd::FirewallChanged
+            ]
+        );
+        let status = |id: &str| {
+            let store = store.clone();
+            let id = id.to_string();
+            async move {
+                let i = store.instance_by_id(&id).await.unwrap().unwrap();
+                let t = store.task_by_id(&format!("t-{id}")).await.unwrap().unwrap();
+                (i.status, t.status)
+            }
+        };
+        assert_eq!(status(kept).await, ("rented".into(), "COMPLETED".into()));
+        assert_eq!(
+            status(&lost).await,
+            ("creating".into(), "PROCESSING".into())
+        );
+        assert_eq!(
+            status(walled).await,
+            ("creating".into(), "PROCESSING".into())
+        );
+        // Applied at the version read now, the end is written.
+        let (_, version) = store.firewall_versioned(walled).await.unwrap();
+        assert_eq!(version, 0);
+        let ends = store
+            .task_finish_created("w", "done", 500, &[created(walled, version)])
+            .await
+            .unwrap();
+        assert_eq!(ends, [CreatedEnd::Finished]);
+        assert_eq!(status(walled).await, ("rented".into(), "COMPLETED".into()));
+        // A second end for a finished task writes nothing.
+        let ends = store
+            .task_finish_created("w", "again", 600, &[created(kept, -1)])
+            .await
+            .unwrap();
+        assert_eq!(ends, [CreatedEnd::LeaseLost]);
+    }
+}
+
+/// A batch claim takes the earliest due tasks, at most as many as asked, each once; two
+/// claimers at once never take the same task.
+#[tokio::test]
+async fn batch_claims_take_the_earliest_due_tasks_once() {
+    for (store, _d) in stores().await {
+        let mut tx = store.begin().await.unwrap();
+        for k in 0..20 {
+            tx.task_insert(&new_task(&format!("t{k:02}"), k))
+                .await
+                .unwrap();
+        }
+        tx.task_insert(&new_task("later", 1_000)).await.unwrap();
+        tx.commit().await.unwrap();
+        let first = store.task_claim_pending("w", 100, 1000, 3).await.unwrap();
+        let mut ids: Vec<&str> = first.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["t00", "t01", "t02"]);
+        assert!(first
+            .iter()
+            .all(|t| t.status == "PROCESSING" && t.lease_owner.as_deref() == Some("w")));
+        let (a, b) = tokio::join!(
+            store.task_claim_pending("a", 100, 1000, 6),
+            store.task_claim_pending("b", 100, 1000, 20),
+        );
+        let mut rest: Vec<String> = a
+            .unwrap()
+            .into_iter()
+            .chain(b.unwrap())
+            .map(|t| t.id)
+            .collect();
+        rest.sort_unstable();
+        let want: Vec<String> = (3..20).map(|k| format!("t{k:02}")).collect();
+        assert_eq!(
+            rest, want,
+            "each due task claimed exactly once, the later one not at all"
+        );
+        assert!(store
+            .task_claim_pending("w", 100, 1000, 5)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

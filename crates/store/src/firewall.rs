@@ -1,7 +1,7 @@
 //! Per-instance firewalls, stored whole as JSON: rules shift positions on every insert and
 //! delete, so the rule list is read, changed and written back under the row's lock.
 
-use crate::{db_err, get_str, Store, Tx};
+use crate::{db_err, get_i64, get_str, Store, Tx};
 use lobster_core::firewall::Firewall;
 use lobster_core::Error;
 
@@ -21,6 +21,26 @@ impl Store {
             Some(r) => decode(&get_str(&r, "config")?),
             None => Ok(Firewall::default()),
         }
+    }
+
+    /// The instance's firewall and its version (every change counts one up); the default
+    /// and -1 when it was never configured. The engine applies a firewall and then finishes
+    /// a create only if the version is still the one it applied.
+    pub async fn firewall_versioned(&self, instance_id: &str) -> Result<(Firewall, i64), Error> {
+        let r = sqlx::query("SELECT config, version FROM firewalls WHERE instance_id = $1")
+            .bind(instance_id)
+            .fetch_optional(self.reader())
+            .await
+            .map_err(db_err)?;
+        match r {
+            Some(r) => Ok((decode(&get_str(&r, "config")?)?, get_i64(&r, "version")?)),
+            None => Ok((Firewall::default(), -1)),
+        }
+    }
+
+    /// The instance's firewall version; -1 when it was never configured.
+    pub(crate) async fn firewall_version(&self, instance_id: &str) -> Result<i64, Error> {
+        Ok(self.firewall_versioned(instance_id).await?.1)
     }
 }
 

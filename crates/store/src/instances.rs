@@ -229,6 +229,31 @@ impl Store {
         self.instance_read(id).await
     }
 
+    /// Instances by id, whatever their state, from the database (never the cache), in no
+    /// particular order; ids that do not exist are left out. The engine reads a claimed
+    /// batch's instances with one query.
+    pub async fn instances_by_ids(&self, ids: &[&str]) -> Result<Vec<InstanceRow>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.fast().is_some() {
+            // In-process reads: no round trip to save.
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(self.instance_read(id).await?);
+            }
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id IN ({})", marks.join(", "));
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(self.reader()).await.map_err(db_err)?;
+        rows.iter().map(row).collect()
+    }
+
     /// Every instance in every state: for invariant checks and operator views.
     pub async fn instance_all(&self) -> Result<Vec<InstanceRow>, Error> {
         let sql = format!("SELECT {COLS} {FROM} ORDER BY i.created_at");
@@ -422,6 +447,38 @@ impl Tx {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// `instance_created` for a batch of create tasks that all finished in this transaction
+    /// (`Store::task_finish_created` on SQLite): one statement. Matching ids and task ids as
+    /// two sets is exact because each task names its own instance.
+    pub(crate) async fn instances_created(
+        &mut self,
+        done: &[&crate::tasks::Created],
+        now: i64,
+    ) -> Result<(), Error> {
+        let n = done.len();
+        let ids: Vec<String> = (0..n).map(|k| format!("${}", k + 2)).collect();
+        let tasks: Vec<String> = (0..n).map(|k| format!("${}", k + 2 + n)).collect();
+        let sql = format!(
+            "UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
+               password = NULL, ready_at = $1, updated_at = $1
+             WHERE id IN ({}) AND active_task_id IN ({}) AND status = 'creating'",
+            ids.join(", "),
+            tasks.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for d in done {
+            q = q.bind(&d.instance_id);
+        }
+        for d in done {
+            q = q.bind(&d.task_id);
+        }
+        for d in done {
+            self.wrote_instance(&d.instance_id);
+        }
+        q.execute(self.conn()).await.map_err(db_err)?;
+        Ok(())
     }
 
     /// Ends the instance (`deleted` or `failed`). True exactly once per instance, so the

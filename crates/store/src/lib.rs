@@ -34,7 +34,7 @@ pub use backups::BackupRow;
 pub use hosts::HostRow;
 pub use instances::{InstanceRow, NewInstance, Scope};
 pub use ips::{IpClaim, IpHeld, IpRow};
-pub use tasks::{NewTask, TaskFilter, TaskRow};
+pub use tasks::{Created, CreatedEnd, NewTask, TaskFilter, TaskRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

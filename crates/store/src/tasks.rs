@@ -68,6 +68,10 @@ fn row(r: &AnyRow) -> Result<TaskRow, Error> {
     })
 }
 
+/// A claim's update: `$1` the worker, `$2` its lease's end, `$3` now.
+const CLAIM: &str = "UPDATE tasks SET status = 'PROCESSING', lease_owner = $1, lease_until = $2,
+    attempts = attempts + 1, updated_at = $3";
+
 /// The earliest due pending task's id (a subquery; `$3` is now).
 fn due_pending(lock: &str) -> String {
     format!(
@@ -84,53 +88,183 @@ pub struct TaskFilter {
     pub limit: i64,
 }
 
+/// A create task whose VM is built and started, for `Store::task_finish_created`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    pub task_id: String,
+    pub instance_id: String,
+    /// The version of the instance's firewall the worker applied; -1 when there was none.
+    pub firewall_version: i64,
+}
+
+/// How finishing one create task went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedEnd {
+    /// COMPLETED, and its instance rented and running.
+    Finished,
+    /// Another worker holds the task now: nothing was written.
+    LeaseLost,
+    /// The instance's firewall changed after the worker read it (or was configured while
+    /// the VM was built): nothing was written; apply the new one, then finish.
+    FirewallChanged,
+}
+
+/// `n` rows of `width` placeholders for a VALUES list, numbered from `$first`, each cell
+/// followed by its cast (PostgreSQL types a bare parameter in VALUES as text).
+fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) -> String {
+    (0..n)
+        .map(|r| {
+            let cells: Vec<String> = (0..width)
+                .map(|c| format!("${}{}", first + r * width + c, casts[c]))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
-    /// A create task finished well: the task is COMPLETED and its instance rented and
-    /// running (`Tx::task_finish` then `Tx::instance_created`), only while `worker` holds the
-    /// lease; false when it does not (nothing is written). On PostgreSQL this is one
-    /// statement rather than a four-round-trip transaction: it ends every launch.
+    /// Create tasks that finished well: each task COMPLETED and its instance rented and
+    /// running (what `Tx::task_finish` then `Tx::instance_created` write), for each task
+    /// only while `worker` holds its lease and the instance's firewall is still the version
+    /// the worker applied. A batch because every launch ends here: the engine finishes
+    /// the creates that end together in one write (one statement on PostgreSQL, one
+    /// transaction of two updates on SQLite) instead of one transaction each.
+    /// Answers in the order of `items`.
     pub async fn task_finish_created(
         &self,
-        task_id: &str,
         worker: &str,
         message: &str,
         now: i64,
-        instance_id: &str,
-    ) -> Result<bool, Error> {
-        if self.backend() == Backend::Sqlite {
-            let mut tx = self.begin().await?;
-            let finished = tx
-                .task_finish(task_id, worker, "COMPLETED", message, now)
-                .await?;
-            if !finished {
-                // Release SQLite's write lock now, not when the connection is next used.
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            tx.instance_created(instance_id, task_id, now).await?;
-            tx.commit().await?;
-            return Ok(true);
+        items: &[Created],
+    ) -> Result<Vec<CreatedEnd>, Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
-        let r = sqlx::query(
-            "WITH t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
+        let ends = match self.backend() {
+            Backend::Postgres => self.finish_created_pg(worker, message, now, items).await,
+            Backend::Sqlite => {
+                self.finish_created_sqlite(worker, message, now, items)
+                    .await
+            }
+        };
+        // Whatever the outcome (a lost connection may hide a commit), the rows may have changed.
+        for it in items {
+            self.cache().wrote_instance(&it.instance_id);
+        }
+        ends
+    }
+
+    async fn finish_created_pg(
+        &self,
+        worker: &str,
+        message: &str,
+        now: i64,
+        items: &[Created],
+    ) -> Result<Vec<CreatedEnd>, Error> {
+        let sql = format!(
+            "WITH v(task_id, instance_id, fwv) AS (VALUES {}),
+                  t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                           lease_owner = NULL, lease_until = NULL
-                        WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING' RETURNING id),
+                        FROM v
+                        WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
+                          AND tasks.lease_owner = $3 AND tasks.status = 'PROCESSING'
+                          AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
+                        RETURNING tasks.id, tasks.instance_id),
                   i AS (UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
                           password = NULL, ready_at = $2, updated_at = $2
-                        WHERE id = $5 AND active_task_id = $3 AND status = 'creating' AND EXISTS (SELECT 1 FROM t)
-                        RETURNING id)
-             SELECT (SELECT COUNT(*) FROM t) AS finished, (SELECT COUNT(*) FROM i) AS created",
-        )
-        .bind(message)
-        .bind(now)
-        .bind(task_id)
-        .bind(worker)
-        .bind(instance_id)
-        .fetch_one(self.writer())
-        .await;
-        // Whatever the outcome (a lost connection may hide a commit), the row may have changed.
-        self.cache().wrote_instance(instance_id);
-        Ok(get_i64(&r.map_err(db_err)?, "finished")? == 1)
+                        FROM t
+                        WHERE instances.id = t.instance_id AND instances.active_task_id = t.id
+                          AND instances.status = 'creating'
+                        RETURNING instances.id)
+             SELECT v.task_id AS id,
+                    (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
+                    (SELECT COUNT(*) FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv) AS fw
+             FROM v",
+            values_list(4, items.len(), 3, &["", "", "::bigint"])
+        );
+        let mut q = sqlx::query(&sql).bind(message).bind(now).bind(worker);
+        for it in items {
+            q = q
+                .bind(&it.task_id)
+                .bind(&it.instance_id)
+                .bind(it.firewall_version);
+        }
+        let rows = q.fetch_all(self.writer()).await.map_err(db_err)?;
+        let mut by_id = std::collections::HashMap::new();
+        for r in &rows {
+            let end = match (get_i64(r, "finished")?, get_i64(r, "fw")?) {
+                (1, _) => CreatedEnd::Finished,
+                (_, 0) => CreatedEnd::LeaseLost,
+                _ => CreatedEnd::FirewallChanged,
+            };
+            by_id.insert(get_str(r, "id")?, end);
+        }
+        Ok(items
+            .iter()
+            .map(|it| {
+                by_id
+                    .get(&it.task_id)
+                    .copied()
+                    .unwrap_or(CreatedEnd::LeaseLost)
+            })
+            .collect())
+    }
+
+    async fn finish_created_sqlite(
+        &self,
+        worker: &str,
+        message: &str,
+        now: i64,
+        items: &[Created],
+    ) -> Result<Vec<CreatedEnd>, Error> {
+        let mut tx = self.begin().await?;
+        // SQLite's RETURNING sees only the updated table: the task's own instance_id.
+        let sql = format!(
+            "WITH v(task_id, instance_id, fwv) AS (VALUES {})
+             UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
+               lease_owner = NULL, lease_until = NULL
+             FROM v
+             WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
+               AND tasks.lease_owner = $3 AND tasks.status = 'PROCESSING'
+               AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
+             RETURNING tasks.id",
+            values_list(4, items.len(), 3, &["", "", ""])
+        );
+        let mut q = sqlx::query(&sql).bind(message).bind(now).bind(worker);
+        for it in items {
+            q = q
+                .bind(&it.task_id)
+                .bind(&it.instance_id)
+                .bind(it.firewall_version);
+        }
+        let rows = q.fetch_all(tx.conn()).await.map_err(db_err)?;
+        let done: std::collections::HashSet<String> = rows
+            .iter()
+            .map(|r| get_str(r, "id"))
+            .collect::<Result<_, _>>()?;
+        let finished: Vec<&Created> = items
+            .iter()
+            .filter(|it| done.contains(&it.task_id))
+            .collect();
+        if finished.is_empty() {
+            // Release SQLite's write lock now, not when the connection is next used.
+            tx.rollback().await?;
+        } else {
+            tx.instances_created(&finished, now).await?;
+            tx.commit().await?;
+        }
+        let mut ends = Vec::with_capacity(items.len());
+        for it in items {
+            ends.push(if done.contains(&it.task_id) {
+                CreatedEnd::Finished
+            } else if self.firewall_version(&it.instance_id).await? > it.firewall_version {
+                CreatedEnd::FirewallChanged
+            } else {
+                CreatedEnd::LeaseLost
+            });
+        }
+        Ok(ends)
     }
 
     pub async fn task_get(&self, scope: &Scope, id: &str) -> Result<Option<TaskRow>, Error> {
@@ -213,22 +347,35 @@ impl Store {
                  {})",
             due_pending(lock)
         );
-        self.task_claim_of(&candidate, worker, now, lease_ms).await
+        let sql = format!("{CLAIM} WHERE id = {candidate} AND {CLAIMABLE} RETURNING {COLS}");
+        let claimed = self.task_claim_of(&sql, worker, now, lease_ms).await?;
+        Ok(claimed.into_iter().next())
     }
 
-    /// Claims the earliest due pending task, not looking for expired leases. Looking costs
-    /// more than the claim itself on PostgreSQL while the lease index still holds an entry
-    /// for every task that ran since the last vacuum (1,900 buffers per claim at 10,000
-    /// finished tasks), and expired leases are rare: the engine looks for them only now and
-    /// then, and whenever it finds nothing pending.
+    /// Claims the earliest `limit` due pending tasks (fewer when fewer are due), not looking
+    /// for expired leases. Looking costs more than the claim itself on PostgreSQL while the
+    /// lease index still holds an entry for every task that ran since the last vacuum (1,900
+    /// buffers per claim at 10,000 finished tasks), and expired leases are rare: the engine
+    /// looks for them only now and then, and whenever it finds nothing pending. Several at
+    /// once because a claim is a write: one statement for a batch instead of one per task.
     pub async fn task_claim_pending(
         &self,
         worker: &str,
         now: i64,
         lease_ms: i64,
-    ) -> Result<Option<TaskRow>, Error> {
-        let candidate = due_pending(self.skip_locked());
-        self.task_claim_of(&candidate, worker, now, lease_ms).await
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error> {
+        // The candidates are chosen once, in a CTE of their own: as `id IN (subquery)`,
+        // PostgreSQL re-ran the locking subquery while updating and claimed every due task.
+        let sql = format!(
+            "WITH c(claim_id) AS MATERIALIZED
+                 (SELECT id FROM tasks WHERE status = 'PENDING' AND run_after <= $3
+                    ORDER BY run_after LIMIT {}{})
+             {CLAIM} FROM c WHERE tasks.id = c.claim_id AND {CLAIMABLE} RETURNING {COLS}",
+            limit.max(1),
+            self.skip_locked()
+        );
+        self.task_claim_of(&sql, worker, now, lease_ms).await
     }
 
     fn skip_locked(&self) -> &'static str {
@@ -238,29 +385,23 @@ impl Store {
         }
     }
 
-    /// Claims the task `candidate` (a subquery) names, if it is still claimable. Each
-    /// candidate is one index range scan (migration 0007).
+    /// Runs a claim (`CLAIM` and the tasks it takes, if they are still claimable). Each
+    /// candidate is found by one index range scan (migration 0007).
     async fn task_claim_of(
         &self,
-        candidate: &str,
+        sql: &str,
         worker: &str,
         now: i64,
         lease_ms: i64,
-    ) -> Result<Option<TaskRow>, Error> {
-        let sql = format!(
-            "UPDATE tasks SET status = 'PROCESSING', lease_owner = $1, lease_until = $2,
-               attempts = attempts + 1, updated_at = $3
-             WHERE id = {candidate} AND {CLAIMABLE}
-             RETURNING {COLS}"
-        );
-        let r = sqlx::query(&sql)
+    ) -> Result<Vec<TaskRow>, Error> {
+        let rows = sqlx::query(sql)
             .bind(worker)
             .bind(now + lease_ms)
             .bind(now)
-            .fetch_optional(self.writer())
+            .fetch_all(self.writer())
             .await
             .map_err(db_err)?;
-        r.as_ref().map(row).transpose()
+        rows.iter().map(row).collect()
     }
 
     /// Extends the lease; false when the worker no longer holds it.

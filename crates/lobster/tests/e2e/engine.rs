@@ -412,3 +412,49 @@ async fn a_backup_delete_whose_answers_were_lost_asks_the_storage_and_finishes()
         .await;
     assert_eq!(l["total"], 0, "{l}");
 }
+
+/// A worker claims a batch and runs it side by side; the creates that end together are
+/// written together, each exactly once, and a member that fails is retried on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_creates_runs_side_by_side_and_each_ends_once() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    app.sim.fail_next(Op::Create, 1, FailWhen::Before, true);
+    let mut ids = vec![];
+    for _ in 0..10 {
+        let v = alice.launch("v1_cpu_small", "us-east-1").await;
+        ids.push(v["vm_uuid"].as_str().unwrap().to_string());
+    }
+    let engine = app.app.engine();
+    assert_eq!(engine.run_batch(16).await.unwrap(), 10);
+    let mut states = vec![];
+    for id in &ids {
+        states.push(
+            alice.instance(id).await["status"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        states.iter().filter(|s| *s == "rented").count(),
+        9,
+        "{states:?}"
+    );
+    assert_eq!(states.iter().filter(|s| *s == "creating").count(), 1);
+    // The failed one is due again after its back-off.
+    app.clock.advance_ms(60_000);
+    app.drain().await;
+    let store = app.app.store();
+    for id in &ids {
+        let i = store.instance_by_id(id).await.unwrap().unwrap();
+        assert_eq!(
+            (i.status.as_str(), i.power_status.as_str()),
+            ("rented", "running")
+        );
+    }
+    let tasks = store.task_all().await.unwrap();
+    assert_eq!(tasks.len(), 10, "one task per launch");
+    assert!(tasks.iter().all(|t| t.status == "COMPLETED"));
+    assert_eq!(tasks.iter().map(|t| t.attempts).sum::<i64>(), 11);
+}

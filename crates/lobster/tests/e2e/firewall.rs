@@ -406,3 +406,47 @@ async fn concurrent_rule_adds_lose_nothing() {
     ports.dedup();
     assert_eq!(ports.len(), 12);
 }
+
+/// A firewall configured while the VM is being built is on the VM when the instance is
+/// first shown ready: the create's own end applies it (the apply tasks wait for the VM and
+/// would come later).
+#[tokio::test]
+async fn a_firewall_set_while_creating_is_on_before_the_instance_is_ready() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let v = alice.launch("v1_cpu_small", "us-east-1").await;
+    let id = v["vm_uuid"].as_str().unwrap();
+    expect(
+        alice
+            .post(
+                &format!("{}/rules", fw(id)),
+                json!({"type": "in", "action": "ACCEPT", "dport": "22"}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    expect(
+        alice.put(&fw(id), json!({"enable": true})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let engine = app.app.engine();
+    let store = app.app.store();
+    // One task at a time until the instance is ready (the clock stands still, so apply
+    // tasks that found the VM still being built are not due again).
+    while store.instance_by_id(id).await.unwrap().unwrap().status == "creating" {
+        assert!(engine.run_once().await.unwrap(), "the create task ran");
+    }
+    let inst = store.instance_by_id(id).await.unwrap().unwrap();
+    assert_eq!(inst.status, "rented");
+    let applied = app
+        .sim
+        .vm(&inst.host_id, id)
+        .unwrap()
+        .firewall
+        .expect("applied by the create");
+    assert_eq!(applied, store.firewall_get(id).await.unwrap());
+    assert!(applied.enabled);
+    assert_eq!(applied.rules.len(), 1);
+}

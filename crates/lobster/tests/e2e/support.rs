@@ -30,6 +30,7 @@ pub struct TestApp {
 pub fn engine_config() -> EngineConfig {
     EngineConfig {
         workers: 1,
+        batch: 1,
         lease_ms: 30_000,
         poll_ms: 50,
         max_attempts: 3,
