@@ -40,7 +40,9 @@ pub(crate) const TTL: Duration = Duration::from_secs(1);
 const MAX_INSTANCES: usize = 20_000;
 const MAX_LISTS: usize = 64;
 /// A list longer than this is not kept (it would crowd out everything else).
-const MAX_LIST_ROWS: usize = 1_000;
+const MAX_LIST_ROWS: usize = 10_000;
+/// The rows all kept lists hold together (64 lists of 1,000, or 6 of 10,000).
+const MAX_LISTED_ROWS: usize = 64_000;
 const MAX_KEYS: usize = 10_000;
 /// How many recent invalidations a fill is checked against; a read that saw more than this
 /// many go by is not kept.
@@ -264,8 +266,15 @@ impl Cache {
         }
         let mut st = self.state();
         if self.is_on() && st.unchanged_since(since, st.instances_at) {
-            let limits = (MAX_LISTS, self.ttl());
-            keep(&mut st.lists, limits, scope.clone(), rows.clone());
+            let ttl = self.ttl();
+            let held = |st: &State| st.lists.values().map(|e| e.value.len()).sum::<usize>();
+            if held(&st) + rows.len() > MAX_LISTED_ROWS {
+                st.lists.retain(|_, e| e.at.elapsed() < ttl);
+                if held(&st) + rows.len() > MAX_LISTED_ROWS {
+                    st.lists.clear();
+                }
+            }
+            keep(&mut st.lists, (MAX_LISTS, ttl), scope.clone(), rows.clone());
         }
     }
 
@@ -397,6 +406,31 @@ mod tests {
             st.apply(&Token::Instance(format!("x{i}")));
         }
         assert!(!st.instance_unchanged_since(since, "a"));
+    }
+
+    /// Lists of up to 10,000 rows are kept, but together they never hold more than the
+    /// row budget (the memory bound).
+    #[test]
+    fn kept_lists_stay_within_the_row_budget() {
+        let c = Cache::new(false);
+        c.set_ttl(Duration::from_secs(3600));
+        let rows = Arc::new(vec![
+            crate::contract_tests::sample_instance("i", "a");
+            MAX_LIST_ROWS
+        ]);
+        let scope = |k: usize| Scope {
+            account_id: format!("a{k}"),
+            team_id: None,
+        };
+        for k in 0..10 {
+            c.keep_list(c.ticket(), &scope(k), &rows);
+            let held: usize = c.state().lists.values().map(|e| e.value.len()).sum();
+            assert!(held <= MAX_LISTED_ROWS, "{held} rows held");
+            assert!(c.list(&scope(k)).is_some(), "the newest list is kept");
+        }
+        let too_long = Arc::new(vec![rows[0].clone(); MAX_LIST_ROWS + 1]);
+        c.keep_list(c.ticket(), &scope(99), &too_long);
+        assert!(c.list(&scope(99)).is_none());
     }
 
     #[test]
