@@ -164,7 +164,7 @@ mod tests {
         let p = dir.path().join("l.toml");
         std::fs::write(
             &p,
-            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/x\"\n[engine]\nworkers = 2\n[sim]\nfailure_rate = 0.1\n[sim.delays_ms]\ncreate = 5\n",
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/x\"\n[engine]\nworkers = 2\nbatch = 8\n[sim]\nfailure_rate = 0.1\n[sim.delays_ms]\ncreate = 5\n",
         )
         .unwrap();
         let args = CommonArgs {
@@ -175,6 +175,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.database_url, "sqlite:///var/lib/x/lobster.db");
         assert_eq!(c.engine.workers, 2);
+        assert_eq!(c.engine.batch, 8);
         assert_eq!(c.sim.delays_ms.create, 5);
         let args = CommonArgs {
             config: Some(p),

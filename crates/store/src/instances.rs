@@ -244,6 +244,7 @@ impl Store {
             }
             return Ok(out);
         }
+        let ids = crate::tasks::padded(ids);
         let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id IN ({})", marks.join(", "));
         let mut q = sqlx::query(&sql);

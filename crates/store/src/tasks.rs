@@ -109,6 +109,17 @@ pub enum CreatedEnd {
     FirewallChanged,
 }
 
+/// `items` padded to the next power of two by repeating the last: a statement text per
+/// batch size would crowd the prepared-statement cache of every connection (sqlx keeps 100);
+/// a repeated row matches the same task again and changes nothing.
+pub(crate) fn padded<T>(items: &[T]) -> Vec<&T> {
+    let mut out: Vec<&T> = items.iter().collect();
+    if let Some(last) = items.last() {
+        out.resize(items.len().next_power_of_two(), last);
+    }
+    out
+}
+
 /// `n` rows of `width` placeholders for a VALUES list, numbered from `$first`, each cell
 /// followed by its cast (PostgreSQL types a bare parameter in VALUES as text).
 fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) -> String {
@@ -181,10 +192,10 @@ impl Store {
                     (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
                     (SELECT COUNT(*) FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv) AS fw
              FROM v",
-            values_list(4, items.len(), 3, &["", "", "::bigint"])
+            values_list(4, padded(items).len(), 3, &["", "", "::bigint"])
         );
         let mut q = sqlx::query(&sql).bind(message).bind(now).bind(worker);
-        for it in items {
+        for it in padded(items) {
             q = q
                 .bind(&it.task_id)
                 .bind(&it.instance_id)
@@ -229,10 +240,10 @@ impl Store {
                AND tasks.lease_owner = $3 AND tasks.status = 'PROCESSING'
                AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
              RETURNING tasks.id",
-            values_list(4, items.len(), 3, &["", "", ""])
+            values_list(4, padded(items).len(), 3, &["", "", ""])
         );
         let mut q = sqlx::query(&sql).bind(message).bind(now).bind(worker);
-        for it in items {
+        for it in padded(items) {
             q = q
                 .bind(&it.task_id)
                 .bind(&it.instance_id)
