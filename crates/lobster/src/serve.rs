@@ -124,7 +124,9 @@ fn spawn_scheduler(
 
 /// Keeps PostgreSQL's planner statistics within a fifth of the tables they describe (see
 /// `Store::stats_refresh`): looked at every second, so that a table growing by hundreds of
-/// rows a second is never planned from much staler numbers.
+/// rows a second is never planned from much staler numbers. A failing look (a role that may
+/// not ANALYZE, the database away) is retried ever less often, up to once a minute, so the
+/// log is not a warning a second.
 fn spawn_stats_keeper(
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
@@ -133,18 +135,37 @@ fn spawn_stats_keeper(
         if app.store().backend() != lobster_store::Backend::Postgres {
             return;
         }
+        let mut wait = STATS_EVERY;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
-            match app.store().stats_refresh().await {
+            let looked = app.store().stats_refresh().await;
+            match &looked {
                 Ok(t) if !t.is_empty() => tracing::debug!("analyzed {}", t.join(", ")),
                 Ok(_) => {}
-                Err(e) => tracing::warn!("planner statistics: {e}"),
+                Err(e) => tracing::warn!(
+                    "planner statistics (next look in {:?}): {e}",
+                    stats_wait(wait, false)
+                ),
             }
+            wait = stats_wait(wait, looked.is_ok());
         }
     })
+}
+
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const STATS_AT_MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The wait before the stats keeper's next look: doubled after a failure, up to a minute;
+/// back to a second after a success.
+fn stats_wait(wait: std::time::Duration, ok: bool) -> std::time::Duration {
+    if ok {
+        STATS_EVERY
+    } else {
+        (wait * 2).min(STATS_AT_MOST)
+    }
 }
 
 /// Tells the operator where to look. Written with errors ignored: a server whose stdout was
@@ -197,4 +218,21 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_keeper_backs_off_on_failure_and_recovers_on_success() {
+        let mut wait = STATS_EVERY;
+        let mut waits = vec![];
+        for _ in 0..8 {
+            wait = stats_wait(wait, false);
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(stats_wait(wait, true), STATS_EVERY);
+    }
 }
