@@ -120,6 +120,23 @@ pub(crate) fn padded<T>(items: &[T]) -> Vec<&T> {
     out
 }
 
+/// Binds a finish of created tasks: `$1` the message, `$2` now, `$3` the worker, then each
+/// (padded) item's task, instance and firewall version.
+fn bind_created<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    (message, now, worker): (&'q str, i64, &'q str),
+    items: &'q [Created],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = q.bind(message).bind(now).bind(worker);
+    for it in padded(items) {
+        q = q
+            .bind(&it.task_id)
+            .bind(&it.instance_id)
+            .bind(it.firewall_version);
+    }
+    q
+}
+
 /// `n` rows of `width` placeholders for a VALUES list, numbered from `$first`, each cell
 /// followed by its cast (PostgreSQL types a bare parameter in VALUES as text).
 fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) -> String {
@@ -194,13 +211,7 @@ impl Store {
              FROM v",
             values_list(4, padded(items).len(), 3, &["", "", "::bigint"])
         );
-        let mut q = sqlx::query(&sql).bind(message).bind(now).bind(worker);
-        for it in padded(items) {
-            q = q
-                .bind(&it.task_id)
-                .bind(&it.instance_id)
-                .bind(it.firewall_version);
-        }
+        let q = bind_created(sqlx::query(&sql), (message, now, worker), items);
         let rows = q.fetch_all(self.writer()).await.map_err(db_err)?;
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
@@ -242,13 +253,7 @@ impl Store {
              RETURNING tasks.id",
             values_list(4, padded(items).len(), 3, &["", "", ""])
         );
-        let mut q = sqlx::query(&sql).bind(message).bind(now).bind(worker);
-        for it in padded(items) {
-            q = q
-                .bind(&it.task_id)
-                .bind(&it.instance_id)
-                .bind(it.firewall_version);
-        }
+        let q = bind_created(sqlx::query(&sql), (message, now, worker), items);
         let rows = q.fetch_all(tx.conn()).await.map_err(db_err)?;
         let done: std::collections::HashSet<String> = rows
             .iter()

@@ -18,6 +18,21 @@ fn fw(id: &str) -> String {
     format!("/api/v1/instances/{id}/firewall")
 }
 
+/// One rule (SSH in), and the firewall on.
+async fn allow_ssh(t: &Tenant, id: &str) {
+    let rule = json!({"type": "in", "action": "ACCEPT", "dport": "22"});
+    expect(
+        t.post(&format!("{}/rules", fw(id)), rule).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect(
+        t.put(&fw(id), json!({"enable": true})).await,
+        StatusCode::OK,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn default_firewall_and_options() {
     let app = TestApp::spawn().await;
@@ -328,21 +343,7 @@ async fn a_firewall_set_while_creating_is_applied_once_the_vm_exists() {
     );
     let v = alice.launch("v1_cpu_small", "us-east-1").await;
     let id = v["vm_uuid"].as_str().unwrap();
-    expect(
-        alice
-            .post(
-                &format!("{}/rules", fw(id)),
-                json!({"type": "in", "action": "ACCEPT", "dport": "22"}),
-            )
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    expect(
-        alice.put(&fw(id), json!({"enable": true})).await,
-        StatusCode::OK,
-    )
-    .await;
+    allow_ssh(&alice, id).await;
     app.drain().await;
     let waiting = alice
         .get_json("/api/v1/tasks?status=PENDING", StatusCode::OK)
@@ -416,21 +417,7 @@ async fn a_firewall_set_while_creating_is_on_before_the_instance_is_ready() {
     let alice = app.tenant("alice").await;
     let v = alice.launch("v1_cpu_small", "us-east-1").await;
     let id = v["vm_uuid"].as_str().unwrap();
-    expect(
-        alice
-            .post(
-                &format!("{}/rules", fw(id)),
-                json!({"type": "in", "action": "ACCEPT", "dport": "22"}),
-            )
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    expect(
-        alice.put(&fw(id), json!({"enable": true})).await,
-        StatusCode::OK,
-    )
-    .await;
+    allow_ssh(&alice, id).await;
     let engine = app.app.engine();
     let store = app.app.store();
     // One task at a time until the instance is ready (the clock stands still, so apply
