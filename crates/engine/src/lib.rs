@@ -159,7 +159,7 @@ impl Engine {
     /// The next tasks to run, at most `limit`. Tasks whose worker died (expired leases) are
     /// looked for once per poll interval while pending tasks keep the workers busy, and
     /// whenever nothing is pending: so nothing claimable is ever left behind, and a busy
-    /// queue does not pay for that look on every claim.
+    /// queue does not pay for that look on every claim. Expired ones come first.
     async fn claim(&self, limit: usize) -> Result<Vec<TaskRow>, Error> {
         let (now, w, lease) = (
             self.clock.now().millis(),
@@ -179,14 +179,20 @@ impl Engine {
                 .is_ok();
         let mut claimed = Vec::with_capacity(limit);
         if due {
-            claimed.extend(self.store.task_claim(w, now, lease).await?);
+            claimed = self.store.task_claim_expired(w, now, lease, limit).await?;
         }
         if claimed.len() < limit {
             let more = limit - claimed.len();
-            claimed.extend(self.store.task_claim_pending(w, now, lease, more).await?);
+            // What is claimed already must run even if this claim fails: dropped, it would
+            // sit leased until its lease ran out.
+            match self.store.task_claim_pending(w, now, lease, more).await {
+                Ok(tasks) => claimed.extend(tasks),
+                Err(e) if !claimed.is_empty() => tracing::warn!("claiming pending tasks: {e}"),
+                Err(e) => return Err(e),
+            }
         }
         if claimed.is_empty() && !due {
-            claimed.extend(self.store.task_claim(w, now, lease).await?);
+            claimed = self.store.task_claim_expired(w, now, lease, limit).await?;
         }
         Ok(claimed)
     }

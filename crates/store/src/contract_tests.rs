@@ -591,8 +591,10 @@ async fn creates_finished_together_are_each_judged_on_their_own() {
             .into_iter()
             .find(|id| *id != lost && *id != walled)
             .unwrap();
+        // The lost one got a firewall too: losing the lease is what it is told.
         let mut tx = store.begin().await.unwrap();
         tx.firewall_lock(walled, 300).await.unwrap();
+        tx.firewall_lock(&lost, 300).await.unwrap();
         tx.commit().await.unwrap();
         let items = [created(kept, -1), created(&lost, -1), created(walled, -1)];
         let ends = store
@@ -684,5 +686,21 @@ async fn batch_claims_take_the_earliest_due_tasks_once() {
             .await
             .unwrap()
             .is_empty());
+        // Their leases run out at 1100: expired ones are taken back in batches too.
+        assert!(store
+            .task_claim_expired("c", 1100, 1000, 5)
+            .await
+            .unwrap()
+            .is_empty());
+        let back = store.task_claim_expired("c", 1101, 1000, 5).await.unwrap();
+        assert_eq!(back.len(), 5);
+        assert!(back
+            .iter()
+            .all(|t| t.lease_owner.as_deref() == Some("c") && t.attempts == 2));
+        let rest = store
+            .task_claim_expired("d", 1101, 1000, 100)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 15, "the other 15 of 20, each once");
     }
 }

@@ -37,11 +37,6 @@ impl Store {
             None => Ok((Firewall::default(), -1)),
         }
     }
-
-    /// The instance's firewall version; -1 when it was never configured.
-    pub(crate) async fn firewall_version(&self, instance_id: &str) -> Result<i64, Error> {
-        Ok(self.firewall_versioned(instance_id).await?.1)
-    }
 }
 
 impl Tx {

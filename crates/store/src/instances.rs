@@ -458,6 +458,7 @@ impl Tx {
         done: &[&crate::tasks::Created],
         now: i64,
     ) -> Result<(), Error> {
+        let done = crate::tasks::padded(done);
         let n = done.len();
         let ids: Vec<String> = (0..n).map(|k| format!("${}", k + 2)).collect();
         let tasks: Vec<String> = (0..n).map(|k| format!("${}", k + 2 + n)).collect();
@@ -469,13 +470,13 @@ impl Tx {
             tasks.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(now);
-        for d in done {
+        for d in &done {
             q = q.bind(&d.instance_id);
         }
-        for d in done {
+        for d in &done {
             q = q.bind(&d.task_id);
         }
-        for d in done {
+        for d in &done {
             self.wrote_instance(&d.instance_id);
         }
         q.execute(self.conn()).await.map_err(db_err)?;

@@ -207,7 +207,8 @@ impl Store {
                         RETURNING instances.id)
              SELECT v.task_id AS id,
                     (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
-                    (SELECT COUNT(*) FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv) AS fw
+                    (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = $3
+                       AND h.status = 'PROCESSING') AS held
              FROM v",
             values_list(4, padded(items).len(), 3, &["", "", "::bigint"])
         );
@@ -215,7 +216,9 @@ impl Store {
         let rows = q.fetch_all(self.writer()).await.map_err(db_err)?;
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
-            let end = match (get_i64(r, "finished")?, get_i64(r, "fw")?) {
+            // `held` reads the statement's snapshot, from before its own update: a task
+            // held but not finished was refused for its firewall alone.
+            let end = match (get_i64(r, "finished")?, get_i64(r, "held")?) {
                 (1, _) => CreatedEnd::Finished,
                 (_, 0) => CreatedEnd::LeaseLost,
                 _ => CreatedEnd::FirewallChanged,
@@ -263,6 +266,14 @@ impl Store {
             .iter()
             .filter(|it| done.contains(&it.task_id))
             .collect();
+        let unfinished: Vec<&str> = items
+            .iter()
+            .filter(|it| !done.contains(&it.task_id))
+            .map(|it| it.task_id.as_str())
+            .collect();
+        // Of those not finished, the ones this worker still holds were refused for their
+        // firewall alone (read in the same transaction, so nothing came between).
+        let held = tx.tasks_held(&unfinished, worker).await?;
         if finished.is_empty() {
             // Release SQLite's write lock now, not when the connection is next used.
             tx.rollback().await?;
@@ -270,16 +281,16 @@ impl Store {
             tx.instances_created(&finished, now).await?;
             tx.commit().await?;
         }
-        let mut ends = Vec::with_capacity(items.len());
-        for it in items {
-            ends.push(if done.contains(&it.task_id) {
-                CreatedEnd::Finished
-            } else if self.firewall_version(&it.instance_id).await? > it.firewall_version {
-                CreatedEnd::FirewallChanged
-            } else {
-                CreatedEnd::LeaseLost
-            });
-        }
+        let ends = items
+            .iter()
+            .map(
+                |it| match (done.contains(&it.task_id), held.contains(&it.task_id)) {
+                    (true, _) => CreatedEnd::Finished,
+                    (false, true) => CreatedEnd::FirewallChanged,
+                    (false, false) => CreatedEnd::LeaseLost,
+                },
+            )
+            .collect();
         Ok(ends)
     }
 
@@ -381,17 +392,51 @@ impl Store {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<TaskRow>, Error> {
-        // The candidates are chosen once, in a CTE of their own: as `id IN (subquery)`,
-        // PostgreSQL re-ran the locking subquery while updating and claimed every due task.
+        let due = "status = 'PENDING' AND run_after <= $3 ORDER BY run_after";
+        self.task_claim_batch(due, worker, now, lease_ms, limit)
+            .await
+    }
+
+    /// Claims up to `limit` tasks whose worker died (expired leases), the longest expired
+    /// first: after a crash a server may leave a whole batch behind.
+    pub async fn task_claim_expired(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error> {
+        let expired = "status = 'PROCESSING' AND lease_until < $3 ORDER BY lease_until";
+        self.task_claim_batch(expired, worker, now, lease_ms, limit)
+            .await
+    }
+
+    /// Claims up to `limit` tasks chosen by `which` (a condition and its order). The
+    /// candidates are chosen once, in a CTE of their own: as `id IN (subquery)`, PostgreSQL
+    /// re-ran the locking subquery while updating and claimed every due task.
+    async fn task_claim_batch(
+        &self,
+        which: &str,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error> {
         let sql = format!(
             "WITH c(claim_id) AS MATERIALIZED
-                 (SELECT id FROM tasks WHERE status = 'PENDING' AND run_after <= $3
-                    ORDER BY run_after LIMIT {}{})
+                 (SELECT id FROM tasks WHERE {which} LIMIT $4{})
              {CLAIM} FROM c WHERE tasks.id = c.claim_id AND {CLAIMABLE} RETURNING {COLS}",
-            limit.max(1),
             self.skip_locked()
         );
-        self.task_claim_of(&sql, worker, now, lease_ms).await
+        let rows = sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit.max(1) as i64)
+            .fetch_all(self.writer())
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(row).collect()
     }
 
     fn skip_locked(&self) -> &'static str {
@@ -517,6 +562,29 @@ impl Store {
 }
 
 impl Tx {
+    /// Which of `ids` `worker` holds (leased, still processing).
+    async fn tasks_held(
+        &mut self,
+        ids: &[&str],
+        worker: &str,
+    ) -> Result<std::collections::HashSet<String>, Error> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let ids = padded(ids);
+        let marks: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 2)).collect();
+        let sql = format!(
+            "SELECT id FROM tasks WHERE lease_owner = $1 AND status = 'PROCESSING' AND id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(worker);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(self.conn()).await.map_err(db_err)?;
+        rows.iter().map(|r| get_str(r, "id")).collect()
+    }
+
     pub async fn task_insert(&mut self, t: &NewTask) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO tasks (id, account_id, team_id, instance_id, operation, status, params, message, attempts,
