@@ -191,6 +191,10 @@ impl Engine {
     /// shown ready, and the end is written only if the firewall is still the one applied.
     /// Most instances have none, so the common case reads nothing: the end is written as
     /// "no firewall", and only a refusal sends the worker to read and apply it.
+    /// On PostgreSQL the check reads the finishing statement's snapshot, so a firewall
+    /// change that commits while that statement runs is not seen by it; the apply task the
+    /// change queued (it waits for the VM) puts it on right after. SQLite's single writer
+    /// leaves no such window.
     async fn finish_create(&self, task: &TaskRow, host: &Host, inst: &InstanceRow) -> Outcome {
         let mut applied = -1;
         // Each round is a firewall change made while this create was finishing.
