@@ -10,7 +10,9 @@ use lobster_core::fleet::Template;
 use lobster_core::{ids, Error, FieldError};
 use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// A standard launch, already schema-checked by the dialect.
 #[derive(Debug, Clone, Default)]
@@ -272,55 +274,40 @@ impl App {
     }
 
     /// Takes an IP, writes the instance and its create task, and reserves capacity on the
-    /// first candidate host with room, all in one transaction.
+    /// first candidate host with room, all in one transaction: the launches that arrive
+    /// while one batch is written share the next (`launch_batch`); a launch the batch could
+    /// not place is written alone (`launch_one`), which gives it its own answer.
     async fn launch(&self, caller: &Caller, p: Plan) -> Result<Launched, Error> {
         if p.hosts.is_empty() {
             return Err(p.conflict);
         }
-        let now = self.now();
-        let task_id = ids::new_task_id();
-        let mut tx = self.store.begin().await?;
-        let mac = lobster_core::ip::mac_for(&p.id, "net0");
-        let claim = IpClaim {
-            instance_id: &p.id,
-            interface_name: "net0",
-            mac_address: &mac,
-            is_primary: true,
+        let queued = Queued {
+            caller: caller.clone(),
+            plan: p,
+            task_id: ids::new_task_id(),
         };
-        let Some(ip) = tx.ip_allocate(&p.region, &claim, now).await? else {
-            return Err(Error::conflict(
-                "resource_conflict",
-                "No IP addresses available in the specified region",
-            ));
+        let write = |batch: Vec<Queued>| {
+            let w = Writer {
+                store: self.store.clone(),
+                max_attempts: self.engine.config().max_attempts,
+                now: self.now(),
+                batched: Arc::clone(&self.launches_batched),
+            };
+            w.launch_batch(batch)
         };
-        // Written as if placed on the best candidate; moved below in the rare case that a
-        // concurrent launch took its room since the candidates were read.
-        let mut instance = p.instance_row(caller, ip, &task_id, now);
-        tx.instance_insert(&instance).await?;
-        let max_attempts = self.engine.config().max_attempts;
-        tx.task_insert(&p.create_task(caller, &instance, &task_id, max_attempts, now))
-            .await?;
-        // The host row last: every launch that fits the best host updates that one row, and on
-        // PostgreSQL its lock is held until commit, so launches on one host queue behind each
-        // other for exactly the statements between this one and COMMIT (measured: with three
-        // statements after it, 240 launches/s; see docs/benchmarks.md).
-        let Some(ci) = reserve_first_fit(&mut tx, &p).await? else {
-            return Err(p.conflict);
+        let (instance, q) = match self.launches.submit(queued, write).await {
+            Some(written) => written?,
+            None => {
+                return Err(Error::Internal(
+                    "the launch batch ended without an answer".into(),
+                ))
+            }
         };
-        if ci != 0 {
-            instance.host_id = p.hosts[ci].clone();
-            instance.gpu_model = p.gpu_model_on(ci);
-            tx.instance_rehost(
-                &instance.id,
-                &instance.host_id,
-                instance.gpu_model.as_deref(),
-            )
-            .await?;
-            tx.task_params(&task_id, &create_params(caller, &instance))
-                .await?;
-        }
-        tx.commit().await?;
+        let q = *q;
         self.wake_workers();
+        let Queued {
+            plan: p, task_id, ..
+        } = q;
         let credentials = match (p.generated_password, p.password) {
             (true, Some(password)) => Some(Credentials {
                 username: p.username,
@@ -344,6 +331,218 @@ impl App {
             credentials,
         })
     }
+}
+
+fn no_address() -> Error {
+    Error::conflict(
+        "resource_conflict",
+        "No IP addresses available in the specified region",
+    )
+}
+
+/// Launches written in one batch at most: 29 values per instance row, within every
+/// database's limit on bound values.
+pub(crate) const MOST: usize = 64;
+
+/// A launch waiting for its batch.
+pub(crate) struct Queued {
+    caller: Caller,
+    plan: Plan,
+    task_id: String,
+}
+
+/// A launch's answer from its batch: the instance as written (and the launch, for what the
+/// answer reports beyond the row), or why it was refused.
+pub(crate) type Written = Result<(InstanceRow, Box<Queued>), Error>;
+
+/// What a turn of the launch queue writes with.
+struct Writer {
+    store: lobster_store::Store,
+    max_attempts: i64,
+    now: i64,
+    /// Launches written in batches of two or more (see `App::launches_batched`).
+    batched: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Writes a turn's launches: a lone launch in a transaction of its own; more in one
+    /// transaction of a few multi-row statements (`write_batch`), then, one by one, any the
+    /// batch left out (no room or address left for it once the others were placed, or the
+    /// batch's write failed as a whole, say on a name already taken), so that each of those
+    /// gets the answer a lone launch would.
+    async fn launch_batch(self, batch: Vec<Queued>) -> Vec<Written> {
+        let batch: Vec<Box<Queued>> = batch.into_iter().map(Box::new).collect();
+        let written = match batch.len() {
+            1 => Ok(vec![None]),
+            _ => write_batch(&self, &batch).await,
+        };
+        let written = written.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, launches = batch.len(), "launch batch failed; writing each alone");
+            vec![None; batch.len()]
+        });
+        let n = written.iter().filter(|w| w.is_some()).count() as u64;
+        self.batched.fetch_add(n, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(batch.len());
+        for (q, w) in batch.into_iter().zip(written) {
+            out.push(match w {
+                Some(instance) => Ok((instance, q)),
+                None => self.launch_one(q).await,
+            });
+        }
+        out
+    }
+
+    /// One launch in a transaction of its own; its error is its answer (409 when no
+    /// candidate has room or the region has no free address).
+    async fn launch_one(&self, q: Box<Queued>) -> Written {
+        let (caller, p, task_id) = (&q.caller, &q.plan, &q.task_id);
+        let now = self.now;
+        let mut tx = self.store.begin().await?;
+        let mac = lobster_core::ip::mac_for(&p.id, "net0");
+        let claim = IpClaim {
+            instance_id: &p.id,
+            interface_name: "net0",
+            mac_address: &mac,
+            is_primary: true,
+        };
+        let Some(ip) = tx.ip_allocate(&p.region, &claim, now).await? else {
+            return Err(no_address());
+        };
+        // Written as if placed on the best candidate; moved below in the rare case that a
+        // concurrent launch took its room since the candidates were read.
+        let mut instance = p.instance_row(caller, 0, ip, task_id, now);
+        tx.instance_insert(&instance).await?;
+        let max_attempts = self.max_attempts;
+        tx.task_insert(&p.create_task(caller, &instance, task_id, max_attempts, now))
+            .await?;
+        // The host row last: every launch that fits the best host updates that one row, and on
+        // PostgreSQL its lock is held until commit, so launches on one host queue behind each
+        // other for exactly the statements between this one and COMMIT (measured: with three
+        // statements after it, 240 launches/s; see docs/benchmarks.md).
+        let Some(ci) = reserve_first_fit(&mut tx, p).await? else {
+            return Err(q.plan.conflict);
+        };
+        if ci != 0 {
+            instance.host_id = p.hosts[ci].clone();
+            instance.gpu_model = p.gpu_model_on(ci);
+            tx.instance_rehost(
+                &instance.id,
+                &instance.host_id,
+                instance.gpu_model.as_deref(),
+            )
+            .await?;
+            tx.task_params(task_id, &create_params(caller, &instance))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((instance, q))
+    }
+}
+
+/// Writes a batch of launches in one transaction: the hosts read, each launch placed in
+/// memory on its first candidate with room, addresses taken for the placed ones, then their
+/// instances, tasks and the hosts' reservations written at once. The reservation re-checks
+/// every host's room, so a batch can only fail as a whole, never overbook. The instances
+/// written, in the batch's order; None for a launch left to go alone.
+async fn write_batch(w: &Writer, batch: &[Box<Queued>]) -> Result<Vec<Option<InstanceRow>>, Error> {
+    let (max_attempts, now) = (w.max_attempts, w.now);
+    let mut tx = w.store.begin().await?;
+    let placed = place_in_memory(&mut tx, batch).await?;
+    let addresses = take_addresses(&mut tx, batch, &placed, now).await?;
+    let mut instances = Vec::new();
+    let mut tasks = Vec::new();
+    let mut adds: BTreeMap<String, Resources> = BTreeMap::new();
+    let mut out = vec![None; batch.len()];
+    for (k, q) in batch.iter().enumerate() {
+        let (Some(ci), Some(ip)) = (placed[k], addresses[k].clone()) else {
+            continue;
+        };
+        let instance = q.plan.instance_row(&q.caller, ci, ip, &q.task_id, now);
+        tasks.push(
+            q.plan
+                .create_task(&q.caller, &instance, &q.task_id, max_attempts, now),
+        );
+        let add = adds.entry(instance.host_id.clone()).or_default();
+        *add = add.plus(&q.plan.resources);
+        instances.push(instance.clone());
+        out[k] = Some(instance);
+    }
+    tx.instances_insert(&instances).await?;
+    tx.tasks_insert(&tasks).await?;
+    let adds: Vec<(String, Resources)> = adds.into_iter().collect();
+    tx.hosts_reserve(&adds).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Each launch's candidate index on the hosts as read in the transaction: the first with
+/// room once the launches before it in the batch are counted; None when none has room.
+async fn place_in_memory(tx: &mut Tx, batch: &[Box<Queued>]) -> Result<Vec<Option<usize>>, Error> {
+    let mut ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|q| q.plan.hosts.iter().map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut free: HashMap<String, Resources> = tx
+        .hosts_read(&ids)
+        .await?
+        .into_iter()
+        .filter(|h| h.status == "available")
+        .map(|h| (h.id.clone(), h.free()))
+        .collect();
+    let placed = batch
+        .iter()
+        .map(|q| {
+            let want = &q.plan.resources;
+            let ci = q
+                .plan
+                .hosts
+                .iter()
+                .position(|h| free.get(h).is_some_and(|f| want.fits_in(f)))?;
+            let f = free.get_mut(&q.plan.hosts[ci]).expect("found above");
+            *f = f.minus(want);
+            Some(ci)
+        })
+        .collect();
+    Ok(placed)
+}
+
+/// An address for each placed launch, region by region, in the batch's order; None for a
+/// launch not placed or beyond what its region's pool had free.
+async fn take_addresses(
+    tx: &mut Tx,
+    batch: &[Box<Queued>],
+    placed: &[Option<usize>],
+    now: i64,
+) -> Result<Vec<Option<String>>, Error> {
+    let macs: Vec<String> = batch
+        .iter()
+        .map(|q| lobster_core::ip::mac_for(&q.plan.id, "net0"))
+        .collect();
+    let mut by_region: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (k, q) in batch.iter().enumerate() {
+        if placed[k].is_some() {
+            by_region.entry(q.plan.region.as_str()).or_default().push(k);
+        }
+    }
+    let mut out = vec![None; batch.len()];
+    for (region, ks) in by_region {
+        let claims: Vec<IpClaim> = ks
+            .iter()
+            .map(|&k| IpClaim {
+                instance_id: &batch[k].plan.id,
+                interface_name: "net0",
+                mac_address: &macs[k],
+                is_primary: true,
+            })
+            .collect();
+        let got = tx.ips_allocate(region, &claims, now).await?;
+        for (k, ip) in ks.into_iter().zip(got) {
+            out[k] = Some(ip);
+        }
+    }
+    Ok(out)
 }
 
 /// Index of the candidate host now reserved, or None when none has room. The first pass
@@ -380,8 +579,15 @@ impl Plan {
         }
     }
 
-    /// The new instance's row, placed on the best candidate.
-    fn instance_row(&self, caller: &Caller, ip: String, task_id: &str, now: i64) -> InstanceRow {
+    /// The new instance's row, placed on candidate `ci`.
+    fn instance_row(
+        &self,
+        caller: &Caller,
+        ci: usize,
+        ip: String,
+        task_id: &str,
+        now: i64,
+    ) -> InstanceRow {
         let metadata = self
             .metadata
             .as_ref()
@@ -392,7 +598,7 @@ impl Plan {
             team_id: caller.team_id.clone(),
             team_name: None,
             name: self.name.clone(),
-            host_id: self.hosts[0].clone(),
+            host_id: self.hosts[ci].clone(),
             region: self.region.clone(),
             instance_type: self.instance_type.clone(),
             template_name: self.template.as_ref().map(|t| t.name.clone()),
@@ -403,7 +609,7 @@ impl Plan {
                     .map_or("custom".into(), |t| t.os_type.clone()),
             ),
             resources: self.resources,
-            gpu_model: self.gpu_model_on(0),
+            gpu_model: self.gpu_model_on(ci),
             price_cents_per_hour: self.price,
             status: "creating".into(),
             power_status: "stopped".into(),

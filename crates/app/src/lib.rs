@@ -22,6 +22,7 @@ use lobster_core::fleet::Fleet;
 use lobster_core::task::TaskKind;
 use lobster_driver::Hypervisor;
 use lobster_engine::{Engine, EngineConfig};
+use lobster_store::group::GroupCommit;
 use lobster_store::{InstanceRow, NewTask, Store};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -36,6 +37,10 @@ pub struct App {
     clock: SharedClock,
     engine: Arc<Engine>,
     wake: Arc<Notify>,
+    /// Launches waiting to be written together (see `launch`).
+    launches: GroupCommit<launch::Queued, launch::Written>,
+    /// Launches written in batches of two or more, since start.
+    launches_batched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {
@@ -67,6 +72,8 @@ impl App {
             clock,
             engine,
             wake,
+            launches: GroupCommit::new(launch::MOST),
+            launches_batched: Default::default(),
         }))
     }
 
@@ -115,6 +122,17 @@ impl App {
     }
 
     /// Tells idle workers that a task was just committed.
+    /// Launches waiting for their turn to be written (see `launch`).
+    pub fn launches_waiting(&self) -> usize {
+        self.launches.waiting()
+    }
+
+    /// Launches written in batches of two or more since start; the rest were written alone.
+    pub fn launches_batched(&self) -> u64 {
+        self.launches_batched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn wake_workers(&self) {
         self.wake.notify_waiters();
         self.wake.notify_one();

@@ -19,6 +19,24 @@ impl Resources {
             && self.disk_gb <= free.disk_gb
             && self.gpus <= free.gpus
     }
+
+    pub fn plus(&self, o: &Resources) -> Resources {
+        Resources {
+            cores: self.cores + o.cores,
+            memory_gb: self.memory_gb + o.memory_gb,
+            disk_gb: self.disk_gb + o.disk_gb,
+            gpus: self.gpus + o.gpus,
+        }
+    }
+
+    pub fn minus(&self, o: &Resources) -> Resources {
+        Resources {
+            cores: self.cores - o.cores,
+            memory_gb: self.memory_gb - o.memory_gb,
+            disk_gb: self.disk_gb - o.disk_gb,
+            gpus: self.gpus - o.gpus,
+        }
+    }
 }
 
 /// A host as placement sees it: where it is, what GPUs it has, and what is free right now.

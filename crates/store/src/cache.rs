@@ -227,7 +227,7 @@ impl Cache {
         self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Acquire)
     }
 

@@ -73,6 +73,8 @@ async fn two_servers() -> Option<(Store, Store)> {
 #[tokio::test]
 async fn a_cached_instance_is_shown_only_to_its_scope() {
     for (store, _d) in stores().await {
+        // PostgreSQL's cache is off until its listening connection is up.
+        until(&store, "on", Cache::is_on).await;
         let row = with_instance(&store, "i1").await;
         let stranger = scope("a2", None);
         let other_team = scope("a1", Some("t9"));

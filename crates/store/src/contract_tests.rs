@@ -704,3 +704,98 @@ async fn batch_claims_take_the_earliest_due_tasks_once() {
         assert_eq!(rest.len(), 15, "the other 15 of 20, each once");
     }
 }
+
+/// The multi-row writes a batch of launches uses: addresses taken lowest first and metered
+/// (fewer when the pool runs out), instances and tasks read back as written, and the hosts'
+/// reservation refused as a whole when any host lacks room.
+#[tokio::test]
+async fn batch_writes_round_trip_and_a_reservation_is_all_or_nothing() {
+    for (store, _d) in stores().await {
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
+        store.fleet_sync(&fleet).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let ids = ["vm0", "vm1", "vm2", "vm3"];
+        let claims: Vec<IpClaim> = ids.iter().map(|id| claim(id)).collect();
+        let mut tx = store.begin().await.unwrap();
+        let got = tx.ips_allocate("us-east-1", &claims, 7).await.unwrap();
+        assert_eq!(got, ["10.9.0.1", "10.9.0.2", "10.9.0.3"]);
+        let rows: Vec<InstanceRow> = ids[..3]
+            .iter()
+            .zip(&got)
+            .enumerate()
+            .map(|(k, (id, ip))| InstanceRow {
+                name: format!("web-{k}"),
+                ip_address: Some(ip.clone()),
+                ..sample_instance(id, "a1")
+            })
+            .collect();
+        tx.instances_insert(&rows).await.unwrap();
+        let tasks: Vec<NewTask> = ids[..3]
+            .iter()
+            .map(|id| NewTask {
+                instance_id: Some(id.to_string()),
+                ..new_task(&format!("t-{id}"), 7)
+            })
+            .collect();
+        tx.tasks_insert(&tasks).await.unwrap();
+        tx.hosts_reserve(&[("px1".into(), res(4)), ("wil-cpu-03".into(), res(32))])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut held = store.ip_assignments().await.unwrap();
+        held.sort();
+        let want: Vec<(String, String)> = got
+            .iter()
+            .zip(ids)
+            .map(|(a, i)| (a.clone(), i.to_string()))
+            .collect();
+        assert_eq!(held, want);
+        assert_eq!(store.ip_history("a1").await.unwrap().len(), 3);
+        for r in &rows {
+            assert_eq!(store.instance_by_id(&r.id).await.unwrap().as_ref(), Some(r));
+        }
+        for t in &tasks {
+            let row = store.task_by_id(&t.id).await.unwrap().unwrap();
+            assert_eq!(
+                (
+                    row.status.as_str(),
+                    row.instance_id.as_deref(),
+                    row.created_at
+                ),
+                ("PENDING", t.instance_id.as_deref(), 7)
+            );
+        }
+        let used =
+            |hosts: &[HostRow], id: &str| hosts.iter().find(|h| h.id == id).unwrap().used.cores;
+        let hosts = store.host_list().await.unwrap();
+        assert_eq!((used(&hosts, "px1"), used(&hosts, "wil-cpu-03")), (4, 32));
+
+        // wil-cpu-03 has 64 cores: 40 more do not fit, so px1 gets nothing either.
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx
+            .hosts_reserve(&[("px1".into(), res(1)), ("wil-cpu-03".into(), res(40))])
+            .await
+            .is_err());
+        tx.rollback().await.unwrap();
+        let hosts = store.host_list().await.unwrap();
+        assert_eq!((used(&hosts, "px1"), used(&hosts, "wil-cpu-03")), (4, 32));
+
+        // A name already live fails the whole insert.
+        let mut tx = store.begin().await.unwrap();
+        let again = vec![
+            InstanceRow {
+                name: "fresh".into(),
+                ..sample_instance("vm8", "a1")
+            },
+            InstanceRow {
+                name: "web-0".into(),
+                ..sample_instance("vm9", "a1")
+            },
+        ];
+        assert!(tx.instances_insert(&again).await.is_err());
+        drop(tx);
+        assert_eq!(store.instance_by_id("vm8").await.unwrap(), None);
+    }
+}

@@ -203,3 +203,72 @@ impl Tx {
         Ok(res.rows_affected())
     }
 }
+
+impl Tx {
+    /// The hosts' rows as they are now: what a batch of launches is placed against in
+    /// memory. Not locked: `hosts_reserve` re-checks the room as it reserves, last, so that
+    /// on PostgreSQL the host rows are held only from there to commit (as a single launch
+    /// holds its host's).
+    pub async fn hosts_read(&mut self, ids: &[&str]) -> Result<Vec<HostRow>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = crate::batch::padded(ids);
+        let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
+        let sql = format!(
+            "SELECT * FROM hosts WHERE id IN ({}) ORDER BY id",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(self.conn()).await.map_err(db_err)?;
+        rows.iter().map(host).collect()
+    }
+
+    /// Adds each shape to its host (one entry per host), in one statement. Checked all the
+    /// same: an error, and nothing reserved, unless every host still had room and took new
+    /// placements.
+    pub async fn hosts_reserve(&mut self, adds: &[(String, Resources)]) -> Result<(), Error> {
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let rows = crate::batch::numbered(adds);
+        let casts = crate::batch::casts(
+            self.backend,
+            &[
+                "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
+            ],
+        );
+        let sql = format!(
+            "WITH v(n, id, c, m, d, g) AS (VALUES {})
+             UPDATE hosts SET cores_used = cores_used + v.c, memory_used = memory_used + v.m,
+               disk_used = disk_used + v.d, gpus_used = gpus_used + v.g
+             FROM v
+             WHERE hosts.id = v.id AND v.n > 0 AND hosts.status = 'available'
+               AND cores_used + v.c <= cores_total AND memory_used + v.m <= memory_total
+               AND disk_used + v.d <= disk_total AND gpus_used + v.g <= gpus_total",
+            crate::batch::values_list(1, rows.len(), 6, &casts)
+        );
+        let mut q = sqlx::query(&sql);
+        for (n, (id, r)) in rows {
+            q = q
+                .bind(n)
+                .bind(id)
+                .bind(r.cores)
+                .bind(r.memory_gb)
+                .bind(r.disk_gb)
+                .bind(r.gpus);
+        }
+        let done = q.execute(self.conn()).await.map_err(db_err)?;
+        if done.rows_affected() != adds.len() as u64 {
+            return Err(Error::Internal(format!(
+                "reserved on {} of {} hosts",
+                done.rows_affected(),
+                adds.len()
+            )));
+        }
+        Ok(())
+    }
+}

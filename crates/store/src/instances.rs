@@ -244,7 +244,7 @@ impl Store {
             }
             return Ok(out);
         }
-        let ids = crate::tasks::padded(ids);
+        let ids = crate::batch::padded(ids);
         let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id IN ({})", marks.join(", "));
         let mut q = sqlx::query(&sql);
@@ -308,6 +308,67 @@ impl Tx {
         .execute(self.conn())
         .await
         .map_err(|e| name_conflict(e, &i.name))?;
+        Ok(())
+    }
+
+    /// Writes many new instances in one statement (a batch of launches). A name taken
+    /// fails the whole statement, as `instance_insert` fails for one.
+    pub async fn instances_insert(&mut self, rows: &[NewInstance]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for i in rows {
+            self.wrote_instance(&i.id);
+        }
+        const COLUMNS: &str = "id, account_id, team_id, name, host_id, region, instance_type, template_name,
+               iso_url, os_type, cores, memory_gb, disk_gb, gpus, gpu_model, price_cents_per_hour, status,
+               power_status, ip_address, username, ssh_key, password, metadata, active_task_id, created_at,
+               updated_at, ready_at, deleted_at";
+        let numbered = crate::batch::numbered(rows);
+        let (t, b) = ("", "::bigint");
+        let pg = [
+            b, t, t, t, t, t, t, t, t, t, t, b, b, b, b, t, b, t, t, t, t, t, t, t, t, b, b, b, b,
+        ];
+        let casts = crate::batch::casts(self.backend, &pg);
+        let sql = format!(
+            "WITH v(n, {COLUMNS}) AS (VALUES {})
+             INSERT INTO instances ({COLUMNS}) SELECT {COLUMNS} FROM v WHERE n > 0",
+            crate::batch::values_list(1, numbered.len(), pg.len(), &casts)
+        );
+        let mut q = sqlx::query(&sql);
+        for (n, i) in numbered {
+            q = q
+                .bind(n)
+                .bind(&i.id)
+                .bind(&i.account_id)
+                .bind(&i.team_id)
+                .bind(&i.name)
+                .bind(&i.host_id)
+                .bind(&i.region)
+                .bind(&i.instance_type)
+                .bind(&i.template_name)
+                .bind(&i.iso_url)
+                .bind(&i.os_type)
+                .bind(i.resources.cores)
+                .bind(i.resources.memory_gb)
+                .bind(i.resources.disk_gb)
+                .bind(i.resources.gpus)
+                .bind(&i.gpu_model)
+                .bind(i.price_cents_per_hour)
+                .bind(&i.status)
+                .bind(&i.power_status)
+                .bind(&i.ip_address)
+                .bind(&i.username)
+                .bind(&i.ssh_key)
+                .bind(&i.password)
+                .bind(&i.metadata)
+                .bind(&i.active_task_id)
+                .bind(i.created_at)
+                .bind(i.updated_at)
+                .bind(i.ready_at)
+                .bind(i.deleted_at);
+        }
+        q.execute(self.conn()).await.map_err(db_err)?;
         Ok(())
     }
 
@@ -458,7 +519,7 @@ impl Tx {
         done: &[&crate::tasks::Created],
         now: i64,
     ) -> Result<(), Error> {
-        let done = crate::tasks::padded(done);
+        let done = crate::batch::padded(done);
         let n = done.len();
         let ids: Vec<String> = (0..n).map(|k| format!("${}", k + 2)).collect();
         let tasks: Vec<String> = (0..n).map(|k| format!("${}", k + 2 + n)).collect();

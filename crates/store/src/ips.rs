@@ -258,3 +258,83 @@ impl Store {
             .collect()
     }
 }
+
+impl Tx {
+    /// Takes the lowest free addresses of the region for `claims`, in order: the addresses
+    /// of the first k claims, k fewer than all when the pool has fewer free (or, on
+    /// PostgreSQL, not locked by another transaction; the caller retries those one by one).
+    /// Each address is metered from here, as with `ip_allocate`.
+    pub async fn ips_allocate(
+        &mut self,
+        region: &str,
+        claims: &[IpClaim<'_>],
+        now: i64,
+    ) -> Result<Vec<String>, Error> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT address FROM ip_addresses WHERE region = $1 AND instance_id IS NULL
+             ORDER BY seq LIMIT $2{lock}"
+        );
+        let free = sqlx::query(&sql)
+            .bind(region)
+            .bind(claims.len() as i64)
+            .fetch_all(self.conn())
+            .await
+            .map_err(db_err)?;
+        let addresses: Vec<String> = free
+            .iter()
+            .map(|r| get_str(r, "address"))
+            .collect::<Result<_, _>>()?;
+        if addresses.is_empty() {
+            return Ok(addresses);
+        }
+        let taken: Vec<(&String, &IpClaim)> = addresses.iter().zip(claims).collect();
+        let rows = crate::batch::numbered(&taken);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", "::bigint"]);
+        let v = format!(
+            "v(n, address, instance_id, iface, mac, prim) AS (VALUES {})",
+            crate::batch::values_list(2, rows.len(), 6, &casts)
+        );
+        let update = "UPDATE ip_addresses SET instance_id = v.instance_id, assigned_at = $1,
+               interface_name = v.iface, mac_address = v.mac, is_primary = v.prim
+             FROM v WHERE ip_addresses.address = v.address AND v.n > 0
+               AND ip_addresses.instance_id IS NULL";
+        let history = "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)";
+        let statements = match self.backend {
+            // One statement: the history rows are those the update took.
+            Backend::Postgres => vec![format!(
+                "WITH {v}, u AS ({update} RETURNING ip_addresses.address)
+                 {history} SELECT v.address, v.instance_id, v.iface, v.prim, $1 FROM v JOIN u ON u.address = v.address WHERE v.n > 0"
+            )],
+            Backend::Sqlite => vec![
+                format!("WITH {v} {update}"),
+                format!("WITH {v} {history} SELECT address, instance_id, iface, prim, $1 FROM v WHERE n > 0"),
+            ],
+        };
+        for sql in statements {
+            let mut q = sqlx::query(&sql).bind(now);
+            for (n, (address, c)) in &rows {
+                q = q
+                    .bind(*n)
+                    .bind(*address)
+                    .bind(c.instance_id)
+                    .bind(c.interface_name)
+                    .bind(c.mac_address)
+                    .bind(c.is_primary as i64);
+            }
+            let done = q.execute(self.conn()).await.map_err(db_err)?;
+            if done.rows_affected() != taken.len() as u64 {
+                // Only another writer could have taken one between the two statements.
+                return Err(Error::Internal(format!(
+                    "assigned {} of {} addresses",
+                    done.rows_affected(),
+                    taken.len()
+                )));
+            }
+        }
+        Ok(addresses)
+    }
+}

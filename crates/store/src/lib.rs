@@ -7,10 +7,12 @@
 
 pub mod accounts;
 pub mod backups;
+mod batch;
 mod cache;
 pub mod console;
 pub mod copy;
 pub mod firewall;
+pub mod group;
 pub mod hosts;
 pub mod instances;
 pub mod ips;

@@ -2,6 +2,7 @@
 //! needs it; workers claim it with a lease, heartbeat, and finish it only while they still
 //! hold the lease, so a task reclaimed after a crash is never finished twice.
 
+use crate::batch::{padded, values_list};
 use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Scope, Store, Tx};
 use lobster_core::Error;
 use sqlx::any::AnyRow;
@@ -109,17 +110,6 @@ pub enum CreatedEnd {
     FirewallChanged,
 }
 
-/// `items` padded to the next power of two by repeating the last: a statement text per
-/// batch size would crowd the prepared-statement cache of every connection (sqlx keeps 100);
-/// a repeated row matches the same task again and changes nothing.
-pub(crate) fn padded<T>(items: &[T]) -> Vec<&T> {
-    let mut out: Vec<&T> = items.iter().collect();
-    if let Some(last) = items.last() {
-        out.resize(items.len().next_power_of_two(), last);
-    }
-    out
-}
-
 /// Binds a finish of created tasks: `$1` the message, `$2` now, `$3` the worker, then each
 /// (padded) item's task, instance and firewall version.
 fn bind_created<'q>(
@@ -135,20 +125,6 @@ fn bind_created<'q>(
             .bind(it.firewall_version);
     }
     q
-}
-
-/// `n` rows of `width` placeholders for a VALUES list, numbered from `$first`, each cell
-/// followed by its cast (PostgreSQL types a bare parameter in VALUES as text).
-fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) -> String {
-    (0..n)
-        .map(|r| {
-            let cells: Vec<String> = (0..width)
-                .map(|c| format!("${}{}", first + r * width + c, casts[c]))
-                .collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Store {
@@ -603,6 +579,43 @@ impl Tx {
         .execute(self.conn())
         .await
         .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Queues many tasks in one statement (a batch of launches).
+    pub async fn tasks_insert(&mut self, tasks: &[NewTask]) -> Result<(), Error> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let numbered = crate::batch::numbered(tasks);
+        let (t, b) = ("", "::bigint");
+        let pg = [b, t, t, t, t, t, t, t, b, b];
+        let casts = crate::batch::casts(self.backend, &pg);
+        let sql = format!(
+            "WITH v(n, id, account_id, team_id, instance_id, operation, params, message, max_attempts, at)
+               AS (VALUES {})
+             INSERT INTO tasks (id, account_id, team_id, instance_id, operation, status, params, message, attempts,
+               max_attempts, run_after, created_at, updated_at)
+             SELECT id, account_id, team_id, instance_id, operation, 'PENDING', params, message, 0, max_attempts,
+               at, at, at
+             FROM v WHERE n > 0",
+            values_list(1, numbered.len(), pg.len(), &casts)
+        );
+        let mut q = sqlx::query(&sql);
+        for (n, t) in numbered {
+            q = q
+                .bind(n)
+                .bind(&t.id)
+                .bind(&t.account_id)
+                .bind(&t.team_id)
+                .bind(&t.instance_id)
+                .bind(&t.operation)
+                .bind(&t.params)
+                .bind(&t.message)
+                .bind(t.max_attempts)
+                .bind(t.now);
+        }
+        q.execute(self.conn()).await.map_err(db_err)?;
         Ok(())
     }
 

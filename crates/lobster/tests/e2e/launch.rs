@@ -525,3 +525,121 @@ async fn unnamed_launches_get_names_that_carry_their_ids() {
         assert_eq!(i["name"], json!(format!("v1-cpu-small-{id}")));
     }
 }
+
+/// Sends `n` launches while the first one's write is held up (SQLite: the writer is busy;
+/// PostgreSQL: every host's row is held), waits until the other `n - 1` are queued behind
+/// it, then lets the write go: those `n - 1` are written as one batch.
+async fn launches_behind_a_held_write(
+    app: &TestApp,
+    alice: &std::sync::Arc<Tenant>,
+    n: usize,
+) -> Vec<(StatusCode, Value)> {
+    let store = app.app.store();
+    let mut holder = store.begin().await.unwrap();
+    let nothing = lobster_core::capacity::Resources::default();
+    for h in ["tiny-1", "tiny-2"] {
+        assert!(holder.host_reserve(h, &nothing).await.unwrap());
+    }
+    let mut handles = vec![];
+    for _ in 0..n {
+        let a = alice.clone();
+        handles.push(tokio::spawn(async move {
+            let r = a
+                .post(
+                    "/api/v1/instances/launch-instance",
+                    json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+                )
+                .await;
+            (r.status(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let queued = async {
+        while app.app.launches_waiting() < n - 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), queued)
+        .await
+        .expect("the launches queue behind the held write");
+    holder.rollback().await.unwrap();
+    let mut out = vec![];
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// Launches that arrive while another is written queue and are written together, in one
+/// transaction: each still gets its own address, host, task and reservation, exactly as a
+/// launch written alone would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_queued_behind_a_write_are_written_as_one_batch() {
+    let n = 12;
+    let app = TestApp::spawn_with(tiny_fleet_of(&[8, 8]), engine_config()).await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let answers = launches_behind_a_held_write(&app, &alice, n).await;
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
+    assert_eq!(app.app.launches_batched(), n as u64 - 1);
+    let store = app.app.store();
+    let mut addresses = vec![];
+    let mut cores = std::collections::BTreeMap::new();
+    for (_, b) in &answers {
+        let id = b["vm_uuid"].as_str().unwrap();
+        let row = store.instance_by_id(id).await.unwrap().unwrap();
+        assert_eq!(json!(row.ip_address), b["assigned_ip"]);
+        assert_eq!(row.status, "creating");
+        let task = store
+            .task_by_id(b["task_id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let params: Value = serde_json::from_str(&task.params).unwrap();
+        assert_eq!(params["host_id"], json!(row.host_id), "task of {id}");
+        assert_eq!(params["ip_address"], json!(row.ip_address), "task of {id}");
+        addresses.push(row.ip_address.unwrap());
+        *cores.entry(row.host_id).or_insert(0) += row.resources.cores;
+    }
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), n);
+    for (host, used) in &cores {
+        assert_eq!(16 - app.host_free(host).await.cores, *used, "{host}");
+    }
+    app.drain().await;
+    assert_eq!(app.sim.vm_count(), n);
+    for (host, used) in &cores {
+        assert_eq!(app.sim.used_on(host).cores, *used, "{host}");
+    }
+    for (_, b) in &answers {
+        let i = alice.instance(b["vm_uuid"].as_str().unwrap()).await;
+        assert_eq!(i["status"], json!("rented"));
+    }
+}
+
+/// A batch places what fits; the launches it has no room for are tried alone and get the
+/// documented 409, and nothing of theirs is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_runs_out_of_room_refuses_the_rest_with_409() {
+    let n = 12;
+    let app = TestApp::spawn_with(tiny_fleet_of(&[3, 2]), engine_config()).await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let answers = launches_behind_a_held_write(&app, &alice, n).await;
+    let ok = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(ok, 5, "{answers:?}");
+    for (s, b) in &answers {
+        if *s != StatusCode::OK {
+            assert_eq!(*s, StatusCode::CONFLICT);
+            assert_eq!(b["error"], json!("resource_conflict"), "{b}");
+        }
+    }
+    assert_eq!(app.app.launches_batched(), 4);
+    assert_eq!(app.host_free("tiny-1").await.cores, 0);
+    assert_eq!(app.host_free("tiny-2").await.cores, 0);
+    let ips = app.app.store().ip_assignments().await.unwrap();
+    assert_eq!(ips.len(), 5);
+    app.drain().await;
+    assert_eq!(app.sim.vm_count(), 5);
+}
