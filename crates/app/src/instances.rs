@@ -1,13 +1,14 @@
 //! Instance queries and the mutating commands that need no placement: power, delete, rename.
 
 use crate::auth::scope;
-use crate::App;
+use crate::{App, Turn};
 use lobster_core::auth::{Caller, Permission};
 use lobster_core::instance::{check_mutable, InstanceStatus, PowerOp};
 use lobster_core::task::TaskKind;
 use lobster_core::{ids, validate, Error};
-use lobster_store::{InstanceRow, NewTask};
+use lobster_store::{Claim, InstanceRow, NewTask, Scope};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 /// A task queued against an instance.
 #[derive(Debug, Clone)]
@@ -54,7 +55,8 @@ impl App {
     }
 
     /// Claims a settled instance for a new task (409 when another operation holds it) and
-    /// queues the task, in one transaction.
+    /// queues the task, in one transaction: the commands that arrive while one is written
+    /// share the next (`enqueue_batch`).
     async fn instance_enqueue(
         &self,
         caller: &Caller,
@@ -63,48 +65,24 @@ impl App {
         new_status: InstanceStatus,
     ) -> Result<Queued, Error> {
         caller.require(Permission::InstanceWrite)?;
-        let sc = scope(caller);
-        let now = self.now();
-        let task_id = ids::new_task_id();
-        let mut tx = self.store.begin().await?;
-        if !tx
-            .instance_claim(&sc, id, &task_id, new_status.as_str(), now)
-            .await?
-        {
-            let row = tx
-                .instance_get(&sc, id)
-                .await?
-                .ok_or_else(|| Error::not_found("instance", id))?;
-            let status = InstanceStatus::parse(&row.status).unwrap_or(InstanceStatus::Failed);
-            let deleting = kind == TaskKind::DeleteInstance;
-            check_mutable(status, row.active_task_id.is_some(), id, deleting)?;
-            return Err(Error::operation_in_progress());
-        }
-        let inst = tx
-            .instance_get(&sc, id)
-            .await?
-            .ok_or_else(|| Error::not_found("instance", id))?;
-        let params = json!({
-            "vm_uuid": id, "host_id": inst.host_id, "account_id": inst.account_id, "ip_address": inst.ip_address,
-        });
-        tx.task_insert(&NewTask {
-            id: task_id.clone(),
-            account_id: inst.account_id.clone(),
-            team_id: inst.team_id.clone(),
-            instance_id: Some(id.to_string()),
-            operation: kind.operation().into(),
-            params: params.to_string(),
-            message: "Queued".into(),
-            max_attempts: self.engine.config().max_attempts,
-            now,
-        })
-        .await?;
-        tx.commit().await?;
+        let item = Enqueue {
+            scope: scope(caller),
+            id: id.to_string(),
+            kind,
+            new_status,
+            task_id: ids::new_task_id(),
+        };
+        let write = |batch: Vec<Enqueue>| enqueue_batch(self.turn(), batch);
+        let queued = match self.enqueues.submit(item, write).await {
+            Some(queued) => queued?,
+            None => {
+                return Err(Error::Internal(
+                    "the task batch ended without an answer".into(),
+                ))
+            }
+        };
         self.wake_workers();
-        Ok(Queued {
-            task_id,
-            instance: inst,
-        })
+        Ok(queued)
     }
 
     /// Changes the display name (3-64 letters, digits, `-`, `_`; unique among the account's
@@ -144,5 +122,121 @@ impl App {
         tx.commit().await?;
         inst.name = name.to_string();
         Ok(inst)
+    }
+}
+
+/// Tasks against existing instances queued in one batch at most.
+pub(crate) const MOST: usize = 128;
+
+/// A task to queue against an instance, waiting for its batch.
+pub(crate) struct Enqueue {
+    scope: Scope,
+    id: String,
+    kind: TaskKind,
+    new_status: InstanceStatus,
+    task_id: String,
+}
+
+pub(crate) type Enqueued = Result<Queued, Error>;
+
+/// Queues a turn's tasks: two or more by one claim of all their instances and one insert of
+/// all their tasks; then, alone, each whose instance the batch did not take (missing, not
+/// the caller's, busy, or claimed twice in the batch), so that it gets the answer a lone
+/// command would (404, 409).
+async fn enqueue_batch(turn: Turn, batch: Vec<Enqueue>) -> Vec<Enqueued> {
+    let written = match batch.len() {
+        1 => Ok(vec![None]),
+        _ => write_batch(&turn, &batch).await,
+    };
+    let written = written.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, tasks = batch.len(), "task batch failed; queueing each alone");
+        vec![None; batch.len()]
+    });
+    let n = written.iter().filter(|w| w.is_some()).count() as u64;
+    turn.batched.enqueues.fetch_add(n, Ordering::Relaxed);
+    let mut out = Vec::with_capacity(batch.len());
+    for (e, w) in batch.iter().zip(written) {
+        out.push(match w {
+            Some(q) => Ok(q),
+            None => enqueue_one(&turn, e).await,
+        });
+    }
+    out
+}
+
+async fn write_batch(turn: &Turn, batch: &[Enqueue]) -> Result<Vec<Option<Queued>>, Error> {
+    let claims: Vec<Claim> = batch
+        .iter()
+        .map(|e| Claim {
+            scope: e.scope.clone(),
+            id: e.id.clone(),
+            task_id: e.task_id.clone(),
+            new_status: e.new_status.as_str().to_string(),
+        })
+        .collect();
+    let mut tx = turn.store.begin().await?;
+    let claimed = tx.instances_claim(&claims, turn.now).await?;
+    let tasks: Vec<NewTask> = batch
+        .iter()
+        .zip(&claimed)
+        .filter_map(|(e, inst)| Some(new_task(turn, e, inst.as_ref()?)))
+        .collect();
+    tx.tasks_insert(&tasks).await?;
+    tx.commit().await?;
+    Ok(batch
+        .iter()
+        .zip(claimed)
+        .map(|(e, inst)| {
+            inst.map(|instance| Queued {
+                task_id: e.task_id.clone(),
+                instance,
+            })
+        })
+        .collect())
+}
+
+/// One command in a transaction of its own; its error is its answer.
+async fn enqueue_one(turn: &Turn, e: &Enqueue) -> Enqueued {
+    let (sc, id) = (&e.scope, e.id.as_str());
+    let mut tx = turn.store.begin().await?;
+    if !tx
+        .instance_claim(sc, id, &e.task_id, e.new_status.as_str(), turn.now)
+        .await?
+    {
+        let row = tx
+            .instance_get(sc, id)
+            .await?
+            .ok_or_else(|| Error::not_found("instance", id))?;
+        let status = InstanceStatus::parse(&row.status).unwrap_or(InstanceStatus::Failed);
+        let deleting = e.kind == TaskKind::DeleteInstance;
+        check_mutable(status, row.active_task_id.is_some(), id, deleting)?;
+        return Err(Error::operation_in_progress());
+    }
+    let inst = tx
+        .instance_get(sc, id)
+        .await?
+        .ok_or_else(|| Error::not_found("instance", id))?;
+    tx.task_insert(&new_task(turn, e, &inst)).await?;
+    tx.commit().await?;
+    Ok(Queued {
+        task_id: e.task_id.clone(),
+        instance: inst,
+    })
+}
+
+fn new_task(turn: &Turn, e: &Enqueue, inst: &InstanceRow) -> NewTask {
+    let params = json!({
+        "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id, "ip_address": inst.ip_address,
+    });
+    NewTask {
+        id: e.task_id.clone(),
+        account_id: inst.account_id.clone(),
+        team_id: inst.team_id.clone(),
+        instance_id: Some(inst.id.clone()),
+        operation: e.kind.operation().into(),
+        params: params.to_string(),
+        message: "Queued".into(),
+        max_attempts: turn.max_attempts,
+        now: turn.now,
     }
 }

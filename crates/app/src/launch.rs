@@ -3,7 +3,7 @@
 //! row and its create task are written in one transaction.
 
 use crate::auth::scope;
-use crate::App;
+use crate::{App, Turn};
 use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
 use lobster_core::fleet::Template;
@@ -11,8 +11,7 @@ use lobster_core::{ids, Error, FieldError};
 use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// A standard launch, already schema-checked by the dialect.
 #[derive(Debug, Clone, Default)]
@@ -286,15 +285,7 @@ impl App {
             plan: p,
             task_id: ids::new_task_id(),
         };
-        let write = |batch: Vec<Queued>| {
-            let w = Writer {
-                store: self.store.clone(),
-                max_attempts: self.engine.config().max_attempts,
-                now: self.now(),
-                batched: Arc::clone(&self.launches_batched),
-            };
-            w.launch_batch(batch)
-        };
+        let write = |batch: Vec<Queued>| launch_batch(self.turn(), batch);
         let (instance, q) = match self.launches.submit(queued, write).await {
             Some(written) => written?,
             None => {
@@ -355,43 +346,34 @@ pub(crate) struct Queued {
 /// answer reports beyond the row), or why it was refused.
 pub(crate) type Written = Result<(InstanceRow, Box<Queued>), Error>;
 
-/// What a turn of the launch queue writes with.
-struct Writer {
-    store: lobster_store::Store,
-    max_attempts: i64,
-    now: i64,
-    /// Launches written in batches of two or more (see `App::launches_batched`).
-    batched: Arc<AtomicU64>,
+/// Writes a turn's launches: a lone launch in a transaction of its own; more in one
+/// transaction of a few multi-row statements (`write_batch`), then, one by one, any the
+/// batch left out (no room or address left for it once the others were placed, or the
+/// batch's write failed as a whole, say on a name already taken), so that each of those
+/// gets the answer a lone launch would.
+async fn launch_batch(turn: Turn, batch: Vec<Queued>) -> Vec<Written> {
+    let batch: Vec<Box<Queued>> = batch.into_iter().map(Box::new).collect();
+    let written = match batch.len() {
+        1 => Ok(vec![None]),
+        _ => write_batch(&turn, &batch).await,
+    };
+    let written = written.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, launches = batch.len(), "launch batch failed; writing each alone");
+        vec![None; batch.len()]
+    });
+    let n = written.iter().filter(|w| w.is_some()).count() as u64;
+    turn.batched.launches.fetch_add(n, Ordering::Relaxed);
+    let mut out = Vec::with_capacity(batch.len());
+    for (q, w) in batch.into_iter().zip(written) {
+        out.push(match w {
+            Some(instance) => Ok((instance, q)),
+            None => turn.launch_one(q).await,
+        });
+    }
+    out
 }
 
-impl Writer {
-    /// Writes a turn's launches: a lone launch in a transaction of its own; more in one
-    /// transaction of a few multi-row statements (`write_batch`), then, one by one, any the
-    /// batch left out (no room or address left for it once the others were placed, or the
-    /// batch's write failed as a whole, say on a name already taken), so that each of those
-    /// gets the answer a lone launch would.
-    async fn launch_batch(self, batch: Vec<Queued>) -> Vec<Written> {
-        let batch: Vec<Box<Queued>> = batch.into_iter().map(Box::new).collect();
-        let written = match batch.len() {
-            1 => Ok(vec![None]),
-            _ => write_batch(&self, &batch).await,
-        };
-        let written = written.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, launches = batch.len(), "launch batch failed; writing each alone");
-            vec![None; batch.len()]
-        });
-        let n = written.iter().filter(|w| w.is_some()).count() as u64;
-        self.batched.fetch_add(n, Ordering::Relaxed);
-        let mut out = Vec::with_capacity(batch.len());
-        for (q, w) in batch.into_iter().zip(written) {
-            out.push(match w {
-                Some(instance) => Ok((instance, q)),
-                None => self.launch_one(q).await,
-            });
-        }
-        out
-    }
-
+impl Turn {
     /// One launch in a transaction of its own; its error is its answer (409 when no
     /// candidate has room or the region has no free address).
     async fn launch_one(&self, q: Box<Queued>) -> Written {
@@ -444,7 +426,7 @@ impl Writer {
 /// instances, tasks and the hosts' reservations written at once. The reservation re-checks
 /// every host's room, so a batch can only fail as a whole, never overbook. The instances
 /// written, in the batch's order; None for a launch left to go alone.
-async fn write_batch(w: &Writer, batch: &[Box<Queued>]) -> Result<Vec<Option<InstanceRow>>, Error> {
+async fn write_batch(w: &Turn, batch: &[Box<Queued>]) -> Result<Vec<Option<InstanceRow>>, Error> {
     let (max_attempts, now) = (w.max_attempts, w.now);
     let mut tx = w.store.begin().await?;
     let placed = place_in_memory(&mut tx, batch).await?;

@@ -24,6 +24,7 @@ use lobster_driver::Hypervisor;
 use lobster_engine::{Engine, EngineConfig};
 use lobster_store::group::GroupCommit;
 use lobster_store::{InstanceRow, NewTask, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -39,8 +40,25 @@ pub struct App {
     wake: Arc<Notify>,
     /// Launches waiting to be written together (see `launch`).
     launches: GroupCommit<launch::Queued, launch::Written>,
-    /// Launches written in batches of two or more, since start.
-    launches_batched: Arc<std::sync::atomic::AtomicU64>,
+    /// Tasks against existing instances (power, delete) waiting to be queued together.
+    enqueues: GroupCommit<instances::Enqueue, instances::Enqueued>,
+    batched: Arc<Batched>,
+}
+
+/// Commands written in batches of two or more since start (the rest were written alone).
+#[derive(Default)]
+pub(crate) struct Batched {
+    pub(crate) launches: AtomicU64,
+    pub(crate) enqueues: AtomicU64,
+}
+
+/// What a turn of a write queue writes with: the store, the engine's attempt limit for new
+/// tasks, and the time the turn began (the time of everything it writes).
+pub(crate) struct Turn {
+    pub(crate) store: Store,
+    pub(crate) max_attempts: i64,
+    pub(crate) now: i64,
+    pub(crate) batched: Arc<Batched>,
 }
 
 impl App {
@@ -73,7 +91,8 @@ impl App {
             engine,
             wake,
             launches: GroupCommit::new(launch::MOST),
-            launches_batched: Default::default(),
+            enqueues: GroupCommit::new(instances::MOST),
+            batched: Default::default(),
         }))
     }
 
@@ -127,10 +146,30 @@ impl App {
         self.launches.waiting()
     }
 
+    /// Tasks against existing instances waiting for their turn to be queued, and whether
+    /// a turn is being written.
+    pub fn enqueues_waiting(&self) -> (usize, bool) {
+        (self.enqueues.waiting(), self.enqueues.writing())
+    }
+
     /// Launches written in batches of two or more since start; the rest were written alone.
     pub fn launches_batched(&self) -> u64 {
-        self.launches_batched
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.batched.launches.load(Ordering::Relaxed)
+    }
+
+    /// Tasks against existing instances queued in batches of two or more since start.
+    pub fn enqueues_batched(&self) -> u64 {
+        self.batched.enqueues.load(Ordering::Relaxed)
+    }
+
+    /// A turn of a write queue, beginning now.
+    pub(crate) fn turn(&self) -> Turn {
+        Turn {
+            store: self.store.clone(),
+            max_attempts: self.engine.config().max_attempts,
+            now: self.now(),
+            batched: Arc::clone(&self.batched),
+        }
     }
 
     pub(crate) fn wake_workers(&self) {

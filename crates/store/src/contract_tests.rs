@@ -799,3 +799,81 @@ async fn batch_writes_round_trip_and_a_reservation_is_all_or_nothing() {
         assert_eq!(store.instance_by_id("vm8").await.unwrap(), None);
     }
 }
+
+/// A batch claim takes an instance only for a scope that may see it (its account; its team,
+/// for a team key) and only while it is settled; two claims of one instance: one wins. The
+/// rows it answers are the instances as claimed, team name included.
+#[tokio::test]
+async fn batch_claims_respect_scope_and_take_each_instance_once() {
+    for (store, _d) in stores().await {
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        store
+            .team_create(&TeamRow {
+                id: "t1".into(),
+                account_id: "a1".into(),
+                name: "ops".into(),
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        for (k, id) in ["i1", "i2", "i3"].iter().enumerate() {
+            let row = InstanceRow {
+                name: format!("web-{k}"),
+                team_id: (*id == "i1").then(|| "t1".to_string()),
+                ..sample_instance(id, "a1")
+            };
+            tx.instance_insert(&row).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let scope = |account: &str, team: Option<&str>| Scope {
+            account_id: account.into(),
+            team_id: team.map(String::from),
+        };
+        let claim = |s: Scope, id: &str, task: &str| Claim {
+            scope: s,
+            id: id.into(),
+            task_id: task.into(),
+            new_status: "terminating".into(),
+        };
+        let claims = vec![
+            claim(scope("a2", None), "i1", "k1"),       // another account
+            claim(scope("a1", Some("t9")), "i1", "k2"), // another team
+            claim(scope("a1", Some("t1")), "i1", "k3"), // its team
+            claim(scope("a1", None), "i2", "k4"),       // its owner
+            claim(scope("a1", None), "i2", "k5"),       // the same again
+            claim(scope("a1", None), "nope", "k6"),     // no such instance
+        ];
+        let mut tx = store.begin().await.unwrap();
+        let got = tx.instances_claim(&claims, 50).await.unwrap();
+        tx.commit().await.unwrap();
+        let taken: Vec<Option<&str>> = got
+            .iter()
+            .map(|r| r.as_ref().and_then(|r| r.active_task_id.as_deref()))
+            .collect();
+        assert_eq!(taken[..3], [None, None, Some("k3")], "{got:?}");
+        let i2 = [taken[3], taken[4]];
+        assert!(
+            i2 == [Some("k4"), None] || i2 == [None, Some("k5")],
+            "{got:?}"
+        );
+        assert_eq!(taken[5], None);
+        let i1 = got[2].clone().unwrap();
+        assert_eq!(
+            (i1.status.as_str(), i1.team_name.as_deref(), i1.updated_at),
+            ("terminating", Some("ops"), 50)
+        );
+        assert_eq!(store.instance_by_id("i1").await.unwrap().unwrap(), i1);
+        // Busy now: a second claim takes nothing; i3 was never claimed.
+        let mut tx = store.begin().await.unwrap();
+        let again = tx
+            .instances_claim(&[claim(scope("a1", None), "i1", "k7")], 60)
+            .await
+            .unwrap();
+        assert_eq!(again, [None]);
+        tx.commit().await.unwrap();
+        let i3 = store.instance_by_id("i3").await.unwrap().unwrap();
+        assert_eq!((i3.status.as_str(), i3.active_task_id), ("rented", None));
+    }
+}

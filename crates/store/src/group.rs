@@ -61,6 +61,11 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
         rx.await.ok()
     }
 
+    /// Whether a write is under way (or a caller is taking the queue for one).
+    pub fn writing(&self) -> bool {
+        self.turn.try_lock().is_err()
+    }
+
     /// Items queued and not yet taken by a write.
     pub fn waiting(&self) -> usize {
         self.queue.lock().expect("queue lock").len()

@@ -1,11 +1,10 @@
 //! Hosts, their reserved capacity, and the IP pools. Reservation is a conditional UPDATE that
 //! only succeeds while the host still has room, so it holds across processes (invariant 1).
 
-use crate::{db_err, get_i64, get_opt_str, get_str, Backend, Store, Tx};
+use crate::{db_err, Backend, Cells, Store, Tx};
 use lobster_core::capacity::{HostFree, Resources};
 use lobster_core::fleet::Fleet;
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRow {
@@ -38,23 +37,28 @@ impl HostRow {
     }
 }
 
-fn host(r: &AnyRow) -> Result<HostRow, Error> {
+const COLS: &str =
+    "id, region, gpu_model, status, cores_total, memory_total, disk_total, gpus_total,
+    cores_used, memory_used, disk_used, gpus_used";
+
+/// Reads the columns of `COLS` by position.
+fn host(r: &impl Cells) -> Result<HostRow, Error> {
     Ok(HostRow {
-        id: get_str(r, "id")?,
-        region: get_str(r, "region")?,
-        gpu_model: get_opt_str(r, "gpu_model")?,
-        status: get_str(r, "status")?,
+        id: r.text(0)?,
+        region: r.text(1)?,
+        gpu_model: r.opt_text(2)?,
+        status: r.text(3)?,
         total: Resources {
-            cores: get_i64(r, "cores_total")?,
-            memory_gb: get_i64(r, "memory_total")?,
-            disk_gb: get_i64(r, "disk_total")?,
-            gpus: get_i64(r, "gpus_total")?,
+            cores: r.int(4)?,
+            memory_gb: r.int(5)?,
+            disk_gb: r.int(6)?,
+            gpus: r.int(7)?,
         },
         used: Resources {
-            cores: get_i64(r, "cores_used")?,
-            memory_gb: get_i64(r, "memory_used")?,
-            disk_gb: get_i64(r, "disk_used")?,
-            gpus: get_i64(r, "gpus_used")?,
+            cores: r.int(8)?,
+            memory_gb: r.int(9)?,
+            disk_gb: r.int(10)?,
+            gpus: r.int(11)?,
         },
     })
 }
@@ -130,7 +134,12 @@ impl Store {
     }
 
     pub async fn host_list(&self) -> Result<Vec<HostRow>, Error> {
-        let rows = sqlx::query("SELECT * FROM hosts ORDER BY id")
+        let sql = format!("SELECT {COLS} FROM hosts ORDER BY id");
+        if let Some(fast) = self.fast() {
+            // Every launch reads the hosts first: in-process on SQLite.
+            return fast.few(&sql, &[], |r| host(r)).await;
+        }
+        let rows = sqlx::query(&sql)
             .fetch_all(self.reader())
             .await
             .map_err(db_err)?;
@@ -216,7 +225,7 @@ impl Tx {
         let ids = crate::batch::padded(ids);
         let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
         let sql = format!(
-            "SELECT * FROM hosts WHERE id IN ({}) ORDER BY id",
+            "SELECT {COLS} FROM hosts WHERE id IN ({}) ORDER BY id",
             marks.join(", ")
         );
         let mut q = sqlx::query(&sql);

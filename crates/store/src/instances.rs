@@ -61,6 +61,15 @@ pub struct InstanceRow {
     pub deleted_at: Option<i64>,
 }
 
+/// One instance taken for a task (`Tx::instances_claim`).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub scope: Scope,
+    pub id: String,
+    pub task_id: String,
+    pub new_status: String,
+}
+
 /// What a launch writes; the rest starts out as `creating`/`stopped`.
 pub type NewInstance = InstanceRow;
 
@@ -68,6 +77,15 @@ const COLS: &str = "i.id, i.account_id, i.team_id, t.name AS team_name, i.name, 
     i.instance_type, i.template_name, i.iso_url, i.os_type, i.cores, i.memory_gb, i.disk_gb, i.gpus,
     i.gpu_model, i.price_cents_per_hour, i.status, i.power_status, i.ip_address, i.username, i.ssh_key,
     i.password, i.metadata, i.active_task_id, i.created_at, i.updated_at, i.ready_at, i.deleted_at";
+/// `COLS` as the RETURNING list of an update of `instances`.
+const CLAIMED: &str = "instances.id, instances.account_id, instances.team_id,
+    (SELECT t.name FROM teams t WHERE t.id = instances.team_id) AS team_name, instances.name,
+    instances.host_id, instances.region, instances.instance_type, instances.template_name,
+    instances.iso_url, instances.os_type, instances.cores, instances.memory_gb, instances.disk_gb,
+    instances.gpus, instances.gpu_model, instances.price_cents_per_hour, instances.status,
+    instances.power_status, instances.ip_address, instances.username, instances.ssh_key,
+    instances.password, instances.metadata, instances.active_task_id, instances.created_at,
+    instances.updated_at, instances.ready_at, instances.deleted_at";
 const FROM: &str = "FROM instances i LEFT JOIN teams t ON t.id = i.team_id";
 const LIVE: &str = "i.status IN ('creating', 'rented', 'terminating')";
 
@@ -436,6 +454,52 @@ impl Tx {
             .map_err(db_err)?
             .rows_affected()
             == 1)
+    }
+
+    /// `instance_claim` for many instances in one statement: each claim takes its instance
+    /// for its task when the scope may see it and it is settled (`rented`, no task). The
+    /// instances claimed, as they are now, in the order of `claims`; None for a claim that
+    /// took nothing (the caller tells why by trying it alone). Two claims of one instance
+    /// that may both take it: one does, either.
+    pub async fn instances_claim(
+        &mut self,
+        claims: &[Claim],
+        now: i64,
+    ) -> Result<Vec<Option<InstanceRow>>, Error> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        for c in claims {
+            self.wrote_instance(&c.id);
+        }
+        let rows = crate::batch::numbered(claims);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", ""]);
+        let sql = format!(
+            "WITH v(n, id, account_id, team_id, task_id, status) AS (VALUES {})
+             UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1
+             FROM v
+             WHERE instances.id = v.id AND v.n > 0 AND instances.account_id = v.account_id
+               AND (v.team_id IS NULL OR instances.team_id = v.team_id)
+               AND instances.status = 'rented' AND instances.active_task_id IS NULL
+             RETURNING {CLAIMED}",
+            crate::batch::values_list(2, rows.len(), 6, &casts)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (n, c) in &rows {
+            q = q
+                .bind(*n)
+                .bind(&c.id)
+                .bind(&c.scope.account_id)
+                .bind(&c.scope.team_id)
+                .bind(&c.task_id)
+                .bind(&c.new_status);
+        }
+        let got = q.fetch_all(self.conn()).await.map_err(db_err)?;
+        let mut by_task: std::collections::HashMap<String, InstanceRow> = got
+            .iter()
+            .map(|r| row(r).map(|i| (i.active_task_id.clone().unwrap_or_default(), i)))
+            .collect::<Result<_, _>>()?;
+        Ok(claims.iter().map(|c| by_task.remove(&c.task_id)).collect())
     }
 
     /// True when another live instance of the account already has this name.

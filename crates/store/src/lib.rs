@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use accounts::{AccountRow, KeyRow, TeamRow};
 pub use backups::BackupRow;
 pub use hosts::HostRow;
-pub use instances::{InstanceRow, NewInstance, Scope};
+pub use instances::{Claim, InstanceRow, NewInstance, Scope};
 pub use ips::{IpClaim, IpHeld, IpRow};
 pub use tasks::{Created, CreatedEnd, NewTask, TaskFilter, TaskRow};
 

@@ -118,6 +118,28 @@ impl SqliteReads {
         })
     }
 
+    /// Every row of `sql` with `binds`, mapped by `map`, on this thread: for results of a
+    /// few rows, where a hand-off to another thread would cost more than the read.
+    pub(crate) async fn few<T>(
+        &self,
+        sql: &str,
+        binds: &[&str],
+        map: impl Fn(&rusqlite::Row<'_>) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error> {
+        let _permit = self.permit().await?;
+        self.with(|c| {
+            let mut st = c.prepare_cached(sql).map_err(err)?;
+            let mut rows = st
+                .query(rusqlite::params_from_iter(binds.iter()))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(err)? {
+                out.push(map(r)?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Every row of `sql` with `binds`, mapped by `map`, on tokio's blocking pool.
     pub(crate) async fn all<T: Send + 'static>(
         self: &Arc<Self>,

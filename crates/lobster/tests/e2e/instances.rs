@@ -376,3 +376,97 @@ async fn team_scoped_key_cannot_touch_other_instances_of_the_account() {
     assert_eq!(owner.instance(id).await["status"], "rented");
     assert_eq!(app.drain().await, 0);
 }
+
+/// Waits (polling a condition, not for a time) until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let wait = async {
+        while !f() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+/// Deletes and power commands that arrive while another is written are queued together, in
+/// one transaction; each the batch could not take gets the answer it would alone: 404 for
+/// an unknown instance or another tenant's, 400 for one already terminating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_queued_behind_a_write_are_written_as_one_batch() {
+    let app = TestApp::spawn().await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let bob = std::sync::Arc::new(app.tenant("bob").await);
+    let mut ids = vec![];
+    for _ in 0..6 {
+        let b = alice.launch("v1_cpu_small", "us-east-1").await;
+        ids.push(b["vm_uuid"].as_str().unwrap().to_string());
+    }
+    let bobs = bob.launch("v1_cpu_small", "us-east-1").await["vm_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.drain().await;
+    // The first command's write waits on this transaction (SQLite: the writer is busy;
+    // PostgreSQL: its instance's row is held).
+    let store = app.app.store();
+    let mut holder = store.begin().await.unwrap();
+    holder.instance_rename(&ids[0], "held", 1).await.unwrap();
+    let send = |who: &std::sync::Arc<Tenant>, path: String, delete: bool| {
+        let who = who.clone();
+        tokio::spawn(async move {
+            let r = if delete {
+                who.delete(&path).await
+            } else {
+                who.post(&path, json!({})).await
+            };
+            r.status()
+        })
+    };
+    let first = send(&alice, format!("/api/v1/instances/{}", ids[0]), true);
+    until("the first command is being written", || {
+        app.app.enqueues_waiting() == (0, true)
+    })
+    .await;
+    let mut rest = vec![];
+    for id in &ids[1..5] {
+        rest.push(send(&alice, format!("/api/v1/instances/{id}"), true));
+    }
+    let shutdown = format!("/api/v1/instances/{}/shutdown", ids[5]);
+    rest.push(send(&alice, shutdown, false));
+    rest.push(send(&alice, format!("/api/v1/instances/{}", ids[1]), true));
+    rest.push(send(&alice, format!("/api/v1/instances/{bobs}"), true));
+    rest.push(send(&alice, "/api/v1/instances/no-such-vm".into(), true));
+    until("the rest are queued", || {
+        app.app.enqueues_waiting().0 == rest.len()
+    })
+    .await;
+    holder.rollback().await.unwrap();
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    let mut got = vec![];
+    for r in rest {
+        got.push(r.await.unwrap());
+    }
+    use StatusCode as S;
+    // ids[1] was deleted twice: whichever came first was queued, the other found it
+    // terminating.
+    let mut twice = [got[0], got[5]];
+    twice.sort();
+    assert_eq!(twice, [S::OK, S::BAD_REQUEST], "{got:?}");
+    assert_eq!(got[1..5], [S::OK; 4], "{got:?}");
+    assert_eq!(got[6..], [S::NOT_FOUND; 2], "{got:?}");
+    assert_eq!(app.app.enqueues_batched(), 5);
+    // Each queued task names its own instance and runs: the deleted are gone, the one shut
+    // down is stopped, and bob's is untouched.
+    app.drain().await;
+    for id in &ids[..5] {
+        alice
+            .get_json(&format!("/api/v1/instances/{id}"), StatusCode::NOT_FOUND)
+            .await;
+    }
+    let stopped = alice.instance(&ids[5]).await;
+    assert_eq!(stopped["power_status"], json!("stopped"));
+    let theirs = bob.instance(&bobs).await;
+    assert_eq!(theirs["power_status"], json!("running"));
+    assert_eq!(app.sim.vm_count(), 2);
+}
