@@ -3,6 +3,7 @@
 
 pub mod bluelobster;
 mod docs;
+pub mod rendered;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

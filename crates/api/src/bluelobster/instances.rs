@@ -4,16 +4,30 @@ use super::{body_bytes, Auth, BlResult, Ctx};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::Path;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use lobster_app::instances::Queued;
 use lobster_core::instance::PowerOp;
 use serde_json::{json, Value};
 
-pub async fn instance_list(ctx: Ctx, Auth(caller): Auth) -> BlResult<Response> {
+/// Rendered list bodies (see `crate::rendered`).
+pub type Lists = std::sync::Arc<crate::rendered::Rendered<Vec<lobster_store::InstanceRow>>>;
+
+pub async fn instance_list(
+    ctx: Ctx,
+    Extension(lists): Extension<Lists>,
+    Auth(caller): Auth,
+) -> BlResult<Response> {
     let rows = ctx.0.instance_list(&caller).await?;
-    let views: Vec<_> = rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect();
-    Ok(Json(views).into_response())
+    // What of the view depends on the caller: `access_type`.
+    let variant = caller.team_id.is_some() as u8;
+    let body = lists.body(&rows, variant, |rows| {
+        let views: Vec<_> = rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect();
+        Bytes::from(serde_json::to_vec(&views).expect("instance views serialize"))
+    });
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub async fn instance_get(

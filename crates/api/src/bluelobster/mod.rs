@@ -161,6 +161,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/instances/log", post(history::instance_log))
         .layer(axum::middleware::map_response(json_method_not_allowed))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::Extension(instances::Lists::default()))
         .with_state(app)
 }
 

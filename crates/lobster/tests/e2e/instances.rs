@@ -470,3 +470,56 @@ async fn commands_queued_behind_a_write_are_written_as_one_batch() {
     assert_eq!(theirs["power_status"], json!("running"));
     assert_eq!(app.sim.vm_count(), 2);
 }
+
+/// A list's body is written once and served again while nothing in it changes; every change
+/// (a rename, a launch, a delete) shows in the next list, and each scope gets its own body.
+#[tokio::test]
+async fn a_kept_list_body_follows_every_change() {
+    let app = TestApp::spawn().await;
+    let owner = app.tenant("acme").await;
+    app.app.team_create("acme", "ml").await.unwrap();
+    let ml = app.key("acme", "member", false, Some("ml")).await;
+    let a = owner.launch("v1_cpu_small", "us-east-1").await;
+    let t = ml.launch("v1_cpu_small", "us-east-1").await;
+    app.drain().await;
+    let names = |list: &serde_json::Value| -> Vec<(String, String)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let s = |f: &str| i[f].as_str().unwrap().to_string();
+                (s("name"), s("access_type"))
+            })
+            .collect()
+    };
+    let first = owner.get_json("/api/v1/instances", StatusCode::OK).await;
+    let again = owner.get_json("/api/v1/instances", StatusCode::OK).await;
+    assert_eq!(first, again);
+    assert_eq!(names(&first).len(), 2);
+    assert!(names(&first).iter().all(|(_, a)| a == "owner"));
+    let team = ml.get_json("/api/v1/instances", StatusCode::OK).await;
+    assert_eq!(names(&team).len(), 1);
+    assert_eq!(team[0]["access_type"], json!("team"));
+    let a_id = a["vm_uuid"].as_str().unwrap();
+    let r = owner
+        .put(
+            &format!("/api/v1/instances/{a_id}/rename"),
+            json!({"name": "renamed"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let after = owner.get_json("/api/v1/instances", StatusCode::OK).await;
+    assert!(names(&after).contains(&("renamed".into(), "owner".into())));
+    let b = owner.launch("v1_cpu_small", "us-east-1").await;
+    let listed = owner.get_json("/api/v1/instances", StatusCode::OK).await;
+    assert_eq!(listed[0]["uuid"], b["vm_uuid"]);
+    assert_eq!(names(&listed).len(), 3);
+    let t_id = t["vm_uuid"].as_str().unwrap();
+    let r = ml.delete(&format!("/api/v1/instances/{t_id}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    app.drain().await;
+    let team = ml.get_json("/api/v1/instances", StatusCode::OK).await;
+    assert_eq!(team, json!([]));
+    let listed = owner.get_json("/api/v1/instances", StatusCode::OK).await;
+    assert_eq!(names(&listed).len(), 2);
+}
