@@ -259,11 +259,29 @@ impl Cache {
         self.state().lists.get(scope)?.fresh(self.ttl())
     }
 
-    pub(crate) fn keep_list(&self, t: Ticket, scope: &Scope, rows: &Arc<Vec<InstanceRow>>) {
-        let Some(since) = t.0 else { return };
+    /// Keeps a list read since `t`; answers the rows to serve: the rows last kept for the
+    /// scope when they are equal (a list re-read only because its entry aged out), so that
+    /// what callers derived from them (a rendered body) stays good for them.
+    pub(crate) fn keep_list(
+        &self,
+        t: Ticket,
+        scope: &Scope,
+        rows: Arc<Vec<InstanceRow>>,
+    ) -> Arc<Vec<InstanceRow>> {
+        let Some(since) = t.0 else { return rows };
         if rows.len() > MAX_LIST_ROWS {
-            return;
+            return rows;
         }
+        let previous = self.state().lists.get(scope).map(|e| e.value.clone());
+        let rows = match previous {
+            Some(p) if *p == *rows => p,
+            _ => rows,
+        };
+        self.keep_list_rows(since, scope, &rows);
+        rows
+    }
+
+    fn keep_list_rows(&self, since: u64, scope: &Scope, rows: &Arc<Vec<InstanceRow>>) {
         let mut st = self.state();
         if self.is_on() && st.unchanged_since(since, st.instances_at) {
             let ttl = self.ttl();
@@ -423,14 +441,37 @@ mod tests {
             team_id: None,
         };
         for k in 0..10 {
-            c.keep_list(c.ticket(), &scope(k), &rows);
+            c.keep_list(c.ticket(), &scope(k), rows.clone());
             let held: usize = c.state().lists.values().map(|e| e.value.len()).sum();
             assert!(held <= MAX_LISTED_ROWS, "{held} rows held");
             assert!(c.list(&scope(k)).is_some(), "the newest list is kept");
         }
         let too_long = Arc::new(vec![rows[0].clone(); MAX_LIST_ROWS + 1]);
-        c.keep_list(c.ticket(), &scope(99), &too_long);
+        c.keep_list(c.ticket(), &scope(99), too_long);
         assert!(c.list(&scope(99)).is_none());
+    }
+
+    /// A list re-read after its entry aged out, and found equal, is served as the rows kept
+    /// before (what was rendered from them stays good); a changed one replaces them.
+    #[test]
+    fn an_equal_re_read_keeps_the_rows_kept_before() {
+        let c = Cache::new(false);
+        let scope = Scope {
+            account_id: "a".into(),
+            team_id: None,
+        };
+        let row = crate::contract_tests::sample_instance("i", "a");
+        let first = c.keep_list(c.ticket(), &scope, Arc::new(vec![row.clone()]));
+        let again = c.keep_list(c.ticket(), &scope, Arc::new(vec![row.clone()]));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(Arc::ptr_eq(&c.list(&scope).unwrap(), &first));
+        let renamed = InstanceRow {
+            name: "other".into(),
+            ..row
+        };
+        let changed = c.keep_list(c.ticket(), &scope, Arc::new(vec![renamed]));
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(c.list(&scope).unwrap()[0].name, "other");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! engine writes are guarded by the instance's active task so that only the task that holds
 //! the instance can move it on (invariant 3).
 
+use crate::batch::{Statement, Val};
 use crate::cache::visible;
 use crate::{db_err, is_unique_violation, Cells, Store, Tx};
 use lobster_core::capacity::Resources;
@@ -192,8 +193,7 @@ impl Store {
         }
         let ticket = cache.ticket();
         let rows = Arc::new(self.instance_list_read(scope).await?);
-        cache.keep_list(ticket, scope, &rows);
-        Ok(rows)
+        Ok(cache.keep_list(ticket, scope, rows))
     }
 
     async fn instance_list_read(&self, scope: &Scope) -> Result<Vec<InstanceRow>, Error> {
@@ -353,40 +353,42 @@ impl Tx {
              INSERT INTO instances ({COLUMNS}) SELECT {COLUMNS} FROM v WHERE n > 0",
             crate::batch::values_list(1, numbered.len(), pg.len(), &casts)
         );
-        let mut q = sqlx::query(&sql);
+        let mut vals: Vec<Val> = Vec::with_capacity(numbered.len() * pg.len());
         for (n, i) in numbered {
-            q = q
-                .bind(n)
-                .bind(&i.id)
-                .bind(&i.account_id)
-                .bind(&i.team_id)
-                .bind(&i.name)
-                .bind(&i.host_id)
-                .bind(&i.region)
-                .bind(&i.instance_type)
-                .bind(&i.template_name)
-                .bind(&i.iso_url)
-                .bind(&i.os_type)
-                .bind(i.resources.cores)
-                .bind(i.resources.memory_gb)
-                .bind(i.resources.disk_gb)
-                .bind(i.resources.gpus)
-                .bind(&i.gpu_model)
-                .bind(i.price_cents_per_hour)
-                .bind(&i.status)
-                .bind(&i.power_status)
-                .bind(&i.ip_address)
-                .bind(&i.username)
-                .bind(&i.ssh_key)
-                .bind(&i.password)
-                .bind(&i.metadata)
-                .bind(&i.active_task_id)
-                .bind(i.created_at)
-                .bind(i.updated_at)
-                .bind(i.ready_at)
-                .bind(i.deleted_at);
+            vals.extend([
+                Val::from(n),
+                (&i.id).into(),
+                (&i.account_id).into(),
+                (&i.team_id).into(),
+                (&i.name).into(),
+                (&i.host_id).into(),
+                (&i.region).into(),
+                (&i.instance_type).into(),
+                (&i.template_name).into(),
+                (&i.iso_url).into(),
+                (&i.os_type).into(),
+                i.resources.cores.into(),
+                i.resources.memory_gb.into(),
+                i.resources.disk_gb.into(),
+                i.resources.gpus.into(),
+                (&i.gpu_model).into(),
+                i.price_cents_per_hour.into(),
+                (&i.status).into(),
+                (&i.power_status).into(),
+                (&i.ip_address).into(),
+                (&i.username).into(),
+                (&i.ssh_key).into(),
+                (&i.password).into(),
+                (&i.metadata).into(),
+                (&i.active_task_id).into(),
+                i.created_at.into(),
+                i.updated_at.into(),
+                i.ready_at.into(),
+                i.deleted_at.into(),
+            ]);
         }
-        q.execute(self.conn()).await.map_err(db_err)?;
+        let st = Statement::new(self.backend, &sql, vals);
+        st.query().execute(self.conn()).await.map_err(db_err)?;
         Ok(())
     }
 
@@ -484,17 +486,19 @@ impl Tx {
              RETURNING {CLAIMED}",
             crate::batch::values_list(2, rows.len(), 6, &casts)
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let mut vals: Vec<Val> = vec![now.into()];
         for (n, c) in &rows {
-            q = q
-                .bind(*n)
-                .bind(&c.id)
-                .bind(&c.scope.account_id)
-                .bind(&c.scope.team_id)
-                .bind(&c.task_id)
-                .bind(&c.new_status);
+            vals.extend([
+                Val::from(*n),
+                (&c.id).into(),
+                (&c.scope.account_id).into(),
+                (&c.scope.team_id).into(),
+                (&c.task_id).into(),
+                (&c.new_status).into(),
+            ]);
         }
-        let got = q.fetch_all(self.conn()).await.map_err(db_err)?;
+        let st = Statement::new(self.backend, &sql, vals);
+        let got = st.query().fetch_all(self.conn()).await.map_err(db_err)?;
         let mut by_task: std::collections::HashMap<String, InstanceRow> = got
             .iter()
             .map(|r| row(r).map(|i| (i.active_task_id.clone().unwrap_or_default(), i)))

@@ -1,6 +1,7 @@
 //! Public IPv4 addresses: regional pools, and which interface of which instance holds each.
 //! Allocation is a conditional UPDATE, so two transactions can never take the same address.
 
+use crate::batch::{Statement, Val};
 use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Store, Tx};
 use lobster_core::Error;
 use sqlx::any::AnyRow;
@@ -314,18 +315,20 @@ impl Tx {
                 format!("WITH {v} {history} SELECT address, instance_id, iface, prim, $1 FROM v WHERE n > 0"),
             ],
         };
+        let mut vals: Vec<Val> = vec![now.into()];
+        for (n, (address, c)) in &rows {
+            vals.extend([
+                Val::from(*n),
+                Val::from(address.as_str()),
+                c.instance_id.into(),
+                c.interface_name.into(),
+                c.mac_address.into(),
+                (c.is_primary as i64).into(),
+            ]);
+        }
         for sql in statements {
-            let mut q = sqlx::query(&sql).bind(now);
-            for (n, (address, c)) in &rows {
-                q = q
-                    .bind(*n)
-                    .bind(*address)
-                    .bind(c.instance_id)
-                    .bind(c.interface_name)
-                    .bind(c.mac_address)
-                    .bind(c.is_primary as i64);
-            }
-            let done = q.execute(self.conn()).await.map_err(db_err)?;
+            let st = Statement::new(self.backend, &sql, vals.clone());
+            let done = st.query().execute(self.conn()).await.map_err(db_err)?;
             if done.rows_affected() != taken.len() as u64 {
                 // Only another writer could have taken one between the two statements.
                 return Err(Error::Internal(format!(

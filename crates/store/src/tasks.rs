@@ -2,7 +2,7 @@
 //! needs it; workers claim it with a lease, heartbeat, and finish it only while they still
 //! hold the lease, so a task reclaimed after a crash is never finished twice.
 
-use crate::batch::{padded, values_list};
+use crate::batch::{padded, values_list, Statement, Val};
 use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Scope, Store, Tx};
 use lobster_core::Error;
 use sqlx::any::AnyRow;
@@ -110,21 +110,23 @@ pub enum CreatedEnd {
     FirewallChanged,
 }
 
-/// Binds a finish of created tasks: `$1` the message, `$2` now, `$3` the worker, then each
+/// A finish of created tasks: `$1` the message, `$2` now, `$3` the worker, then each
 /// (padded) item's task, instance and firewall version.
-fn bind_created<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+fn created_statement<'q>(
+    backend: Backend,
+    sql: &str,
     (message, now, worker): (&'q str, i64, &'q str),
     items: &'q [Created],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let mut q = q.bind(message).bind(now).bind(worker);
+) -> Statement<'q> {
+    let mut vals: Vec<Val> = vec![message.into(), now.into(), worker.into()];
     for it in padded(items) {
-        q = q
-            .bind(&it.task_id)
-            .bind(&it.instance_id)
-            .bind(it.firewall_version);
+        vals.extend([
+            Val::from(&it.task_id),
+            (&it.instance_id).into(),
+            it.firewall_version.into(),
+        ]);
     }
-    q
+    Statement::new(backend, sql, vals)
 }
 
 impl Store {
@@ -188,8 +190,8 @@ impl Store {
              FROM v",
             values_list(4, padded(items).len(), 3, &["", "", "::bigint"])
         );
-        let q = bind_created(sqlx::query(&sql), (message, now, worker), items);
-        let rows = q.fetch_all(self.writer()).await.map_err(db_err)?;
+        let st = created_statement(self.backend, &sql, (message, now, worker), items);
+        let rows = st.query().fetch_all(self.writer()).await.map_err(db_err)?;
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
             // `held` reads the statement's snapshot, from before its own update: a task
@@ -232,8 +234,8 @@ impl Store {
              RETURNING tasks.id",
             values_list(4, padded(items).len(), 3, &["", "", ""])
         );
-        let q = bind_created(sqlx::query(&sql), (message, now, worker), items);
-        let rows = q.fetch_all(tx.conn()).await.map_err(db_err)?;
+        let st = created_statement(tx.backend, &sql, (message, now, worker), items);
+        let rows = st.query().fetch_all(tx.conn()).await.map_err(db_err)?;
         let done: std::collections::HashSet<String> = rows
             .iter()
             .map(|r| get_str(r, "id"))
@@ -601,21 +603,23 @@ impl Tx {
              FROM v WHERE n > 0",
             values_list(1, numbered.len(), pg.len(), &casts)
         );
-        let mut q = sqlx::query(&sql);
+        let mut vals: Vec<Val> = Vec::with_capacity(numbered.len() * pg.len());
         for (n, t) in numbered {
-            q = q
-                .bind(n)
-                .bind(&t.id)
-                .bind(&t.account_id)
-                .bind(&t.team_id)
-                .bind(&t.instance_id)
-                .bind(&t.operation)
-                .bind(&t.params)
-                .bind(&t.message)
-                .bind(t.max_attempts)
-                .bind(t.now);
+            vals.extend([
+                Val::from(n),
+                (&t.id).into(),
+                (&t.account_id).into(),
+                (&t.team_id).into(),
+                (&t.instance_id).into(),
+                (&t.operation).into(),
+                (&t.params).into(),
+                (&t.message).into(),
+                t.max_attempts.into(),
+                t.now.into(),
+            ]);
         }
-        q.execute(self.conn()).await.map_err(db_err)?;
+        let st = Statement::new(self.backend, &sql, vals);
+        st.query().execute(self.conn()).await.map_err(db_err)?;
         Ok(())
     }
 
