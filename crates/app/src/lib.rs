@@ -172,8 +172,11 @@ impl App {
         }
     }
 
+    /// Wakes one idle worker (or the next to go idle); a worker that finds a full batch
+    /// wakes the next, so a burst of work wakes as many as it needs. Waking every worker
+    /// for every command had all of them look for work most would not find (on PostgreSQL
+    /// a claim statement each: a fifth of its time while launching).
     pub(crate) fn wake_workers(&self) {
-        self.wake.notify_waiters();
         self.wake.notify_one();
     }
 }

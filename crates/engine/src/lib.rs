@@ -301,8 +301,16 @@ impl Engine {
                         engine
                             .last_poll
                             .store(engine.clock.now().millis().max(1), Ordering::Relaxed);
-                        match engine.run_batch(engine.cfg.batch.max(1)).await {
-                            Ok(n) if n > 0 => continue,
+                        let limit = engine.cfg.batch.max(1);
+                        match engine.run_batch(limit).await {
+                            Ok(n) if n > 0 => {
+                                // A full batch: there is likely more; another worker can
+                                // take it meanwhile.
+                                if n == limit {
+                                    engine.wake.notify_one();
+                                }
+                                continue;
+                            }
                             Ok(_) => {}
                             Err(e) => tracing::error!("task engine: {e}"),
                         }
