@@ -106,6 +106,10 @@ impl Store {
                     AnyPoolOptions::new()
                         .max_connections(n)
                         .acquire_timeout(Duration::from_secs(30))
+                        // sqlx pings a pooled connection before every use by default: for an
+                        // embedded file that is only a round trip to its thread (one more per
+                        // transaction, on the one writer).
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 for p in [
@@ -136,6 +140,18 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
+                    // A ping before every use is a round trip per statement or transaction;
+                    // one after a second idle still finds a connection the server dropped
+                    // (a restart) before a request does, while a busy pool pays nothing.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > Duration::from_secs(1) {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(url)
                     .await
                     .map_err(db_err)?;
