@@ -1,6 +1,7 @@
 //! What each task kind does against the driver, and how its end is written down. Every
 //! driver step is idempotent, so a task reclaimed after a crash simply runs again.
 
+use crate::finisher::DELETED;
 use crate::{Engine, Outcome};
 use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
@@ -8,7 +9,7 @@ use lobster_core::instance::PowerOp;
 use lobster_core::task::{TaskKind, TaskStatus};
 use lobster_core::Error;
 use lobster_driver::{NicAddress, VmSpec};
-use lobster_store::{Created, CreatedEnd, InstanceRow, TaskRow};
+use lobster_store::{Created, CreatedEnd, Deleted, InstanceRow, TaskRow};
 use std::future::Future;
 
 /// Extra attempts a failed create gets to clean up its half-built VM before capacity is
@@ -135,15 +136,19 @@ impl Engine {
                     Outcome::Fail(why_gave_up())
                 } else {
                     match self.driver.destroy(&host, &inst.id).await {
-                        Ok(()) => Outcome::Done("VM deleted successfully".into()),
+                        Ok(()) => Outcome::Done(DELETED.into()),
                         Err(e) => self.on_driver_error(task, "destroy", e),
                     }
                 };
-                match out {
+                let out = match out {
                     Outcome::Fail(why) => match self.driver.power_state(&host, &inst.id).await {
-                        Ok(None) => Outcome::Done("VM deleted successfully".into()),
+                        Ok(None) => Outcome::Done(DELETED.into()),
                         _ => Outcome::Fail(why),
                     },
+                    other => other,
+                };
+                match out {
+                    Outcome::Done(_) => self.finish_delete(task, inst).await,
                     other => other,
                 }
             }
@@ -207,7 +212,7 @@ impl Engine {
             let now = || self.clock.now().millis();
             match self
                 .finisher
-                .finish(&self.store, &self.worker_id, now, item)
+                .finish_created(&self.store, &self.worker_id, now, item)
                 .await
             {
                 Ok(CreatedEnd::Finished) => return Outcome::Recorded,
@@ -231,6 +236,28 @@ impl Engine {
             }
         }
         Outcome::Retry("the firewall kept changing while the VM was finished".into())
+    }
+
+    /// Writes a delete's end (task COMPLETED, instance deleted, its capacity and addresses
+    /// given back) with the other deletes that end meanwhile, inside the heartbeat's cover.
+    async fn finish_delete(&self, task: &TaskRow, inst: &InstanceRow) -> Outcome {
+        let item = Deleted {
+            task_id: task.id.clone(),
+            instance_id: inst.id.clone(),
+        };
+        let now = || self.clock.now().millis();
+        match self
+            .finisher
+            .finish_deleted(&self.store, &self.worker_id, now, item)
+            .await
+        {
+            Ok(true) => Outcome::Recorded,
+            Ok(false) => {
+                tracing::warn!(task = %task.id, "lease lost before the delete's end was written");
+                Outcome::Recorded
+            }
+            Err(e) => Outcome::Retry(format!("database: {e}")),
+        }
     }
 
     /// Pushes the firewall or the address set as it is now. While the VM is still being
@@ -341,6 +368,8 @@ impl Engine {
                 (TaskKind::CreateInstance, true) => {
                     tx.instance_created(id, t, now).await?;
                 }
+                // A delete that went well ends in its run too (`finish_delete`); this arm
+                // serves a failed create, and stays correct for a delete.
                 (TaskKind::CreateInstance, false) | (TaskKind::DeleteInstance, true) => {
                     let end = if ok { "deleted" } else { "failed" };
                     // instance_end is true exactly once, so capacity is released exactly once.

@@ -877,3 +877,94 @@ async fn batch_claims_respect_scope_and_take_each_instance_once() {
         assert_eq!((i3.status.as_str(), i3.active_task_id), ("rented", None));
     }
 }
+
+/// Deletes that end together are written together: each only while its worker holds the
+/// task, and each instance's capacity and addresses given back exactly once.
+#[tokio::test]
+async fn deletes_finished_together_release_once_and_only_under_lease() {
+    for (store, _d) in stores().await {
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let ids = ["d1", "d2", "d3"];
+        let mut tx = store.begin().await.unwrap();
+        for (k, id) in ids.iter().enumerate() {
+            let ip = tx
+                .ip_allocate("us-east-1", &claim(id), 1)
+                .await
+                .unwrap()
+                .unwrap();
+            let row = InstanceRow {
+                name: format!("web-{k}"),
+                status: "terminating".into(),
+                active_task_id: Some(format!("t-{id}")),
+                ip_address: Some(ip),
+                ..sample_instance(id, "a1")
+            };
+            tx.instance_insert(&row).await.unwrap();
+            assert!(tx.host_reserve("wil-cpu-03", &res(2)).await.unwrap());
+            tx.task_insert(&NewTask {
+                instance_id: Some(id.to_string()),
+                operation: "delete_instance".into(),
+                // Due one after another: claimed in this order.
+                ..new_task(&format!("t-{id}"), 1 + k as i64)
+            })
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let used = || async {
+            let hosts = store.host_list().await.unwrap();
+            hosts
+                .iter()
+                .find(|h| h.id == "wil-cpu-03")
+                .unwrap()
+                .used
+                .cores
+        };
+        assert_eq!(used().await, 6);
+        // w1 holds d1 and d2; d3 is held by another worker.
+        for (id, worker) in [("t-d1", "w1"), ("t-d2", "w1"), ("t-d3", "w2")] {
+            let t = store.task_claim(worker, 9, 60_000).await.unwrap().unwrap();
+            assert_eq!(t.id, id);
+        }
+        let items: Vec<Deleted> = ids
+            .iter()
+            .map(|id| Deleted {
+                task_id: format!("t-{id}"),
+                instance_id: id.to_string(),
+            })
+            .collect();
+        let got = store
+            .task_finish_deleted("w1", "VM deleted successfully", 5, &items)
+            .await
+            .unwrap();
+        assert_eq!(got, [true, true, false]);
+        assert_eq!(used().await, 2, "d1 and d2 gave back 2 cores each");
+        let held = store.ip_assignments().await.unwrap();
+        let holders: Vec<&str> = held.iter().map(|(_, i)| i.as_str()).collect();
+        assert_eq!(holders, ["d3"]);
+        for id in ["d1", "d2"] {
+            let i = store.instance_by_id(id).await.unwrap().unwrap();
+            assert_eq!((i.status.as_str(), i.deleted_at), ("deleted", Some(5)));
+            let t = store.task_by_id(&format!("t-{id}")).await.unwrap().unwrap();
+            assert_eq!(t.status, "COMPLETED");
+        }
+        let d3 = store.instance_by_id("d3").await.unwrap().unwrap();
+        assert_eq!(d3.status, "terminating");
+        let open: Vec<_> = store
+            .ip_history("a1")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|h| h.released_at.is_none())
+            .collect();
+        assert_eq!(open.len(), 1);
+        // Written again (a retry whose answer was lost): nothing more is given back.
+        let again = store
+            .task_finish_deleted("w1", "VM deleted successfully", 6, &items[..2])
+            .await
+            .unwrap();
+        assert_eq!(again, [false, false]);
+        assert_eq!(used().await, 2);
+    }
+}

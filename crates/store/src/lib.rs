@@ -11,6 +11,7 @@ mod batch;
 mod cache;
 pub mod console;
 pub mod copy;
+mod deleted;
 pub mod firewall;
 pub mod group;
 pub mod hosts;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use accounts::{AccountRow, KeyRow, TeamRow};
 pub use backups::BackupRow;
+pub use deleted::Deleted;
 pub use hosts::HostRow;
 pub use instances::{Claim, InstanceRow, NewInstance, Scope};
 pub use ips::{IpClaim, IpHeld, IpRow};

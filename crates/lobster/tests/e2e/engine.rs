@@ -457,4 +457,22 @@ async fn a_batch_of_creates_runs_side_by_side_and_each_ends_once() {
     assert_eq!(tasks.len(), 10, "one task per launch");
     assert!(tasks.iter().all(|t| t.status == "COMPLETED"));
     assert_eq!(tasks.iter().map(|t| t.attempts).sum::<i64>(), 11);
+
+    // Their deletes, in one batch too: each ends once, giving back what it held.
+    for id in &ids {
+        let r = alice.delete(&format!("/api/v1/instances/{id}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(engine.run_batch(16).await.unwrap(), 10);
+    for id in &ids {
+        let i = store.instance_by_id(id).await.unwrap().unwrap();
+        assert_eq!(i.status, "deleted");
+    }
+    assert_eq!(app.sim.vm_count(), 0);
+    assert!(store.ip_assignments().await.unwrap().is_empty());
+    let hosts = store.host_list().await.unwrap();
+    assert!(
+        hosts.iter().all(|h| h.used == Default::default()),
+        "{hosts:?}"
+    );
 }

@@ -1,0 +1,199 @@
+//! The end of delete tasks, many at once (group commit, as for creates: `task_finish_created`).
+//! Written one by one, a delete's end was seven statements on the one path every delete
+//! takes (task, instance, host, address history, addresses, and the transaction's two ends).
+
+use crate::batch::{numbered, padded, values_list, Statement, Val};
+use crate::{db_err, get_i64, get_str, Store, Tx};
+use lobster_core::capacity::Resources;
+use lobster_core::Error;
+use std::collections::{BTreeMap, HashSet};
+
+/// A delete task whose VM is gone, for `Store::task_finish_deleted`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deleted {
+    pub task_id: String,
+    pub instance_id: String,
+}
+
+impl Store {
+    /// Delete tasks that finished well: each task COMPLETED and, the first time, its instance
+    /// `deleted` with its capacity and addresses given back, all in one transaction. Each
+    /// is written only while `worker` holds its lease. Answers, in the order of `items`,
+    /// whether it was written (false: the lease was lost, nothing of it written).
+    pub async fn task_finish_deleted(
+        &self,
+        worker: &str,
+        message: &str,
+        now: i64,
+        items: &[Deleted],
+    ) -> Result<Vec<bool>, Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let finished = tx.tasks_finished(worker, message, now, items).await?;
+        let mine: Vec<&Deleted> = items
+            .iter()
+            .filter(|d| finished.contains(&d.task_id))
+            .collect();
+        let ended = tx.instances_ended(&mine, now).await?;
+        let mut by_host: BTreeMap<String, Resources> = BTreeMap::new();
+        for (_, host, r) in &ended {
+            let sum = by_host.entry(host.clone()).or_default();
+            *sum = sum.plus(r);
+        }
+        let adds: Vec<(String, Resources)> = by_host.into_iter().collect();
+        tx.hosts_release(&adds).await?;
+        let ids: Vec<&str> = ended.iter().map(|(id, _, _)| id.as_str()).collect();
+        tx.ips_release_of(&ids, now).await?;
+        tx.commit().await?;
+        Ok(items
+            .iter()
+            .map(|d| finished.contains(&d.task_id))
+            .collect())
+    }
+}
+
+impl Tx {
+    /// The tasks among `items` this worker still held, now COMPLETED.
+    async fn tasks_finished(
+        &mut self,
+        worker: &str,
+        message: &str,
+        now: i64,
+        items: &[Deleted],
+    ) -> Result<HashSet<String>, Error> {
+        let rows = numbered(items);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", ""]);
+        let sql = format!(
+            "WITH v(n, task_id, instance_id) AS (VALUES {})
+             UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
+               lease_owner = NULL, lease_until = NULL
+             FROM v
+             WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = $3
+               AND tasks.status = 'PROCESSING'
+             RETURNING tasks.id",
+            values_list(4, rows.len(), 3, &casts)
+        );
+        let mut vals: Vec<Val> = vec![message.into(), now.into(), worker.into()];
+        for (n, d) in &rows {
+            vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
+        }
+        let st = Statement::new(self.backend, &sql, vals);
+        let got = st.query().fetch_all(self.conn()).await.map_err(db_err)?;
+        got.iter().map(|r| get_str(r, "id")).collect()
+    }
+
+    /// Ends the instances of finished delete tasks (each only while its task holds it, so
+    /// once); the ones ended, with the host and shape whose capacity they held.
+    async fn instances_ended(
+        &mut self,
+        items: &[&Deleted],
+        now: i64,
+    ) -> Result<Vec<(String, String, Resources)>, Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for d in items {
+            self.wrote_instance(&d.instance_id);
+        }
+        let rows = numbered(items);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", ""]);
+        let sql = format!(
+            "WITH v(n, task_id, instance_id) AS (VALUES {})
+             UPDATE instances SET status = 'deleted', active_task_id = NULL, password = NULL,
+               deleted_at = $1, updated_at = $1
+             FROM v
+             WHERE instances.id = v.instance_id AND v.n > 0 AND instances.active_task_id = v.task_id
+               AND instances.status IN ('creating', 'terminating')
+             RETURNING instances.id, instances.host_id, instances.cores, instances.memory_gb,
+               instances.disk_gb, instances.gpus",
+            values_list(2, rows.len(), 3, &casts)
+        );
+        let mut vals: Vec<Val> = vec![now.into()];
+        for (n, d) in &rows {
+            vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
+        }
+        let st = Statement::new(self.backend, &sql, vals);
+        let got = st.query().fetch_all(self.conn()).await.map_err(db_err)?;
+        got.iter()
+            .map(|r| {
+                let shape = Resources {
+                    cores: get_i64(r, "cores")?,
+                    memory_gb: get_i64(r, "memory_gb")?,
+                    disk_gb: get_i64(r, "disk_gb")?,
+                    gpus: get_i64(r, "gpus")?,
+                };
+                Ok((get_str(r, "id")?, get_str(r, "host_id")?, shape))
+            })
+            .collect()
+    }
+
+    /// Gives back each host's share (one entry per host).
+    async fn hosts_release(&mut self, shares: &[(String, Resources)]) -> Result<(), Error> {
+        if shares.is_empty() {
+            return Ok(());
+        }
+        let rows = numbered(shares);
+        let casts = crate::batch::casts(
+            self.backend,
+            &[
+                "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
+            ],
+        );
+        let sql = format!(
+            "WITH v(n, id, c, m, d, g) AS (VALUES {})
+             UPDATE hosts SET cores_used = cores_used - v.c, memory_used = memory_used - v.m,
+               disk_used = disk_used - v.d, gpus_used = gpus_used - v.g
+             FROM v WHERE hosts.id = v.id AND v.n > 0",
+            values_list(1, rows.len(), 6, &casts)
+        );
+        let mut vals: Vec<Val> = Vec::new();
+        for (n, (id, r)) in &rows {
+            vals.extend([
+                Val::from(*n),
+                id.into(),
+                r.cores.into(),
+                r.memory_gb.into(),
+                r.disk_gb.into(),
+                r.gpus.into(),
+            ]);
+        }
+        let st = Statement::new(self.backend, &sql, vals);
+        st.query().execute(self.conn()).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// `ip_release_all` for many instances: their addresses free, their holding periods
+    /// closed.
+    async fn ips_release_of(&mut self, ids: &[&str], now: i64) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = padded(ids);
+        let marks = |first: usize| -> String {
+            let m: Vec<String> = (first..first + ids.len())
+                .map(|k| format!("${k}"))
+                .collect();
+            m.join(", ")
+        };
+        let history = format!(
+            "UPDATE ip_history SET released_at = $1 WHERE released_at IS NULL AND instance_id IN ({})",
+            marks(2)
+        );
+        let free = format!(
+            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
+               mac_address = NULL, is_primary = 0
+             WHERE instance_id IN ({})",
+            marks(1)
+        );
+        let of: Vec<Val> = ids.iter().map(|id| Val::from(**id)).collect();
+        let mut at: Vec<Val> = vec![now.into()];
+        at.extend(of.iter().copied());
+        for (sql, vals) in [(history, at), (free, of)] {
+            let st = Statement::new(self.backend, &sql, vals);
+            st.query().execute(self.conn()).await.map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
