@@ -61,7 +61,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tasks", get(tasks::task_list))
         .route("/tasks/{task_id}", get(tasks::task_get))
         .route("/resources", get(catalog::resources))
-        .route("/instances", get(instances::instance_list))
+        .route(
+            "/instances",
+            // The kept list bodies go to the list handler alone, not into every request.
+            get(instances::instance_list).layer(axum::Extension(instances::Lists::default())),
+        )
         .route(
             "/instances/available",
             get(catalog::instance_types_available),
@@ -161,7 +165,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/instances/log", post(history::instance_log))
         .layer(axum::middleware::map_response(json_method_not_allowed))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::Extension(instances::Lists::default()))
         .with_state(app)
 }
 
