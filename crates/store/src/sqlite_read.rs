@@ -127,17 +127,7 @@ impl SqliteReads {
         map: impl Fn(&rusqlite::Row<'_>) -> Result<T, Error>,
     ) -> Result<Vec<T>, Error> {
         let _permit = self.permit().await?;
-        self.with(|c| {
-            let mut st = c.prepare_cached(sql).map_err(err)?;
-            let mut rows = st
-                .query(rusqlite::params_from_iter(binds.iter()))
-                .map_err(err)?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next().map_err(err)? {
-                out.push(map(r)?);
-            }
-            Ok(out)
-        })
+        self.with(|c| rows_of(c, sql, binds, map))
     }
 
     /// Every row of `sql` with `binds`, mapped by `map`, on tokio's blocking pool.
@@ -149,25 +139,31 @@ impl SqliteReads {
     ) -> Result<Vec<T>, Error> {
         let permit = self.permit().await?;
         let me = self.clone();
-        let job = move || {
-            me.with(|c| {
-                let mut st = c.prepare_cached(&sql).map_err(err)?;
-                let mut rows = st
-                    .query(rusqlite::params_from_iter(binds.iter()))
-                    .map_err(err)?;
-                let mut out = Vec::new();
-                while let Some(r) = rows.next().map_err(err)? {
-                    out.push(map(r)?);
-                }
-                Ok(out)
-            })
-        };
+        let job = move || me.with(|c| rows_of(c, &sql, &binds, map));
         let out = tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| Error::Internal(format!("read task: {e}")))?;
         drop(permit);
         out
     }
+}
+
+/// Every row of `sql` with `binds`, mapped by `map`.
+fn rows_of<T, B: rusqlite::ToSql>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    binds: &[B],
+    map: impl Fn(&rusqlite::Row<'_>) -> Result<T, Error>,
+) -> Result<Vec<T>, Error> {
+    let mut st = c.prepare_cached(sql).map_err(err)?;
+    let mut rows = st
+        .query(rusqlite::params_from_iter(binds.iter()))
+        .map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        out.push(map(r)?);
+    }
+    Ok(out)
 }
 
 impl Cells for rusqlite::Row<'_> {

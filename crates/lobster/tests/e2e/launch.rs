@@ -442,19 +442,7 @@ async fn concurrent_launches_that_lose_the_best_host_move_to_the_next() {
     let n = 24;
     let app = TestApp::spawn_with(tiny_fleet_of(&[3, 2]), engine_config()).await;
     let alice = std::sync::Arc::new(app.tenant("alice").await);
-    let mut handles = vec![];
-    for _ in 0..n {
-        let a = alice.clone();
-        handles.push(tokio::spawn(async move {
-            let r = a
-                .post(
-                    "/api/v1/instances/launch-instance",
-                    json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
-                )
-                .await;
-            (r.status(), r.json::<Value>().await.unwrap())
-        }));
-    }
+    let handles = launches_in_background(&alice, n);
     let mut placed = vec![];
     for h in handles {
         match h.await.unwrap() {
@@ -540,19 +528,7 @@ async fn launches_behind_a_held_write(
     for h in ["tiny-1", "tiny-2"] {
         assert!(holder.host_reserve(h, &nothing).await.unwrap());
     }
-    let mut handles = vec![];
-    for _ in 0..n {
-        let a = alice.clone();
-        handles.push(tokio::spawn(async move {
-            let r = a
-                .post(
-                    "/api/v1/instances/launch-instance",
-                    json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
-                )
-                .await;
-            (r.status(), r.json::<Value>().await.unwrap())
-        }));
-    }
+    let handles = launches_in_background(alice, n);
     let queued = async {
         while app.app.launches_waiting() < n - 1 {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -642,4 +618,21 @@ async fn a_batch_that_runs_out_of_room_refuses_the_rest_with_409() {
     assert_eq!(ips.len(), 5);
     app.drain().await;
     assert_eq!(app.sim.vm_count(), 5);
+}
+
+/// `n` launches of a small instance sent at once; each one's status and body.
+fn launches_in_background(
+    who: &std::sync::Arc<Tenant>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    (0..n)
+        .map(|_| {
+            let a = who.clone();
+            tokio::spawn(async move {
+                let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY});
+                let r = a.post("/api/v1/instances/launch-instance", body).await;
+                (r.status(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect()
 }
