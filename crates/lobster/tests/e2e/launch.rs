@@ -454,14 +454,7 @@ async fn concurrent_launches_that_lose_the_best_host_move_to_the_next() {
     assert_eq!(placed.len(), 5);
     let store = app.app.store();
     for b in &placed {
-        let id = b["vm_uuid"].as_str().unwrap();
-        let row = store.instance_by_id(id).await.unwrap().unwrap();
-        let task = store
-            .task_by_id(b["task_id"].as_str().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        let params: Value = serde_json::from_str(&task.params).unwrap();
+        let (id, row, params) = row_and_task_params(store, b).await;
         assert_eq!(params["host_id"], json!(row.host_id), "task of {id}");
     }
     assert_eq!(app.host_free("tiny-1").await.cores, 0);
@@ -563,16 +556,9 @@ async fn launches_queued_behind_a_write_are_written_as_one_batch() {
     let mut addresses = vec![];
     let mut cores = std::collections::BTreeMap::new();
     for (_, b) in &answers {
-        let id = b["vm_uuid"].as_str().unwrap();
-        let row = store.instance_by_id(id).await.unwrap().unwrap();
+        let (id, row, params) = row_and_task_params(store, b).await;
         assert_eq!(json!(row.ip_address), b["assigned_ip"]);
         assert_eq!(row.status, "creating");
-        let task = store
-            .task_by_id(b["task_id"].as_str().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        let params: Value = serde_json::from_str(&task.params).unwrap();
         assert_eq!(params["host_id"], json!(row.host_id), "task of {id}");
         assert_eq!(params["ip_address"], json!(row.ip_address), "task of {id}");
         addresses.push(row.ip_address.unwrap());
@@ -635,4 +621,19 @@ fn launches_in_background(
             })
         })
         .collect()
+}
+
+/// A launch answer's instance as stored, and its create task's parameters.
+async fn row_and_task_params(
+    store: &lobster_store::Store,
+    launched: &Value,
+) -> (String, lobster_store::InstanceRow, Value) {
+    let id = launched["vm_uuid"].as_str().unwrap().to_string();
+    let row = store.instance_by_id(&id).await.unwrap().unwrap();
+    let task = store
+        .task_by_id(launched["task_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    (id, row, serde_json::from_str(&task.params).unwrap())
 }
