@@ -8,7 +8,6 @@ use lobster_core::task::TaskKind;
 use lobster_core::{ids, validate, Error};
 use lobster_store::{Claim, InstanceRow, NewTask, Scope};
 use serde_json::json;
-use std::sync::atomic::Ordering;
 
 /// A task queued against an instance.
 #[derive(Debug, Clone)]
@@ -148,20 +147,13 @@ async fn enqueue_batch(turn: Turn, batch: Vec<Enqueue>) -> Vec<Enqueued> {
         1 => Ok(vec![None]),
         _ => write_batch(&turn, &batch).await,
     };
-    let written = written.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, tasks = batch.len(), "task batch failed; queueing each alone");
-        vec![None; batch.len()]
-    });
-    let n = written.iter().filter(|w| w.is_some()).count() as u64;
-    turn.batched.enqueues.fetch_add(n, Ordering::Relaxed);
-    let mut out = Vec::with_capacity(batch.len());
-    for (e, w) in batch.iter().zip(written) {
-        out.push(match w {
-            Some(q) => Ok(q),
-            None => enqueue_one(&turn, e).await,
-        });
-    }
-    out
+    let what = ("task", &turn.batched.enqueues);
+    let done = |_, q| Ok(q);
+    let alone = |e: Enqueue| {
+        let turn = &turn;
+        async move { enqueue_one(turn, &e).await }
+    };
+    turn.settle(what, batch, written, done, alone).await
 }
 
 async fn write_batch(turn: &Turn, batch: &[Enqueue]) -> Result<Vec<Option<Queued>>, Error> {

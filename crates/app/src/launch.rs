@@ -11,7 +11,6 @@ use lobster_core::{ids, Error, FieldError};
 use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 
 /// A standard launch, already schema-checked by the dialect.
 #[derive(Debug, Clone, Default)]
@@ -357,20 +356,10 @@ async fn launch_batch(turn: Turn, batch: Vec<Queued>) -> Vec<Written> {
         1 => Ok(vec![None]),
         _ => write_batch(&turn, &batch).await,
     };
-    let written = written.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, launches = batch.len(), "launch batch failed; writing each alone");
-        vec![None; batch.len()]
-    });
-    let n = written.iter().filter(|w| w.is_some()).count() as u64;
-    turn.batched.launches.fetch_add(n, Ordering::Relaxed);
-    let mut out = Vec::with_capacity(batch.len());
-    for (q, w) in batch.into_iter().zip(written) {
-        out.push(match w {
-            Some(instance) => Ok((instance, q)),
-            None => turn.launch_one(q).await,
-        });
-    }
-    out
+    let what = ("launch", &turn.batched.launches);
+    let done = |q, instance| Ok((instance, q));
+    turn.settle(what, batch, written, done, |q| turn.launch_one(q))
+        .await
 }
 
 impl Turn {

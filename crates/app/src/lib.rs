@@ -61,6 +61,40 @@ pub(crate) struct Turn {
     pub(crate) batched: Arc<Batched>,
 }
 
+impl Turn {
+    /// A turn's answers, in order: each member the batch wrote (`Some`) answered by `done`;
+    /// each it left out (`None`, or every one when the batch's write failed as a whole)
+    /// written alone by `alone`, so that it gets the answer it would get without company.
+    /// The batched ones are counted in `counter`.
+    pub(crate) async fn settle<I, O, R, Fut>(
+        &self,
+        (what, counter): (&str, &AtomicU64),
+        batch: Vec<I>,
+        written: Result<Vec<Option<O>>, Error>,
+        done: impl Fn(I, O) -> R,
+        mut alone: impl FnMut(I) -> Fut,
+    ) -> Vec<R>
+    where
+        O: Clone,
+        Fut: std::future::Future<Output = R>,
+    {
+        let written = written.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, batch = batch.len(), "{what} batch failed; writing each alone");
+            vec![None; batch.len()]
+        });
+        let n = written.iter().filter(|w| w.is_some()).count() as u64;
+        counter.fetch_add(n, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(batch.len());
+        for (item, w) in batch.into_iter().zip(written) {
+            out.push(match w {
+                Some(o) => done(item, o),
+                None => alone(item).await,
+            });
+        }
+        out
+    }
+}
+
 impl App {
     /// Builds the app and its task engine (whose workers the caller may spawn).
     pub async fn new(

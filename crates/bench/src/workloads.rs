@@ -273,35 +273,14 @@ async fn bench_lobster(
     })
     .await;
     r.add(target, "list of 10,000", &s);
-    let gone = ids.clone();
-    let s = drive(
-        addr,
-        args.connections,
-        Budget::Count(gone.len() as u64),
-        false,
-        move |i| {
-            let path = format!("/api/v1/instances/{}", gone[i as usize]);
-            request(addr, "DELETE", &path, Some(KEY), Bytes::new(), None)
-        },
-    )
-    .await;
+    let s = deletes(args, addr, ids.clone()).await;
     r.add(target, "delete accepted", &s);
     wait_idle(&store).await;
     // 100 deletes take a few tens of milliseconds: a rate from them is mostly noise. The
     // same again with 2,000 (moto's 100 take seconds already).
     let gone: Vec<String> = launched.into_iter().take(2_000).collect();
     let n_gone = gone.len() as u64;
-    let s = drive(
-        addr,
-        args.connections,
-        Budget::Count(n_gone),
-        false,
-        move |i| {
-            let path = format!("/api/v1/instances/{}", gone[i as usize]);
-            request(addr, "DELETE", &path, Some(KEY), Bytes::new(), None)
-        },
-    )
-    .await;
+    let s = deletes(args, addr, gone).await;
     r.add(target, "delete accepted (2,000)", &s);
     wait_idle(&store).await;
     if args.big > 10_000 {
@@ -493,6 +472,16 @@ async fn fresh_schema(base: &str) -> String {
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Deletes each of `ids` once, as fast as they are accepted.
+async fn deletes(args: &Args, addr: SocketAddr, ids: Vec<String>) -> Stat {
+    let n = ids.len() as u64;
+    drive(addr, args.connections, Budget::Count(n), false, move |i| {
+        let path = format!("/api/v1/instances/{}", ids[i as usize]);
+        request(addr, "DELETE", &path, Some(KEY), Bytes::new(), None)
+    })
+    .await
 }
 
 /// Drops the schema `fresh_schema` made for `url` (a filled one holds 100,000 instances and
