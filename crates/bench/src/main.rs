@@ -40,6 +40,9 @@ struct Args {
     /// Only the reads (GET one, list of 100) after 100 launches: for profiling.
     #[arg(long)]
     reads_only: bool,
+    /// Only the writes (launches, deletes) and no moto or hello: for profiling.
+    #[arg(long)]
+    writes_only: bool,
 }
 
 #[derive(Subcommand)]

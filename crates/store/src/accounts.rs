@@ -1,8 +1,7 @@
 //! Accounts (organisations), teams and API keys.
 
-use crate::{db_err, get_i64, get_str, is_unique_violation, Cells, Store, Tx};
+use crate::{db_err, get_i64, get_str, Cells, Store, Tx};
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccountRow {
@@ -33,7 +32,7 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
 }
 
-fn account(r: &AnyRow) -> Result<AccountRow, Error> {
+fn account(r: &impl crate::exec::Named) -> Result<AccountRow, Error> {
     Ok(AccountRow {
         id: get_str(r, "id")?,
         name: get_str(r, "name")?,
@@ -41,7 +40,7 @@ fn account(r: &AnyRow) -> Result<AccountRow, Error> {
     })
 }
 
-fn team(r: &AnyRow) -> Result<TeamRow, Error> {
+fn team(r: &impl crate::exec::Named) -> Result<TeamRow, Error> {
     Ok(TeamRow {
         id: get_str(r, "id")?,
         account_id: get_str(r, "account_id")?,
@@ -76,17 +75,17 @@ impl Store {
         name: &str,
         now: i64,
     ) -> Result<AccountRow, Error> {
-        sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)")
+        self.q("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(name)
             .bind(now)
-            .execute(self.writer())
+            .try_execute()
             .await
             .map_err(|e| {
-                if is_unique_violation(&e) {
+                if e.unique {
                     Error::conflict("already_exists", format!("account {name:?} already exists"))
                 } else {
-                    db_err(e)
+                    e.into()
                 }
             })?;
         Ok(AccountRow {
@@ -117,21 +116,21 @@ impl Store {
     }
 
     pub async fn team_create(&self, row: &TeamRow) -> Result<(), Error> {
-        sqlx::query("INSERT INTO teams (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
+        self.q("INSERT INTO teams (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&row.id)
             .bind(&row.account_id)
             .bind(&row.name)
             .bind(row.created_at)
-            .execute(self.writer())
+            .try_execute()
             .await
             .map_err(|e| {
-                if is_unique_violation(&e) {
+                if e.unique {
                     Error::conflict(
                         "already_exists",
                         format!("team {:?} already exists", row.name),
                     )
                 } else {
-                    db_err(e)
+                    e.into()
                 }
             })?;
         Ok(())
@@ -167,27 +166,27 @@ impl Store {
 
     /// Stores a key by the SHA-256 digest of its secret; the secret itself is never stored.
     pub async fn key_create(&self, row: &KeyRow, digest: &str) -> Result<(), Error> {
-        sqlx::query(
+        self.q(
             "INSERT INTO api_keys (id, account_id, digest, prefix, name, role, staff, team_id, created_at, expires_at, revoked_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
         )
-        .bind(&row.id)
-        .bind(&row.account_id)
-        .bind(digest)
-        .bind(&row.prefix)
-        .bind(&row.name)
-        .bind(&row.role)
-        .bind(row.staff as i64)
-        .bind(&row.team_id)
-        .bind(row.created_at)
-        .bind(row.expires_at)
-        .execute(self.writer())
-        .await
+            .bind(&row.id)
+            .bind(&row.account_id)
+            .bind(digest)
+            .bind(&row.prefix)
+            .bind(&row.name)
+            .bind(&row.role)
+            .bind(row.staff as i64)
+            .bind(&row.team_id)
+            .bind(row.created_at)
+            .bind(row.expires_at)
+            .try_execute()
+            .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
+            if e.unique {
                 Error::conflict("already_exists", "an identical key already exists")
             } else {
-                db_err(e)
+                e.into()
             }
         })?;
         Ok(())
@@ -252,35 +251,31 @@ impl Store {
 
 impl Tx {
     async fn key_revoke(&mut self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
-        let by_id =
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(id_or_prefix)
-                .execute(self.conn())
-                .await
-                .map_err(db_err)?;
-        if by_id.rows_affected() > 0 {
+        let by_id = self
+            .q("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id_or_prefix)
+            .execute()
+            .await?;
+        if by_id > 0 {
             return Ok(true);
         }
-        let n = sqlx::query(
-            "SELECT COUNT(*) AS n FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
-        )
-        .bind(id_or_prefix)
-        .fetch_one(self.conn())
-        .await
-        .map_err(db_err)?;
+        let n = self
+            .q("SELECT COUNT(*) AS n FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL")
+            .bind(id_or_prefix)
+            .fetch_one()
+            .await?;
         match get_i64(&n, "n")? {
             0 => Ok(false),
             1 => {
-                let r = sqlx::query(
+                let r = self.q(
                     "UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2 AND revoked_at IS NULL",
                 )
-                .bind(now)
-                .bind(id_or_prefix)
-                .execute(self.conn())
-                .await
-                .map_err(db_err)?;
-                Ok(r.rows_affected() > 0)
+                    .bind(now)
+                    .bind(id_or_prefix)
+                    .execute()
+                    .await?;
+                Ok(r > 0)
             }
             _ => Err(Error::conflict(
                 "ambiguous",

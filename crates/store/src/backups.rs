@@ -4,7 +4,6 @@
 
 use crate::{db_err, get_i64, get_opt_str, get_str, Scope, Store, Tx};
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupRow {
@@ -30,7 +29,7 @@ const COLS: &str =
 /// Team scoping follows the instance's current team; the instance row outlives deletion.
 const FROM: &str = "FROM backups b JOIN instances i ON i.id = b.instance_id";
 
-fn row(r: &AnyRow) -> Result<BackupRow, Error> {
+fn row(r: &impl crate::exec::Named) -> Result<BackupRow, Error> {
     Ok(BackupRow {
         volid: get_str(r, "volid")?,
         account_id: get_str(r, "account_id")?,
@@ -122,39 +121,37 @@ impl Store {
 
     /// Records the size the driver reported, before the task marks the backup available.
     pub async fn backup_size_set(&self, volid: &str, size: i64) -> Result<(), Error> {
-        sqlx::query("UPDATE backups SET size_bytes = $1 WHERE volid = $2")
+        self.q("UPDATE backups SET size_bytes = $1 WHERE volid = $2")
             .bind(size)
             .bind(volid)
-            .execute(self.writer())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 }
 
 impl Tx {
     pub async fn backup_insert(&mut self, b: &BackupRow) -> Result<(), Error> {
-        sqlx::query(
+        self.q(
             "INSERT INTO backups (volid, account_id, instance_id, instance_name, storage, size_bytes, format, notes,
                status, task_id, origin, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
-        .bind(&b.volid)
-        .bind(&b.account_id)
-        .bind(&b.instance_id)
-        .bind(&b.instance_name)
-        .bind(&b.storage)
-        .bind(b.size_bytes)
-        .bind(&b.format)
-        .bind(&b.notes)
-        .bind(&b.status)
-        .bind(&b.task_id)
-        .bind(&b.origin)
-        .bind(b.created_at)
-        .bind(b.updated_at)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+            .bind(&b.volid)
+            .bind(&b.account_id)
+            .bind(&b.instance_id)
+            .bind(&b.instance_name)
+            .bind(&b.storage)
+            .bind(b.size_bytes)
+            .bind(&b.format)
+            .bind(&b.notes)
+            .bind(&b.status)
+            .bind(&b.task_id)
+            .bind(&b.origin)
+            .bind(b.created_at)
+            .bind(b.updated_at)
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -168,16 +165,15 @@ impl Tx {
         task_id: Option<&str>,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = sqlx::query("UPDATE backups SET status = $1, task_id = $2, updated_at = $3 WHERE volid = $4 AND status = $5")
+        let r = self.q("UPDATE backups SET status = $1, task_id = $2, updated_at = $3 WHERE volid = $4 AND status = $5")
             .bind(to)
             .bind(task_id)
             .bind(now)
             .bind(volid)
             .bind(from)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 
     pub async fn backup_notes_set(
@@ -186,13 +182,12 @@ impl Tx {
         notes: &str,
         now: i64,
     ) -> Result<(), Error> {
-        sqlx::query("UPDATE backups SET notes = $1, updated_at = $2 WHERE volid = $3")
+        self.q("UPDATE backups SET notes = $1, updated_at = $2 WHERE volid = $3")
             .bind(notes)
             .bind(now)
             .bind(volid)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! of the rows to a power of two so that a handful of statement texts serve every batch size
 //! (sqlx keeps 100 prepared statements per connection; a text per size would crowd them out).
 
+use std::borrow::Cow;
+
 /// `items` padded to the next power of two by repeating the last: for statements where a
 /// repeated row matches the same row again and changes nothing.
 pub(crate) fn padded<T>(items: &[T]) -> Vec<&T> {
@@ -65,28 +67,46 @@ mod tests {
     }
 }
 
-/// A value bound to a batch statement.
-#[derive(Debug, Clone, Copy)]
+/// A value bound to a statement.
+#[derive(Debug, Clone)]
 pub(crate) enum Val<'a> {
-    Text(Option<&'a str>),
+    Text(Option<Cow<'a, str>>),
     Int(Option<i64>),
 }
 
 impl<'a> From<&'a str> for Val<'a> {
     fn from(s: &'a str) -> Self {
-        Val::Text(Some(s))
+        Val::Text(Some(Cow::Borrowed(s)))
+    }
+}
+
+impl<'a> From<&'a &'a str> for Val<'a> {
+    fn from(s: &'a &'a str) -> Self {
+        Val::Text(Some(Cow::Borrowed(s)))
     }
 }
 
 impl<'a> From<&'a String> for Val<'a> {
     fn from(s: &'a String) -> Self {
-        Val::Text(Some(s))
+        Val::Text(Some(Cow::Borrowed(s)))
+    }
+}
+
+impl From<String> for Val<'_> {
+    fn from(s: String) -> Self {
+        Val::Text(Some(Cow::Owned(s)))
     }
 }
 
 impl<'a> From<&'a Option<String>> for Val<'a> {
     fn from(s: &'a Option<String>) -> Self {
-        Val::Text(s.as_deref())
+        Val::Text(s.as_deref().map(Cow::Borrowed))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Val<'a> {
+    fn from(s: Option<&'a str>) -> Self {
+        Val::Text(s.map(Cow::Borrowed))
     }
 }
 
@@ -121,32 +141,44 @@ impl<'a> Statement<'a> {
             },
             crate::Backend::Sqlite => {
                 let (sql, order) = positional(sql);
-                let vals = order.into_iter().map(|n| vals[n - 1]).collect();
+                let vals = order.into_iter().map(|n| vals[n - 1].clone()).collect();
                 Statement { sql, vals }
             }
         }
     }
 
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    pub(crate) fn vals(&self) -> &[Val<'a>] {
+        &self.vals
+    }
+
     pub(crate) fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
         let mut q = sqlx::query(&self.sql);
         for v in &self.vals {
-            q = match *v {
-                Val::Text(t) => q.bind(t),
-                Val::Int(n) => q.bind(n),
+            q = match v {
+                Val::Text(t) => q.bind(t.as_deref()),
+                Val::Int(n) => q.bind(*n),
             };
         }
         q
     }
 }
 
-/// `sql` with each `$N` replaced by `?`, and the N of each, in text order. (The statements
-/// given here hold no `$` inside quoted text.)
+/// `sql` with each `$N` outside quoted text replaced by `?`, and the N of each, in text
+/// order.
 fn positional(sql: &str) -> (String, Vec<usize>) {
     let mut out = String::with_capacity(sql.len());
     let mut order = Vec::new();
     let mut chars = sql.char_indices().peekable();
+    let mut quoted = false;
     while let Some((_, c)) = chars.next() {
-        if c != '$' {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c != '$' || quoted {
             out.push(c);
             continue;
         }
@@ -178,6 +210,9 @@ mod statement_tests {
         let (sql, order) = positional("UPDATE t SET a = $3, b = $1 WHERE c = $12 AND d = $1");
         assert_eq!(sql, "UPDATE t SET a = ?, b = ? WHERE c = ? AND d = ?");
         assert_eq!(order, [3, 1, 12, 1]);
+        let (sql, order) = positional("SELECT json_extract(p, '$.a') WHERE x = $1");
+        assert_eq!(sql, "SELECT json_extract(p, '$.a') WHERE x = ?");
+        assert_eq!(order, [1]);
         let vals = (1..=12).map(|k| Val::Int(Some(k))).collect();
         let st = Statement::new(crate::Backend::Sqlite, "SELECT $2, $1::x", vals);
         let got: Vec<Option<i64>> = st

@@ -1,7 +1,7 @@
 //! Console tickets: short-lived, single-use, stored by digest. Kept in the database (not in
 //! memory) so that a ticket is valid whichever server process answers.
 
-use crate::{db_err, get_i64, get_str, Store};
+use crate::{get_i64, get_str, Store};
 use lobster_core::Error;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,26 +20,24 @@ impl Store {
         t: &ConsoleTicketRow,
         now: i64,
     ) -> Result<(), Error> {
-        sqlx::query(
+        self.q(
             "INSERT INTO console_tickets (digest, instance_id, account_id, host, port, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(digest)
-        .bind(&t.instance_id)
-        .bind(&t.account_id)
-        .bind(&t.host)
-        .bind(t.port)
-        .bind(now)
-        .bind(t.expires_at)
-        .execute(self.writer())
-        .await
-        .map_err(db_err)?;
+            .bind(digest)
+            .bind(&t.instance_id)
+            .bind(&t.account_id)
+            .bind(&t.host)
+            .bind(t.port)
+            .bind(now)
+            .bind(t.expires_at)
+            .execute()
+            .await?;
         // Expired tickets are worthless; drop them as new ones are made.
-        sqlx::query("DELETE FROM console_tickets WHERE expires_at < $1")
+        self.q("DELETE FROM console_tickets WHERE expires_at < $1")
             .bind(now - 3_600_000)
-            .execute(self.writer())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -49,15 +47,14 @@ impl Store {
         digest: &str,
         now: i64,
     ) -> Result<Option<ConsoleTicketRow>, Error> {
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE console_tickets SET used_at = $1 WHERE digest = $2 AND used_at IS NULL AND expires_at > $1
              RETURNING instance_id, account_id, host, port, expires_at",
         )
-        .bind(now)
-        .bind(digest)
-        .fetch_optional(self.writer())
-        .await
-        .map_err(db_err)?;
+            .bind(now)
+            .bind(digest)
+            .fetch_optional()
+            .await?;
         r.map(|r| {
             Ok(ConsoleTicketRow {
                 instance_id: get_str(&r, "instance_id")?,

@@ -77,7 +77,7 @@ impl Store {
         // Hosts and addresses may exist from a server that started on the target; the source's win.
         for t in ["ip_addresses", "hosts"] {
             sqlx::query(&format!("DELETE FROM {t}"))
-                .execute(&mut *dst.conn())
+                .execute(dst.conn()?)
                 .await
                 .map_err(db_err)?;
         }
@@ -104,7 +104,7 @@ impl Store {
                         q.bind(row.try_get::<Option<String>, _>(i).map_err(db_err)?)
                     };
                 }
-                q.execute(&mut *dst.conn()).await.map_err(db_err)?;
+                q.execute(dst.conn()?).await.map_err(db_err)?;
             }
             copied.push((*t, rows.len() as u64));
         }

@@ -3,7 +3,7 @@
 //! takes (task, instance, host, address history, addresses, and the transaction's two ends).
 
 use crate::batch::{numbered, padded, values_list, Statement, Val};
-use crate::{db_err, get_i64, get_str, Store, Tx};
+use crate::{get_i64, get_str, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
 use std::collections::{BTreeMap, HashSet};
@@ -80,7 +80,7 @@ impl Tx {
             vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
         }
         let st = Statement::new(self.backend, &sql, vals);
-        let got = st.query().fetch_all(self.conn()).await.map_err(db_err)?;
+        let got = self.fetch(&st).await?;
         got.iter().map(|r| get_str(r, "id")).collect()
     }
 
@@ -115,7 +115,7 @@ impl Tx {
             vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
         }
         let st = Statement::new(self.backend, &sql, vals);
-        let got = st.query().fetch_all(self.conn()).await.map_err(db_err)?;
+        let got = self.fetch(&st).await?;
         got.iter()
             .map(|r| {
                 let shape = Resources {
@@ -160,7 +160,7 @@ impl Tx {
             ]);
         }
         let st = Statement::new(self.backend, &sql, vals);
-        st.query().execute(self.conn()).await.map_err(db_err)?;
+        self.run(&st).await?;
         Ok(())
     }
 
@@ -189,10 +189,10 @@ impl Tx {
         );
         let of: Vec<Val> = ids.iter().map(|id| Val::from(**id)).collect();
         let mut at: Vec<Val> = vec![now.into()];
-        at.extend(of.iter().copied());
+        at.extend(of.iter().cloned());
         for (sql, vals) in [(history, at), (free, of)] {
             let st = Statement::new(self.backend, &sql, vals);
-            st.query().execute(self.conn()).await.map_err(db_err)?;
+            self.run(&st).await?;
         }
         Ok(())
     }

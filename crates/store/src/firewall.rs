@@ -44,21 +44,20 @@ impl Tx {
     /// so concurrent edits apply one after the other instead of losing each other.
     pub async fn firewall_lock(&mut self, instance_id: &str, now: i64) -> Result<Firewall, Error> {
         let default = serde_json::to_string(&Firewall::default()).expect("serialisable");
-        sqlx::query(
+        self.q(
             "INSERT INTO firewalls (instance_id, config, version, updated_at) VALUES ($1, $2, 0, $3)
              ON CONFLICT (instance_id) DO UPDATE SET version = firewalls.version + 1",
         )
-        .bind(instance_id)
-        .bind(default)
-        .bind(now)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        let r = sqlx::query("SELECT config FROM firewalls WHERE instance_id = $1")
             .bind(instance_id)
-            .fetch_one(self.conn())
-            .await
-            .map_err(db_err)?;
+            .bind(&default)
+            .bind(now)
+            .execute()
+            .await?;
+        let r = self
+            .q("SELECT config FROM firewalls WHERE instance_id = $1")
+            .bind(instance_id)
+            .fetch_one()
+            .await?;
         decode(&get_str(&r, "config")?)
     }
 
@@ -68,13 +67,13 @@ impl Tx {
         fw: &Firewall,
         now: i64,
     ) -> Result<(), Error> {
-        sqlx::query("UPDATE firewalls SET config = $1, updated_at = $2 WHERE instance_id = $3")
-            .bind(serde_json::to_string(fw).expect("serialisable"))
+        let config = serde_json::to_string(fw).expect("serialisable");
+        self.q("UPDATE firewalls SET config = $1, updated_at = $2 WHERE instance_id = $3")
+            .bind(&config)
             .bind(now)
             .bind(instance_id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 }

@@ -79,28 +79,26 @@ impl Store {
     pub async fn fleet_sync(&self, fleet: &Fleet) -> Result<(), Error> {
         self.ip_pools_sync(fleet).await?;
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE hosts SET status = 'retired'")
-            .execute(&mut *tx.conn())
-            .await
-            .map_err(db_err)?;
+        tx.q("UPDATE hosts SET status = 'retired'")
+            .execute()
+            .await?;
         for h in &fleet.hosts {
-            sqlx::query(
+            tx.q(
                 "INSERT INTO hosts (id, region, gpu_model, status, cores_total, memory_total, disk_total, gpus_total)
                  VALUES ($1, $2, $3, 'available', $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET region = excluded.region, gpu_model = excluded.gpu_model,
                    status = 'available', cores_total = excluded.cores_total, memory_total = excluded.memory_total,
                    disk_total = excluded.disk_total, gpus_total = excluded.gpus_total",
             )
-            .bind(&h.id)
-            .bind(&h.region)
-            .bind(&h.gpu_model)
-            .bind(h.cores)
-            .bind(h.memory_gb)
-            .bind(h.disk_gb)
-            .bind(h.gpus)
-            .execute(&mut *tx.conn())
-            .await
-            .map_err(db_err)?;
+                .bind(&h.id)
+                .bind(&h.region)
+                .bind(&h.gpu_model)
+                .bind(h.cores)
+                .bind(h.memory_gb)
+                .bind(h.disk_gb)
+                .bind(h.gpus)
+                .execute()
+                .await?;
         }
         tx.commit().await
     }
@@ -122,12 +120,12 @@ impl Store {
                     "INSERT INTO ip_addresses (address, region, seq) VALUES {} ON CONFLICT (address) DO NOTHING",
                     values.join(", ")
                 );
-                let mut q = sqlx::query(&sql);
+                let mut q = tx.q(&sql);
                 for (i, a) in chunk.iter().enumerate() {
                     let seq = (n * 500 + i + 1) as i64;
                     q = q.bind(a.to_string()).bind(&r.name).bind(seq);
                 }
-                q.execute(&mut *tx.conn()).await.map_err(db_err)?;
+                q.execute().await?;
             }
         }
         tx.commit().await
@@ -200,16 +198,16 @@ impl Tx {
     /// Runs a host update whose $1–$4 are the shape's cores, memory, disk and GPUs and $5
     /// the host; the number of rows it changed.
     async fn host_update(&mut self, sql: &str, host_id: &str, r: &Resources) -> Result<u64, Error> {
-        let res = sqlx::query(sql)
+        let res = self
+            .q(sql)
             .bind(r.cores)
             .bind(r.memory_gb)
             .bind(r.disk_gb)
             .bind(r.gpus)
             .bind(host_id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
-        Ok(res.rows_affected())
+            .execute()
+            .await?;
+        Ok(res)
     }
 }
 
@@ -228,11 +226,11 @@ impl Tx {
             "SELECT {COLS} FROM hosts WHERE id IN ({}) ORDER BY id",
             marks.join(", ")
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = self.q(&sql);
         for id in ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(self.conn()).await.map_err(db_err)?;
+        let rows = q.fetch_all().await?;
         rows.iter().map(host).collect()
     }
 
@@ -260,7 +258,7 @@ impl Tx {
                AND disk_used + v.d <= disk_total AND gpus_used + v.g <= gpus_total",
             crate::batch::values_list(1, rows.len(), 6, &casts)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = self.q(&sql);
         for (n, (id, r)) in rows {
             q = q
                 .bind(n)
@@ -270,11 +268,11 @@ impl Tx {
                 .bind(r.disk_gb)
                 .bind(r.gpus);
         }
-        let done = q.execute(self.conn()).await.map_err(db_err)?;
-        if done.rows_affected() != adds.len() as u64 {
+        let done = q.execute().await?;
+        if done != adds.len() as u64 {
             return Err(Error::Internal(format!(
                 "reserved on {} of {} hosts",
-                done.rows_affected(),
+                done,
                 adds.len()
             )));
         }

@@ -4,7 +4,7 @@
 
 use crate::batch::{Statement, Val};
 use crate::cache::visible;
-use crate::{db_err, is_unique_violation, Cells, Store, Tx};
+use crate::{db_err, Cells, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
 use std::sync::Arc;
@@ -128,14 +128,14 @@ fn row(r: &impl Cells) -> Result<InstanceRow, Error> {
 }
 
 /// The live-name unique index turns a lost race into the same 409 the pre-check gives.
-fn name_conflict(e: sqlx::Error, name: &str) -> Error {
-    if is_unique_violation(&e) {
+fn name_conflict(e: crate::exec::Fail, name: &str) -> Error {
+    if e.unique {
         Error::conflict(
             "resource_conflict",
             format!("An instance named {name} already exists in this account"),
         )
     } else {
-        db_err(e)
+        e.into()
     }
 }
 
@@ -287,7 +287,7 @@ impl Store {
 impl Tx {
     pub async fn instance_insert(&mut self, i: &NewInstance) -> Result<(), Error> {
         self.wrote_instance(&i.id);
-        sqlx::query(
+        self.q(
             "INSERT INTO instances (id, account_id, team_id, name, host_id, region, instance_type, template_name,
                iso_url, os_type, cores, memory_gb, disk_gb, gpus, gpu_model, price_cents_per_hour, status,
                power_status, ip_address, username, ssh_key, password, metadata, active_task_id, created_at,
@@ -295,36 +295,36 @@ impl Tx {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
                $21, $22, $23, $24, $25, $26, $27, $28)",
         )
-        .bind(&i.id)
-        .bind(&i.account_id)
-        .bind(&i.team_id)
-        .bind(&i.name)
-        .bind(&i.host_id)
-        .bind(&i.region)
-        .bind(&i.instance_type)
-        .bind(&i.template_name)
-        .bind(&i.iso_url)
-        .bind(&i.os_type)
-        .bind(i.resources.cores)
-        .bind(i.resources.memory_gb)
-        .bind(i.resources.disk_gb)
-        .bind(i.resources.gpus)
-        .bind(&i.gpu_model)
-        .bind(i.price_cents_per_hour)
-        .bind(&i.status)
-        .bind(&i.power_status)
-        .bind(&i.ip_address)
-        .bind(&i.username)
-        .bind(&i.ssh_key)
-        .bind(&i.password)
-        .bind(&i.metadata)
-        .bind(&i.active_task_id)
-        .bind(i.created_at)
-        .bind(i.updated_at)
-        .bind(i.ready_at)
-        .bind(i.deleted_at)
-        .execute(self.conn())
-        .await
+            .bind(&i.id)
+            .bind(&i.account_id)
+            .bind(&i.team_id)
+            .bind(&i.name)
+            .bind(&i.host_id)
+            .bind(&i.region)
+            .bind(&i.instance_type)
+            .bind(&i.template_name)
+            .bind(&i.iso_url)
+            .bind(&i.os_type)
+            .bind(i.resources.cores)
+            .bind(i.resources.memory_gb)
+            .bind(i.resources.disk_gb)
+            .bind(i.resources.gpus)
+            .bind(&i.gpu_model)
+            .bind(i.price_cents_per_hour)
+            .bind(&i.status)
+            .bind(&i.power_status)
+            .bind(&i.ip_address)
+            .bind(&i.username)
+            .bind(&i.ssh_key)
+            .bind(&i.password)
+            .bind(&i.metadata)
+            .bind(&i.active_task_id)
+            .bind(i.created_at)
+            .bind(i.updated_at)
+            .bind(i.ready_at)
+            .bind(i.deleted_at)
+            .try_execute()
+            .await
         .map_err(|e| name_conflict(e, &i.name))?;
         Ok(())
     }
@@ -388,7 +388,7 @@ impl Tx {
             ]);
         }
         let st = Statement::new(self.backend, &sql, vals);
-        st.query().execute(self.conn()).await.map_err(db_err)?;
+        self.run(&st).await?;
         Ok(())
     }
 
@@ -401,13 +401,12 @@ impl Tx {
         gpu_model: Option<&str>,
     ) -> Result<(), Error> {
         self.wrote_instance(id);
-        sqlx::query("UPDATE instances SET host_id = $1, gpu_model = $2 WHERE id = $3 AND status = 'creating'")
+        self.q("UPDATE instances SET host_id = $1, gpu_model = $2 WHERE id = $3 AND status = 'creating'")
             .bind(host_id)
             .bind(gpu_model)
             .bind(id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -419,11 +418,11 @@ impl Tx {
     ) -> Result<Option<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 2);
         let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
-        let mut q = sqlx::query(&sql).bind(id);
+        let mut q = self.q(&sql).bind(id);
         for b in binds {
             q = q.bind(b);
         }
-        let r = q.fetch_optional(self.conn()).await.map_err(db_err)?;
+        let r = q.fetch_optional().await?;
         r.as_ref().map(row).transpose()
     }
 
@@ -443,7 +442,8 @@ impl Tx {
             "UPDATE instances SET active_task_id = $1, status = $2, updated_at = $3
              WHERE id = $4 AND {cond} AND status = 'rented' AND active_task_id IS NULL"
         );
-        let mut q = sqlx::query(&sql)
+        let mut q = self
+            .q(&sql)
             .bind(task_id)
             .bind(new_status)
             .bind(now)
@@ -451,11 +451,7 @@ impl Tx {
         for b in binds {
             q = q.bind(b);
         }
-        Ok(q.execute(self.conn())
-            .await
-            .map_err(db_err)?
-            .rows_affected()
-            == 1)
+        Ok(q.execute().await? == 1)
     }
 
     /// `instance_claim` for many instances in one statement: each claim takes its instance
@@ -498,7 +494,7 @@ impl Tx {
             ]);
         }
         let st = Statement::new(self.backend, &sql, vals);
-        let got = st.query().fetch_all(self.conn()).await.map_err(db_err)?;
+        let got = self.fetch(&st).await?;
         let mut by_task: std::collections::HashMap<String, InstanceRow> = got
             .iter()
             .map(|r| row(r).map(|i| (i.active_task_id.clone().unwrap_or_default(), i)))
@@ -513,16 +509,16 @@ impl Tx {
         name: &str,
         except: &str,
     ) -> Result<bool, Error> {
-        let r = sqlx::query(
-            "SELECT 1 AS x FROM instances WHERE account_id = $1 AND name = $2 AND id <> $3
+        let r = self
+            .q(
+                "SELECT 1 AS x FROM instances WHERE account_id = $1 AND name = $2 AND id <> $3
                AND status IN ('creating', 'rented', 'terminating') LIMIT 1",
-        )
-        .bind(account_id)
-        .bind(name)
-        .bind(except)
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?;
+            )
+            .bind(account_id)
+            .bind(name)
+            .bind(except)
+            .fetch_optional()
+            .await?;
         Ok(r.is_some())
     }
 
@@ -534,23 +530,22 @@ impl Tx {
         now: i64,
     ) -> Result<(), Error> {
         self.wrote_instance(id);
-        sqlx::query("UPDATE instances SET team_id = $1, updated_at = $2 WHERE id = $3")
+        self.q("UPDATE instances SET team_id = $1, updated_at = $2 WHERE id = $3")
             .bind(team_id)
             .bind(now)
             .bind(id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 
     pub async fn instance_rename(&mut self, id: &str, name: &str, now: i64) -> Result<(), Error> {
         self.wrote_instance(id);
-        sqlx::query("UPDATE instances SET name = $1, updated_at = $2 WHERE id = $3")
+        self.q("UPDATE instances SET name = $1, updated_at = $2 WHERE id = $3")
             .bind(name)
             .bind(now)
             .bind(id)
-            .execute(self.conn())
+            .try_execute()
             .await
             .map_err(|e| name_conflict(e, name))?;
         Ok(())
@@ -565,18 +560,17 @@ impl Tx {
         now: i64,
     ) -> Result<bool, Error> {
         self.wrote_instance(id);
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
                password = NULL, ready_at = $1, updated_at = $1
              WHERE id = $2 AND active_task_id = $3 AND status = 'creating'",
         )
-        .bind(now)
-        .bind(id)
-        .bind(task_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(now)
+            .bind(id)
+            .bind(task_id)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 
     /// `instance_created` for a batch of create tasks that all finished in this transaction
@@ -598,17 +592,17 @@ impl Tx {
             ids.join(", "),
             tasks.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        for d in &done {
+            self.wrote_instance(&d.instance_id);
+        }
+        let mut q = self.q(&sql).bind(now);
         for d in &done {
             q = q.bind(&d.instance_id);
         }
         for d in &done {
             q = q.bind(&d.task_id);
         }
-        for d in &done {
-            self.wrote_instance(&d.instance_id);
-        }
-        q.execute(self.conn()).await.map_err(db_err)?;
+        q.execute().await?;
         Ok(())
     }
 
@@ -622,18 +616,17 @@ impl Tx {
         now: i64,
     ) -> Result<bool, Error> {
         self.wrote_instance(id);
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE instances SET status = $1, active_task_id = NULL, password = NULL, deleted_at = $2, updated_at = $2
              WHERE id = $3 AND active_task_id = $4 AND status IN ('creating', 'terminating')",
         )
-        .bind(status)
-        .bind(now)
-        .bind(id)
-        .bind(task_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(status)
+            .bind(now)
+            .bind(id)
+            .bind(task_id)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 
     /// Releases the instance from its task, recording the power state the task left behind.
@@ -646,25 +639,30 @@ impl Tx {
     ) -> Result<bool, Error> {
         self.wrote_instance(id);
         let r = match power {
-            Some(p) => sqlx::query(
-                "UPDATE instances SET active_task_id = NULL, power_status = $1, updated_at = $2
-                 WHERE id = $3 AND active_task_id = $4",
-            )
-            .bind(p)
-            .bind(now)
-            .bind(id)
-            .bind(task_id),
-            None => sqlx::query(
-                "UPDATE instances SET active_task_id = NULL, updated_at = $1 WHERE id = $2 AND active_task_id = $3",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(task_id),
-        }
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            Some(p) => {
+                self.q(
+                    "UPDATE instances SET active_task_id = NULL, power_status = $1, updated_at = $2
+                     WHERE id = $3 AND active_task_id = $4",
+                )
+                .bind(p)
+                .bind(now)
+                .bind(id)
+                .bind(task_id)
+                .execute()
+                .await?
+            }
+            None => {
+                self.q(
+                    "UPDATE instances SET active_task_id = NULL, updated_at = $1 WHERE id = $2 AND active_task_id = $3",
+                )
+                .bind(now)
+                .bind(id)
+                .bind(task_id)
+                .execute()
+                .await?
+            }
+        };
+        Ok(r == 1)
     }
 
     /// Gives up a claim and puts the instance back in `status` (a delete that failed leaves
@@ -677,16 +675,15 @@ impl Tx {
         now: i64,
     ) -> Result<bool, Error> {
         self.wrote_instance(id);
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE instances SET active_task_id = NULL, status = $1, updated_at = $2 WHERE id = $3 AND active_task_id = $4",
         )
-        .bind(status)
-        .bind(now)
-        .bind(id)
-        .bind(task_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(status)
+            .bind(now)
+            .bind(id)
+            .bind(task_id)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 }

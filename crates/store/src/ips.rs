@@ -4,7 +4,6 @@
 use crate::batch::{Statement, Val};
 use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Store, Tx};
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 /// An address held by an instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +25,7 @@ pub struct IpClaim<'a> {
     pub is_primary: bool,
 }
 
-fn row(r: &AnyRow) -> Result<IpRow, Error> {
+fn row(r: &impl crate::exec::Named) -> Result<IpRow, Error> {
     Ok(IpRow {
         address: get_str(r, "address")?,
         instance_id: get_str(r, "instance_id")?,
@@ -112,42 +111,40 @@ impl Tx {
             Backend::Sqlite => take,
         };
         for _ in 0..5 {
-            let row = sqlx::query(&sql)
+            let row = self
+                .q(&sql)
                 .bind(claim.instance_id)
                 .bind(now)
                 .bind(region)
                 .bind(claim.interface_name)
                 .bind(claim.mac_address)
                 .bind(claim.is_primary as i64)
-                .fetch_optional(self.conn())
-                .await
-                .map_err(db_err)?;
+                .fetch_optional()
+                .await?;
             if let Some(r) = row {
                 let address = get_str(&r, "address")?;
                 if self.backend == Backend::Postgres {
                     return Ok(Some(address));
                 }
-                sqlx::query(
+                self.q(
                     "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
                      VALUES ($1, $2, $3, $4, $5)",
                 )
-                .bind(&address)
-                .bind(claim.instance_id)
-                .bind(claim.interface_name)
-                .bind(claim.is_primary as i64)
-                .bind(now)
-                .execute(self.conn())
-                .await
-                .map_err(db_err)?;
+                    .bind(&address)
+                    .bind(claim.instance_id)
+                    .bind(claim.interface_name)
+                    .bind(claim.is_primary as i64)
+                    .bind(now)
+                    .execute()
+                    .await?;
                 return Ok(Some(address));
             }
-            let free = sqlx::query(
+            let free = self.q(
                 "SELECT 1 AS x FROM ip_addresses WHERE region = $1 AND instance_id IS NULL LIMIT 1",
             )
-            .bind(region)
-            .fetch_optional(self.conn())
-            .await
-            .map_err(db_err)?;
+                .bind(region)
+                .fetch_optional()
+                .await?;
             if free.is_none() {
                 return Ok(None);
             }
@@ -158,11 +155,7 @@ impl Tx {
     /// The instance's addresses as this transaction sees them.
     pub async fn ip_list(&mut self, instance_id: &str) -> Result<Vec<IpRow>, Error> {
         let sql = format!("SELECT {COLS} FROM ip_addresses WHERE instance_id = $1 {ORDER}");
-        let rows = sqlx::query(&sql)
-            .bind(instance_id)
-            .fetch_all(self.conn())
-            .await
-            .map_err(db_err)?;
+        let rows = self.q(&sql).bind(instance_id).fetch_all().await?;
         rows.iter().map(row).collect()
     }
 
@@ -175,31 +168,29 @@ impl Tx {
     ) -> Result<bool, Error> {
         self.ip_history_close(instance_id, Some(address), now)
             .await?;
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
                mac_address = NULL, is_primary = 0
              WHERE instance_id = $1 AND address = $2",
         )
-        .bind(instance_id)
-        .bind(address)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(instance_id)
+            .bind(address)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 
     /// Returns every address the instance holds to its pool.
     pub async fn ip_release_all(&mut self, instance_id: &str, now: i64) -> Result<(), Error> {
         self.ip_history_close(instance_id, None, now).await?;
-        sqlx::query(
+        self.q(
             "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
                mac_address = NULL, is_primary = 0
              WHERE instance_id = $1",
         )
         .bind(instance_id)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        .execute()
+        .await?;
         Ok(())
     }
 
@@ -209,18 +200,25 @@ impl Tx {
         address: Option<&str>,
         now: i64,
     ) -> Result<(), Error> {
-        let q = match address {
-            Some(a) => sqlx::query(
-                "UPDATE ip_history SET released_at = $1 WHERE instance_id = $2 AND address = $3 AND released_at IS NULL",
-            )
-            .bind(now)
-            .bind(instance_id)
-            .bind(a),
-            None => sqlx::query("UPDATE ip_history SET released_at = $1 WHERE instance_id = $2 AND released_at IS NULL")
+        match address {
+            Some(a) => {
+                self.q(
+                    "UPDATE ip_history SET released_at = $1 WHERE instance_id = $2 AND address = $3 AND released_at IS NULL",
+                )
                 .bind(now)
-                .bind(instance_id),
+                .bind(instance_id)
+                .bind(a)
+                .execute()
+                .await?
+            }
+            None => {
+                self.q("UPDATE ip_history SET released_at = $1 WHERE instance_id = $2 AND released_at IS NULL")
+                    .bind(now)
+                    .bind(instance_id)
+                    .execute()
+                    .await?
+            }
         };
-        q.execute(self.conn()).await.map_err(db_err)?;
         Ok(())
     }
 }
@@ -279,12 +277,12 @@ impl Tx {
             "SELECT address FROM ip_addresses WHERE region = $1 AND instance_id IS NULL
              ORDER BY seq LIMIT $2{lock}"
         );
-        let free = sqlx::query(&sql)
+        let free = self
+            .q(&sql)
             .bind(region)
             .bind(claims.len() as i64)
-            .fetch_all(self.conn())
-            .await
-            .map_err(db_err)?;
+            .fetch_all()
+            .await?;
         let addresses: Vec<String> = free
             .iter()
             .map(|r| get_str(r, "address"))
@@ -328,12 +326,12 @@ impl Tx {
         }
         for sql in statements {
             let st = Statement::new(self.backend, &sql, vals.clone());
-            let done = st.query().execute(self.conn()).await.map_err(db_err)?;
-            if done.rows_affected() != taken.len() as u64 {
+            let done = self.run(&st).await?;
+            if done != taken.len() as u64 {
                 // Only another writer could have taken one between the two statements.
                 return Err(Error::Internal(format!(
                     "assigned {} of {} addresses",
-                    done.rows_affected(),
+                    done,
                     taken.len()
                 )));
             }

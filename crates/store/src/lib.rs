@@ -12,6 +12,7 @@ mod cache;
 pub mod console;
 pub mod copy;
 mod deleted;
+mod exec;
 pub mod firewall;
 pub mod group;
 pub mod hosts;
@@ -25,10 +26,11 @@ mod stats;
 pub mod tasks;
 
 use cache::{Cache, Token};
+use exec::{Inner, Local, Named, Target, Writer, Q};
 use lobster_core::Error;
 use sqlite_read::SqliteReads;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::{AnyPool, Executor};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +55,8 @@ pub struct Store {
     write: AnyPool,
     /// SQLite only: the hot reads, in-process (see `sqlite_read`).
     fast: Option<Arc<SqliteReads>>,
+    /// SQLite files only: the one write connection, in-process (see `exec`).
+    local: Option<Writer>,
     /// Tenants' hot reads, from memory (see `cache`).
     cache: Arc<Cache>,
     /// PostgreSQL: ends the cache's listening and announcing tasks with the last clone.
@@ -64,7 +68,7 @@ pub struct Store {
 /// A write transaction. Commands do all their writes through one of these.
 pub struct Tx {
     backend: Backend,
-    inner: Transaction<'static, Any>,
+    inner: Inner,
     cache: Arc<Cache>,
     /// What this transaction wrote that the read cache may hold, invalidated at commit.
     written: Vec<Token>,
@@ -133,6 +137,7 @@ impl Store {
                     read,
                     write,
                     fast: None,
+                    local: None,
                     cache: Cache::new(false),
                     stop: None,
                     channel: None,
@@ -162,6 +167,7 @@ impl Store {
                     read: pool.clone(),
                     write: pool,
                     fast: None,
+                    local: None,
                     // Off until its listening connection is up.
                     cache: Cache::new(true),
                     stop: None,
@@ -177,8 +183,18 @@ impl Store {
                 (None, Some(Arc::new(stop)), Some(channel.into()))
             }
         };
+        // Writes move to the in-process writer once the migrations are in; sqlx's write
+        // connection is closed so that no write can take the file's lock behind its back.
+        let local = match &fast {
+            Some(reads) => {
+                store.write.close().await;
+                Some(exec::open_writer(reads.path())?)
+            }
+            None => None,
+        };
         Ok(Store {
             fast,
+            local,
             stop,
             channel,
             ..store
@@ -190,13 +206,18 @@ impl Store {
     }
 
     pub async fn begin(&self) -> Result<Tx, Error> {
-        let inner = match self.backend {
+        let inner = match (&self.local, self.backend) {
+            (Some(w), _) => Inner::Local(Local::begin(w).await?),
             // IMMEDIATE takes the write lock up front, so a transaction that reads and then
             // writes cannot fail half-way when another process (the admin CLI) also writes.
-            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.write.begin().await,
-        }
-        .map_err(db_err)?;
+            (None, Backend::Sqlite) => Inner::Sqlx(
+                self.write
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db_err)?,
+            ),
+            (None, Backend::Postgres) => Inner::Sqlx(self.write.begin().await.map_err(db_err)?),
+        };
         Ok(Tx {
             backend: self.backend,
             inner,
@@ -222,8 +243,27 @@ impl Store {
         self.fast.as_ref()
     }
 
+    #[cfg(test)]
     pub(crate) fn writer(&self) -> &AnyPool {
         &self.write
+    }
+
+    /// A write outside a transaction (its own, on SQLite's in-process writer).
+    pub(crate) fn q<'t, 'a>(&'t self, sql: &'a str) -> Q<'t, 'a> {
+        let target = match &self.local {
+            Some(w) => Target::Writer(w),
+            None => Target::Pool(&self.write),
+        };
+        Q::new(target, self.backend, sql)
+    }
+
+    /// Runs a prepared batch statement outside a transaction; the rows it returned.
+    pub(crate) async fn fetch(&self, st: &batch::Statement<'_>) -> Result<Vec<exec::Row>, Error> {
+        let target = match &self.local {
+            Some(w) => Target::Writer(w),
+            None => Target::Pool(&self.write),
+        };
+        Ok(exec::fetch(target, st).await?)
     }
 
     pub(crate) fn cache(&self) -> &Cache {
@@ -251,7 +291,10 @@ impl Tx {
             written,
             ..
         } = self;
-        let done = inner.commit().await.map_err(db_err);
+        let done = match inner {
+            Inner::Sqlx(tx) => tx.commit().await.map_err(db_err),
+            Inner::Local(l) => l.end("COMMIT"),
+        };
         // Even when the commit's outcome is unknown (its connection failed): a needless
         // invalidation costs a read, a missing one serves a stale row.
         cache.invalidate(written, true);
@@ -265,11 +308,10 @@ impl Tx {
         channel: Option<&str>,
     ) -> Result<(), Error> {
         if let Some(ch) = channel {
-            sqlx::query("SELECT pg_notify($1, 'k')")
+            self.q("SELECT pg_notify($1, 'k')")
                 .bind(ch)
-                .execute(self.conn())
-                .await
-                .map_err(db_err)?;
+                .execute()
+                .await?;
         }
         self.written.push(Token::Keys);
         Ok(())
@@ -283,11 +325,39 @@ impl Tx {
     /// Undoes the transaction now (dropping it also rolls back, but only when its connection
     /// is next used).
     pub async fn rollback(self) -> Result<(), Error> {
-        self.inner.rollback().await.map_err(db_err)
+        match self.inner {
+            Inner::Sqlx(tx) => tx.rollback().await.map_err(db_err),
+            Inner::Local(l) => l.end("ROLLBACK"),
+        }
     }
 
-    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        &mut self.inner
+    /// A statement in this transaction.
+    pub(crate) fn q<'t, 'a>(&'t mut self, sql: &'a str) -> Q<'t, 'a> {
+        Q::new(Target::Tx(&mut self.inner), self.backend, sql)
+    }
+
+    /// Runs a prepared batch statement in this transaction; the rows it changed.
+    pub(crate) async fn run(&mut self, st: &batch::Statement<'_>) -> Result<u64, Error> {
+        Ok(exec::run(Target::Tx(&mut self.inner), st).await?)
+    }
+
+    /// Runs a prepared batch statement in this transaction; the rows it returned.
+    pub(crate) async fn fetch(
+        &mut self,
+        st: &batch::Statement<'_>,
+    ) -> Result<Vec<exec::Row>, Error> {
+        Ok(exec::fetch(Target::Tx(&mut self.inner), st).await?)
+    }
+
+    /// The sqlx connection, for what runs only through sqlx (migrations, PostgreSQL's
+    /// statistics, the copy into PostgreSQL).
+    pub(crate) fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, Error> {
+        match &mut self.inner {
+            Inner::Sqlx(tx) => Ok(&mut **tx),
+            Inner::Local(_) => Err(Error::Internal(
+                "a statement for sqlx's connection on the in-process writer".into(),
+            )),
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -320,24 +390,20 @@ impl Cells for AnyRow {
     }
 }
 
-pub(crate) fn get_i64(row: &AnyRow, col: &str) -> Result<i64, Error> {
-    use sqlx::Row;
-    row.try_get::<i64, _>(col).map_err(db_err)
+pub(crate) fn get_i64<R: Named>(row: &R, col: &str) -> Result<i64, Error> {
+    R::named_required(row.named_int(col)?, col)
 }
 
-pub(crate) fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>, Error> {
-    use sqlx::Row;
-    row.try_get::<Option<i64>, _>(col).map_err(db_err)
+pub(crate) fn get_opt_i64(row: &impl Named, col: &str) -> Result<Option<i64>, Error> {
+    row.named_int(col)
 }
 
-pub(crate) fn get_str(row: &AnyRow, col: &str) -> Result<String, Error> {
-    use sqlx::Row;
-    row.try_get::<String, _>(col).map_err(db_err)
+pub(crate) fn get_str<R: Named>(row: &R, col: &str) -> Result<String, Error> {
+    R::named_required(row.named_text(col)?, col)
 }
 
-pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, Error> {
-    use sqlx::Row;
-    row.try_get::<Option<String>, _>(col).map_err(db_err)
+pub(crate) fn get_opt_str(row: &impl Named, col: &str) -> Result<Option<String>, Error> {
+    row.named_text(col)
 }
 
 #[cfg(test)]

@@ -21,19 +21,19 @@ pub(crate) async fn run(store: &Store) -> Result<(), Error> {
         // (SQLite's BEGIN IMMEDIATE already serialises them.)
         if store.backend() == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(7220115)")
-                .execute(&mut *tx.conn())
+                .execute(tx.conn()?)
                 .await
                 .map_err(db_err)?;
         }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
-        .execute(&mut *tx.conn())
+        .execute(tx.conn()?)
         .await
         .map_err(db_err)?;
         let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
             .bind(*version)
-            .fetch_optional(&mut *tx.conn())
+            .fetch_optional(tx.conn()?)
             .await
             .map_err(db_err)?;
         if done.is_some() {
@@ -41,14 +41,14 @@ pub(crate) async fn run(store: &Store) -> Result<(), Error> {
         }
         for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(stmt)
-                .execute(&mut *tx.conn())
+                .execute(tx.conn()?)
                 .await
                 .map_err(db_err)?;
         }
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(*version)
             .bind(0i64)
-            .execute(&mut *tx.conn())
+            .execute(tx.conn()?)
             .await
             .map_err(db_err)?;
         tx.commit().await?;

@@ -3,7 +3,6 @@
 
 use crate::{db_err, get_i64, get_opt_i64, get_str, Store};
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleRow {
@@ -26,7 +25,7 @@ const COLS: &str =
     "instance_id, account_id, enabled, frequency, hour_utc, minute_utc, day_of_week, day_of_month,
     retention_count, next_run_at, last_run_at, created_at, updated_at";
 
-fn row(r: &AnyRow) -> Result<ScheduleRow, Error> {
+fn row(r: &impl crate::exec::Named) -> Result<ScheduleRow, Error> {
     Ok(ScheduleRow {
         instance_id: get_str(r, "instance_id")?,
         account_id: get_str(r, "account_id")?,
@@ -58,7 +57,7 @@ impl Store {
     /// Creates or replaces the schedule; true when it was created.
     pub async fn schedule_put(&self, s: &ScheduleRow) -> Result<bool, Error> {
         let existed = self.schedule_get(&s.instance_id).await?.is_some();
-        sqlx::query(
+        self.q(
             "INSERT INTO backup_schedules (instance_id, account_id, enabled, frequency, hour_utc, minute_utc, day_of_week,
                day_of_month, retention_count, next_run_at, last_run_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11, $11)
@@ -67,30 +66,29 @@ impl Store {
                day_of_month = excluded.day_of_month, retention_count = excluded.retention_count,
                next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
         )
-        .bind(&s.instance_id)
-        .bind(&s.account_id)
-        .bind(s.enabled as i64)
-        .bind(&s.frequency)
-        .bind(s.hour_utc)
-        .bind(s.minute_utc)
-        .bind(s.day_of_week)
-        .bind(s.day_of_month)
-        .bind(s.retention_count)
-        .bind(s.next_run_at)
-        .bind(s.updated_at)
-        .execute(self.writer())
-        .await
-        .map_err(db_err)?;
+            .bind(&s.instance_id)
+            .bind(&s.account_id)
+            .bind(s.enabled as i64)
+            .bind(&s.frequency)
+            .bind(s.hour_utc)
+            .bind(s.minute_utc)
+            .bind(s.day_of_week)
+            .bind(s.day_of_month)
+            .bind(s.retention_count)
+            .bind(s.next_run_at)
+            .bind(s.updated_at)
+            .execute()
+            .await?;
         Ok(!existed)
     }
 
     pub async fn schedule_delete(&self, instance_id: &str) -> Result<bool, Error> {
-        let r = sqlx::query("DELETE FROM backup_schedules WHERE instance_id = $1")
+        let r = self
+            .q("DELETE FROM backup_schedules WHERE instance_id = $1")
             .bind(instance_id)
-            .execute(self.writer())
-            .await
-            .map_err(db_err)?;
-        Ok(r.rows_affected() > 0)
+            .execute()
+            .await?;
+        Ok(r > 0)
     }
 
     /// Enabled schedules whose next run is due.
@@ -124,16 +122,15 @@ impl Store {
         next: i64,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2 WHERE instance_id = $3 AND next_run_at = $4",
         )
-        .bind(next)
-        .bind(now)
-        .bind(instance_id)
-        .bind(expected)
-        .execute(self.writer())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(next)
+            .bind(now)
+            .bind(instance_id)
+            .bind(expected)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 }

@@ -59,6 +59,10 @@ impl SqliteReads {
         Ok(Some(reads))
     }
 
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
     fn connect(&self) -> Result<Connection, Error> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(err)?;

@@ -29,7 +29,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS ok")
             .bind(LOCK_KEY)
-            .fetch_one(&mut *tx.conn())
+            .fetch_one(tx.conn()?)
             .await
             .and_then(|r| r.try_get("ok"))
             .map_err(db_err)?;
@@ -44,7 +44,7 @@ impl Store {
         )
         .bind(STALE_FLOOR)
         .bind(STALE_FRACTION)
-        .fetch_all(&mut *tx.conn())
+        .fetch_all(tx.conn()?)
         .await
         .map_err(db_err)?;
         let mut names = Vec::with_capacity(stale.len());
@@ -53,7 +53,7 @@ impl Store {
             // The name comes from the catalog; quoted all the same.
             let sql = format!("ANALYZE \"{}\"", name.replace('"', "\"\""));
             sqlx::query(&sql)
-                .execute(&mut *tx.conn())
+                .execute(tx.conn()?)
                 .await
                 .map_err(db_err)?;
             names.push(name);

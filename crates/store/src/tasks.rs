@@ -5,7 +5,6 @@
 use crate::batch::{padded, values_list, Statement, Val};
 use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Scope, Store, Tx};
 use lobster_core::Error;
-use sqlx::any::AnyRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRow {
@@ -48,7 +47,7 @@ const COLS: &str =
 const CLAIMABLE: &str =
     "((status = 'PENDING' AND run_after <= $3) OR (status = 'PROCESSING' AND lease_until < $3))";
 
-fn row(r: &AnyRow) -> Result<TaskRow, Error> {
+fn row(r: &impl crate::exec::Named) -> Result<TaskRow, Error> {
     Ok(TaskRow {
         id: get_str(r, "id")?,
         account_id: get_str(r, "account_id")?,
@@ -191,7 +190,7 @@ impl Store {
             values_list(4, padded(items).len(), 3, &["", "", "::bigint"])
         );
         let st = created_statement(self.backend, &sql, (message, now, worker), items);
-        let rows = st.query().fetch_all(self.writer()).await.map_err(db_err)?;
+        let rows = self.fetch(&st).await?;
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
             // `held` reads the statement's snapshot, from before its own update: a task
@@ -235,7 +234,7 @@ impl Store {
             values_list(4, padded(items).len(), 3, &["", "", ""])
         );
         let st = created_statement(tx.backend, &sql, (message, now, worker), items);
-        let rows = st.query().fetch_all(tx.conn()).await.map_err(db_err)?;
+        let rows = tx.fetch(&st).await?;
         let done: std::collections::HashSet<String> = rows
             .iter()
             .map(|r| get_str(r, "id"))
@@ -406,14 +405,14 @@ impl Store {
              {CLAIM} FROM c WHERE tasks.id = c.claim_id AND {CLAIMABLE} RETURNING {COLS}",
             self.skip_locked()
         );
-        let rows = sqlx::query(&sql)
+        let rows = self
+            .q(&sql)
             .bind(worker)
             .bind(now + lease_ms)
             .bind(now)
             .bind(limit.max(1) as i64)
-            .fetch_all(self.writer())
-            .await
-            .map_err(db_err)?;
+            .fetch_all()
+            .await?;
         rows.iter().map(row).collect()
     }
 
@@ -433,28 +432,27 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<TaskRow>, Error> {
-        let rows = sqlx::query(sql)
+        let rows = self
+            .q(sql)
             .bind(worker)
             .bind(now + lease_ms)
             .bind(now)
-            .fetch_all(self.writer())
-            .await
-            .map_err(db_err)?;
+            .fetch_all()
+            .await?;
         rows.iter().map(row).collect()
     }
 
     /// Extends the lease; false when the worker no longer holds it.
     pub async fn task_heartbeat(&self, id: &str, worker: &str, until: i64) -> Result<bool, Error> {
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE tasks SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING'",
         )
-        .bind(until)
-        .bind(id)
-        .bind(worker)
-        .execute(self.writer())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(until)
+            .bind(id)
+            .bind(worker)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 
     /// Records progress text on a task the worker holds.
@@ -465,14 +463,13 @@ impl Store {
         message: &str,
         now: i64,
     ) -> Result<(), Error> {
-        sqlx::query("UPDATE tasks SET message = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING'")
+        self.q("UPDATE tasks SET message = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING'")
             .bind(message)
             .bind(now)
             .bind(id)
             .bind(worker)
-            .execute(self.writer())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -521,21 +518,20 @@ impl Store {
         refund: i64,
     ) -> Result<bool, Error> {
         let (run_after, message, now) = when;
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
                message = $2, updated_at = $3, attempts = attempts - $6
              WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
         )
-        .bind(run_after)
-        .bind(message)
-        .bind(now)
-        .bind(id)
-        .bind(worker)
-        .bind(refund)
-        .execute(self.writer())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(run_after)
+            .bind(message)
+            .bind(now)
+            .bind(id)
+            .bind(worker)
+            .bind(refund)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 }
 
@@ -555,32 +551,31 @@ impl Tx {
             "SELECT id FROM tasks WHERE lease_owner = $1 AND status = 'PROCESSING' AND id IN ({})",
             marks.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(worker);
+        let mut q = self.q(&sql).bind(worker);
         for id in ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(self.conn()).await.map_err(db_err)?;
+        let rows = q.fetch_all().await?;
         rows.iter().map(|r| get_str(r, "id")).collect()
     }
 
     pub async fn task_insert(&mut self, t: &NewTask) -> Result<(), Error> {
-        sqlx::query(
+        self.q(
             "INSERT INTO tasks (id, account_id, team_id, instance_id, operation, status, params, message, attempts,
                max_attempts, run_after, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $7, 0, $8, $9, $9, $9)",
         )
-        .bind(&t.id)
-        .bind(&t.account_id)
-        .bind(&t.team_id)
-        .bind(&t.instance_id)
-        .bind(&t.operation)
-        .bind(&t.params)
-        .bind(&t.message)
-        .bind(t.max_attempts)
-        .bind(t.now)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+            .bind(&t.id)
+            .bind(&t.account_id)
+            .bind(&t.team_id)
+            .bind(&t.instance_id)
+            .bind(&t.operation)
+            .bind(&t.params)
+            .bind(&t.message)
+            .bind(t.max_attempts)
+            .bind(t.now)
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -619,18 +614,17 @@ impl Tx {
             ]);
         }
         let st = Statement::new(self.backend, &sql, vals);
-        st.query().execute(self.conn()).await.map_err(db_err)?;
+        self.run(&st).await?;
         Ok(())
     }
 
     /// Rewrites a pending task's parameters (a launch moved to another host).
     pub async fn task_params(&mut self, id: &str, params: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE tasks SET params = $1 WHERE id = $2 AND status = 'PENDING'")
+        self.q("UPDATE tasks SET params = $1 WHERE id = $2 AND status = 'PENDING'")
             .bind(params)
             .bind(id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -644,19 +638,18 @@ impl Tx {
         message: &str,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = sqlx::query(
+        let r = self.q(
             "UPDATE tasks SET status = $1, message = $2, updated_at = $3, finished_at = $3, lease_owner = NULL,
                lease_until = NULL
              WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
         )
-        .bind(status)
-        .bind(message)
-        .bind(now)
-        .bind(id)
-        .bind(worker)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+            .bind(status)
+            .bind(message)
+            .bind(now)
+            .bind(id)
+            .bind(worker)
+            .execute()
+            .await?;
+        Ok(r == 1)
     }
 }
