@@ -172,6 +172,11 @@ pub struct SimWorld {
     pub hosts: HashMap<String, HashMap<String, SimVm>>,
     /// volid -> backup
     pub backups: HashMap<String, SimBackup>,
+    /// host id -> what its VMs hold between them: kept as VMs come and go (through
+    /// `vm_insert`/`vm_remove`) so that a create does not sum every VM of its host; a host
+    /// missing here is summed on first use (a world just loaded from its file).
+    #[serde(skip)]
+    used: HashMap<String, Resources>,
 }
 
 fn no_vm(host: &Host, vm: &str) -> DriverError {
@@ -179,6 +184,38 @@ fn no_vm(host: &Host, vm: &str) -> DriverError {
 }
 
 impl SimWorld {
+    /// What the VMs on `host` hold between them, from the tally.
+    fn used(&mut self, host: &str) -> Resources {
+        if let Some(u) = self.used.get(host) {
+            return *u;
+        }
+        let u = used_of(self, host);
+        self.used.insert(host.to_string(), u);
+        u
+    }
+
+    fn vm_insert(&mut self, host: &str, vm: SimVm) {
+        let r = vm.spec.resources;
+        let old = self
+            .hosts
+            .entry(host.to_string())
+            .or_default()
+            .insert(vm.spec.id.clone(), vm);
+        if let Some(u) = self.used.get_mut(host) {
+            tally(u, &r, 1);
+            if let Some(old) = old {
+                tally(u, &old.spec.resources, -1);
+            }
+        }
+    }
+
+    fn vm_remove(&mut self, host: &str, vm: &str) {
+        let gone = self.hosts.get_mut(host).and_then(|h| h.remove(vm));
+        if let (Some(u), Some(gone)) = (self.used.get_mut(host), gone) {
+            tally(u, &gone.spec.resources, -1);
+        }
+    }
+
     fn vm(&self, host: &Host, vm: &str) -> DriverResult<&SimVm> {
         self.hosts
             .get(&host.id)
@@ -270,14 +307,7 @@ impl SimDriver {
             restored_from: None,
             calls: HashMap::new(),
         };
-        self.state
-            .lock()
-            .unwrap()
-            .world
-            .hosts
-            .entry(host.to_string())
-            .or_default()
-            .insert(spec.id, vm);
+        self.state.lock().unwrap().world.vm_insert(host, vm);
     }
 
     /// Re-creates a backup the control plane knows about (after a restart).
@@ -404,7 +434,15 @@ impl SimDriver {
     }
 }
 
-/// What the VMs on `host` hold between them.
+/// `r` added to (`sign` 1) or taken from (-1) `used`.
+fn tally(used: &mut Resources, r: &Resources, sign: i64) {
+    used.cores += sign * r.cores;
+    used.memory_gb += sign * r.memory_gb;
+    used.disk_gb += sign * r.disk_gb;
+    used.gpus += sign * r.gpus;
+}
+
+/// What the VMs on `host` hold between them, summed.
 fn used_of(w: &SimWorld, host: &str) -> Resources {
     let mut used = Resources::default();
     for vm in w.hosts.get(host).into_iter().flat_map(|h| h.values()) {
@@ -465,11 +503,8 @@ impl Hypervisor for SimDriver {
             } else {
                 // A real hypervisor refuses what it cannot hold; the control plane must never
                 // ask for it, and tests rely on this check to catch overbooking.
-                let mut used = used_of(w, &host.id);
-                used.cores += spec.resources.cores;
-                used.memory_gb += spec.resources.memory_gb;
-                used.disk_gb += spec.resources.disk_gb;
-                used.gpus += spec.resources.gpus;
+                let mut used = w.used(&host.id);
+                tally(&mut used, &spec.resources, 1);
                 if !used.fits_in(&host.capacity()) {
                     return Err(DriverError::Permanent(format!(
                         "sim: host {} is out of capacity",
@@ -486,10 +521,7 @@ impl Hypervisor for SimDriver {
                     restored_from: None,
                     calls: HashMap::from([("Create".to_string(), 1)]),
                 };
-                w.hosts
-                    .entry(host.id.clone())
-                    .or_default()
-                    .insert(spec.id.clone(), vm);
+                w.vm_insert(&host.id, vm);
             }
             Ok(())
         })?;
@@ -516,9 +548,7 @@ impl Hypervisor for SimDriver {
     async fn destroy(&self, host: &Host, vm: &str) -> DriverResult<()> {
         let after = self.enter(Op::Destroy).await?;
         self.change(|w| {
-            if let Some(h) = w.hosts.get_mut(&host.id) {
-                h.remove(vm);
-            }
+            w.vm_remove(&host.id, vm);
             Ok(())
         })?;
         finish(Op::Destroy, after)
@@ -690,6 +720,22 @@ mod tests {
         let e = d.create(&h, &spec("b", 32)).await.unwrap_err();
         assert!(!e.is_transient());
         assert_eq!(d.used_on(&h.id).cores, 48);
+    }
+
+    #[tokio::test]
+    async fn room_freed_by_a_destroy_is_room_again_and_adopted_vms_count() {
+        let d = SimDriver::new(SimConfig::instant());
+        let h = host(); // 64 cores
+        d.adopt(&h.id, spec("x", 16), PowerStatus::Running);
+        d.create(&h, &spec("a", 32)).await.unwrap();
+        // The tally holds 48 now; a VM adopted after it was started is counted too.
+        d.adopt(&h.id, spec("y", 8), PowerStatus::Running);
+        assert!(d.create(&h, &spec("b", 16)).await.is_err(), "56 + 16 > 64");
+        d.destroy(&h, "a").await.unwrap();
+        d.destroy(&h, "a").await.unwrap();
+        d.create(&h, &spec("b", 40)).await.unwrap();
+        assert_eq!(d.used_on(&h.id).cores, 64);
+        assert!(d.create(&h, &spec("c", 1)).await.is_err(), "full");
     }
 
     #[tokio::test]
