@@ -4,7 +4,8 @@ use super::{body_bytes, Auth, BlResult, Ctx};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::Path;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -19,15 +20,26 @@ pub async fn instance_list(
     ctx: Ctx,
     Extension(lists): Extension<Lists>,
     Auth(caller): Auth,
+    headers: HeaderMap,
 ) -> BlResult<Response> {
     let rows = ctx.0.instance_list(&caller).await?;
     // What of the view depends on the caller: `access_type`.
     let variant = caller.team_id.is_some() as u8;
-    let body = lists.body(&rows, variant, |rows| {
+    let gzip = headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(crate::rendered::accepts_gzip);
+    let body = lists.body_for(&rows, variant, gzip, |rows| {
         let views: Vec<_> = rows.iter().map(|i| instance(&ctx.0, &caller, i)).collect();
         Bytes::from(serde_json::to_vec(&views).expect("instance views serialize"))
     });
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    let json = (CONTENT_TYPE, "application/json");
+    let vary = (VARY, "accept-encoding");
+    Ok(match body.gzip {
+        true => ([json, vary, (CONTENT_ENCODING, "gzip")], body.bytes).into_response(),
+        false => ([json, vary], body.bytes).into_response(),
+    })
 }
 
 pub async fn instance_get(

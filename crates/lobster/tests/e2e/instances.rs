@@ -523,3 +523,65 @@ async fn a_kept_list_body_follows_every_change() {
     let listed = owner.get_json("/api/v1/instances", StatusCode::OK).await;
     assert_eq!(names(&listed).len(), 2);
 }
+
+/// The list's answer, gzipped when the client accepts it (the body it decodes to is the plain
+/// one) and plain otherwise; it follows a change like the plain body does.
+#[tokio::test]
+async fn a_long_list_is_gzipped_for_clients_that_accept_it() {
+    use std::io::Read;
+    let app = TestApp::spawn().await;
+    let owner = app.tenant("acme").await;
+    for _ in 0..40 {
+        owner.launch("v1_cpu_small", "us-east-1").await;
+    }
+    app.drain().await;
+    let header = |r: &reqwest::Response, h: &str| {
+        r.headers().get(h).map(|v| v.to_str().unwrap().to_string())
+    };
+    let gunzip = |b: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    let list = "/api/v1/instances";
+    let plain = owner.get(list).await;
+    assert_eq!(header(&plain, "content-encoding"), None);
+    assert_eq!(header(&plain, "vary").as_deref(), Some("accept-encoding"));
+    let plain = plain.bytes().await.unwrap();
+    assert!(
+        plain.len() >= 16 << 10,
+        "long enough to compress: {}",
+        plain.len()
+    );
+    for accept in ["gzip, deflate, br", "br;q=1.0, gzip;q=0.8"] {
+        let gz = owner.get_with(list, &[("accept-encoding", accept)]).await;
+        assert_eq!(gz.status(), StatusCode::OK);
+        assert_eq!(header(&gz, "content-encoding").as_deref(), Some("gzip"));
+        assert_eq!(
+            header(&gz, "content-type").as_deref(),
+            Some("application/json")
+        );
+        let gz = gz.bytes().await.unwrap();
+        assert!(
+            gz.len() * 4 < plain.len(),
+            "{} of {}",
+            gz.len(),
+            plain.len()
+        );
+        assert_eq!(gunzip(&gz), plain);
+    }
+    let refused = owner
+        .get_with(list, &[("accept-encoding", "gzip;q=0, identity")])
+        .await;
+    assert_eq!(header(&refused, "content-encoding"), None);
+    assert_eq!(refused.bytes().await.unwrap(), plain);
+    // A change: the gzipped answer is of the new list.
+    let more = owner.launch("v1_cpu_small", "us-east-1").await;
+    let gz = owner.get_with(list, &[("accept-encoding", "gzip")]).await;
+    let listed: serde_json::Value =
+        serde_json::from_slice(&gunzip(&gz.bytes().await.unwrap())).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 41);
+    assert_eq!(listed[0]["uuid"], more["vm_uuid"]);
+}

@@ -234,6 +234,18 @@ impl Tenant {
         r.send().await.expect("request")
     }
 
+    /// A GET with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.expect("request")
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.call(Method::GET, path, None).await
     }
