@@ -615,12 +615,25 @@ impl Tx {
         status: &str,
         now: i64,
     ) -> Result<bool, Error> {
+        let sql = "UPDATE instances SET status = $1, active_task_id = NULL, password = NULL, deleted_at = $2, updated_at = $2
+             WHERE id = $3 AND active_task_id = $4 AND status IN ('creating', 'terminating')";
+        self.task_guarded(sql, Some(status), now, id, task_id).await
+    }
+
+    /// Runs `sql`, an update of instance `id` that applies only while `task_id` holds it
+    /// (`$1` the value, `$2` now, `$3` the id, `$4` the task). True when it applied.
+    async fn task_guarded(
+        &mut self,
+        sql: &str,
+        value: Option<&str>,
+        now: i64,
+        id: &str,
+        task_id: &str,
+    ) -> Result<bool, Error> {
         self.wrote_instance(id);
-        let r = self.q(
-            "UPDATE instances SET status = $1, active_task_id = NULL, password = NULL, deleted_at = $2, updated_at = $2
-             WHERE id = $3 AND active_task_id = $4 AND status IN ('creating', 'terminating')",
-        )
-            .bind(status)
+        let r = self
+            .q(sql)
+            .bind(value)
             .bind(now)
             .bind(id)
             .bind(task_id)
@@ -637,32 +650,11 @@ impl Tx {
         power: Option<&str>,
         now: i64,
     ) -> Result<bool, Error> {
-        self.wrote_instance(id);
-        let r = match power {
-            Some(p) => {
-                self.q(
-                    "UPDATE instances SET active_task_id = NULL, power_status = $1, updated_at = $2
-                     WHERE id = $3 AND active_task_id = $4",
-                )
-                .bind(p)
-                .bind(now)
-                .bind(id)
-                .bind(task_id)
-                .execute()
-                .await?
-            }
-            None => {
-                self.q(
-                    "UPDATE instances SET active_task_id = NULL, updated_at = $1 WHERE id = $2 AND active_task_id = $3",
-                )
-                .bind(now)
-                .bind(id)
-                .bind(task_id)
-                .execute()
-                .await?
-            }
-        };
-        Ok(r == 1)
+        // Without a power state to record, the one it has is written back.
+        let sql = "UPDATE instances SET active_task_id = NULL,
+               power_status = COALESCE($1, power_status), updated_at = $2
+             WHERE id = $3 AND active_task_id = $4";
+        self.task_guarded(sql, power, now, id, task_id).await
     }
 
     /// Gives up a claim and puts the instance back in `status` (a delete that failed leaves
@@ -674,16 +666,8 @@ impl Tx {
         status: &str,
         now: i64,
     ) -> Result<bool, Error> {
-        self.wrote_instance(id);
-        let r = self.q(
-            "UPDATE instances SET active_task_id = NULL, status = $1, updated_at = $2 WHERE id = $3 AND active_task_id = $4",
-        )
-            .bind(status)
-            .bind(now)
-            .bind(id)
-            .bind(task_id)
-            .execute()
-            .await?;
-        Ok(r == 1)
+        let sql = "UPDATE instances SET active_task_id = NULL, status = $1, updated_at = $2
+             WHERE id = $3 AND active_task_id = $4";
+        self.task_guarded(sql, Some(status), now, id, task_id).await
     }
 }
