@@ -1,5 +1,13 @@
-//! Identifiers. Instances use UUID v4 text (clients call the field `uuid`); tasks and keys
+//! Identifiers. Instances use UUID text (clients call the field `uuid`); tasks and keys
 //! carry a readable prefix. All randomness comes from the OS-seeded thread RNG.
+//!
+//! Instance and task ids lead with the time they were made (UUID version 7; a task id's
+//! first twelve hex digits): each is a primary key, and an instance's is also the key of its
+//! address and the tail of its generated name, so time-ordered ids make every insert land at
+//! the right-hand end of those indexes instead of on a random page. Measured on SQLite, a
+//! batch of launches then writes a handful of pages instead of one per index per launch
+//! (docs/benchmarks.md, session 9); PostgreSQL's B-trees gain the same way. The ids stay
+//! unguessable (74 random bits in an instance id, 48 in a task id).
 
 use rand::RngCore;
 
@@ -24,7 +32,10 @@ pub fn new_uuid() -> String {
     let mut b = random_bytes::<16>();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
+    dashed(&hex(&b))
+}
+
+fn dashed(h: &str) -> String {
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -35,12 +46,44 @@ pub fn new_uuid() -> String {
     )
 }
 
-pub fn new_instance_id() -> String {
-    new_uuid()
+/// An RFC 9562 version 7 UUID: 48 bits of Unix milliseconds, then random bits.
+pub fn new_time_uuid() -> String {
+    time_uuid_at(unix_millis())
 }
 
+fn time_uuid_at(ms: u64) -> String {
+    let mut b = random_bytes::<16>();
+    b[..6].copy_from_slice(&be48(ms));
+    b[6] = (b[6] & 0x0f) | 0x70;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    dashed(&hex(&b))
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn be48(ms: u64) -> [u8; 6] {
+    let be = ms.to_be_bytes();
+    [be[2], be[3], be[4], be[5], be[6], be[7]]
+}
+
+pub fn new_instance_id() -> String {
+    new_time_uuid()
+}
+
+/// `task_` and 24 hex digits: the time in milliseconds, then 48 random bits.
 pub fn new_task_id() -> String {
-    format!("task_{}", hex(&random_bytes::<12>()))
+    task_id_at(unix_millis())
+}
+
+fn task_id_at(ms: u64) -> String {
+    let mut b = random_bytes::<12>();
+    b[..6].copy_from_slice(&be48(ms));
+    format!("task_{}", hex(&b))
 }
 
 pub fn new_account_id() -> String {
@@ -99,6 +142,26 @@ mod tests {
         assert_eq!(&u[14..15], "4");
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
         assert_ne!(u, new_uuid());
+    }
+
+    #[test]
+    fn instance_and_task_ids_lead_with_the_time_and_sort_by_it() {
+        let u = new_instance_id();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "7");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+        let ms = u64::from_str_radix(&u[..13].replace('-', ""), 16).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(ms <= now && now - ms < 60_000, "{u} is not now");
+        // Made a millisecond apart, ids sort in the order they were made.
+        let (t1, i1) = (task_id_at(now), time_uuid_at(now));
+        let (t2, i2) = (task_id_at(now + 1), time_uuid_at(now + 1));
+        assert!(t1 < t2 && i1 < i2);
+        assert_eq!(t1.len(), "task_".len() + 24);
+        assert_ne!(new_instance_id(), new_instance_id());
     }
 
     #[test]
