@@ -26,18 +26,23 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub(crate) type Writer = Arc<Mutex<rusqlite::Connection>>;
 
 /// Opens the in-process write connection to a SQLite file, with the pragmas sqlx's
-/// connections get.
+/// connections get, and its checkpointer.
 pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(local_err)?;
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-    )
+         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
+         PRAGMA wal_autocheckpoint = {};",
+        crate::checkpoint::WRITER_BOUND
+    ))
     .map_err(local_err)?;
     conn.set_prepared_statement_cache_capacity(128);
-    Ok(Arc::new(Mutex::new(conn)))
+    let writer = Arc::new(Mutex::new(conn));
+    // Checkpoints run on a thread of their own (see `checkpoint`).
+    crate::checkpoint::spawn(path, Arc::downgrade(&writer));
+    Ok(writer)
 }
 
 /// What a transaction runs on.

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod backups;
 mod batch;
 mod cache;
+mod checkpoint;
 pub mod console;
 pub mod copy;
 mod deleted;
