@@ -45,7 +45,7 @@ fn serve(dir: &std::path::Path, bootstrap: Option<&str>) -> Server {
 fn start(mut cmd: Command) -> Server {
     cmd.env_remove("LOBSTER_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn serve");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -79,7 +79,8 @@ impl Server {
             .success());
         let status = self.child.wait().unwrap();
         assert!(status.success(), "serve exited with {status}");
-        self.lines.try_iter().collect()
+        // Everything it printed: the reader ends when the child's stdout closes.
+        self.lines.iter().collect()
     }
 }
 
