@@ -37,7 +37,6 @@ pub struct App {
     driver: Arc<dyn Hypervisor>,
     clock: SharedClock,
     engine: Arc<Engine>,
-    wake: Arc<Notify>,
     /// Launches waiting to be written together (see `launch`).
     launches: GroupCommit<launch::Queued, launch::Written>,
     /// Tasks against existing instances (power, delete) waiting to be queued together.
@@ -59,6 +58,8 @@ pub(crate) struct Turn {
     pub(crate) max_attempts: i64,
     pub(crate) now: i64,
     pub(crate) batched: Arc<Batched>,
+    /// For handing new create tasks to this process's workers (`Engine::hand_off`).
+    pub(crate) engine: Arc<Engine>,
 }
 
 impl Turn {
@@ -115,7 +116,7 @@ impl App {
             Arc::clone(&fleet),
             Arc::clone(&clock),
             engine_cfg,
-            Arc::clone(&wake),
+            wake,
         );
         Ok(Arc::new(App {
             store,
@@ -123,7 +124,6 @@ impl App {
             driver,
             clock,
             engine,
-            wake,
             launches: GroupCommit::new(launch::MOST),
             enqueues: GroupCommit::new(instances::MOST),
             batched: Default::default(),
@@ -203,6 +203,7 @@ impl App {
             max_attempts: self.engine.config().max_attempts,
             now: self.now(),
             batched: Arc::clone(&self.batched),
+            engine: Arc::clone(&self.engine),
         }
     }
 
@@ -211,6 +212,6 @@ impl App {
     /// for every command had all of them look for work most would not find (on PostgreSQL
     /// a claim statement each: a fifth of its time while launching).
     pub(crate) fn wake_workers(&self) {
-        self.wake.notify_one();
+        self.engine.queued();
     }
 }

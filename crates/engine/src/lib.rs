@@ -5,6 +5,7 @@
 
 mod backups;
 mod finisher;
+mod handoff;
 mod steps;
 
 pub use steps::spec as vm_spec;
@@ -16,7 +17,7 @@ use lobster_core::Error;
 use lobster_driver::{DriverError, Hypervisor};
 use lobster_store::{InstanceRow, Store, TaskRow};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -31,6 +32,9 @@ pub struct EngineConfig {
     /// How often idle workers look for due retries and expired leases.
     pub poll_ms: u64,
     pub max_attempts: i64,
+    /// New create tasks waiting for this process's workers at most (see `handoff`); a
+    /// launch beyond it writes its task pending, for any server to claim.
+    pub handoff: usize,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +45,7 @@ impl Default for EngineConfig {
             lease_ms: 30_000,
             poll_ms: 500,
             max_attempts: 5,
+            handoff: 256,
         }
     }
 }
@@ -59,6 +64,12 @@ pub struct Engine {
     next_expiry_look: AtomicI64,
     /// Writes the ends of create tasks that finish together in one go.
     finisher: finisher::Finisher,
+    /// Create tasks handed over by this process's launches (see `handoff`).
+    handoff: handoff::Handoff,
+    /// Work was queued in the database by this process since a worker last claimed.
+    queued: AtomicBool,
+    /// When a worker last claimed from the database.
+    last_claim: AtomicI64,
 }
 
 /// How a task run ended, before it is written down.
@@ -95,6 +106,9 @@ impl Engine {
             last_poll: AtomicI64::new(0),
             next_expiry_look: AtomicI64::new(0),
             finisher: finisher::Finisher::default(),
+            handoff: Default::default(),
+            queued: AtomicBool::new(false),
+            last_claim: AtomicI64::new(0),
         })
     }
 
@@ -119,27 +133,37 @@ impl Engine {
         Ok(self.run_batch(1).await? > 0)
     }
 
+    /// Tells the workers that tasks were queued in the database: one wakes, and the next
+    /// batch a worker takes claims from the database even if handed tasks are waiting.
+    pub fn queued(&self) {
+        self.queued.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
     /// Claims up to `limit` tasks and runs them side by side until all have ended; how
-    /// many it claimed. Their instances are read with one query.
+    /// many it ran. Handed-over tasks come first (they carry their instances); the rest are
+    /// claimed from the database, their instances read with one query.
     pub async fn run_batch(self: &Arc<Self>, limit: usize) -> Result<usize, Error> {
-        let tasks = self.claim(limit).await?;
-        let n = tasks.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let ids: Vec<&str> = tasks
-            .iter()
-            .filter_map(|t| t.instance_id.as_deref())
-            .collect();
-        // A failed read is not fatal: each task then reads its own instance.
-        let mut insts: HashMap<String, InstanceRow> = match self.store.instances_by_ids(&ids).await
-        {
-            Ok(rows) => rows.into_iter().map(|i| (i.id.clone(), i)).collect(),
-            Err(e) => {
-                tracing::warn!("reading a batch's instances: {e}");
-                HashMap::new()
+        // When claims are due, half the batch is theirs, so that a stream of launches
+        // cannot hold back the database's queue; what they leave goes to hand-offs.
+        let due = self.claim_due();
+        let mut handed = self.take_handed(if due { limit / 2 } else { limit });
+        let mut tasks = Vec::with_capacity(limit);
+        let mut insts: HashMap<String, InstanceRow> = HashMap::new();
+        if due || handed.is_empty() {
+            match self.claim_and_read(limit - handed.len()).await {
+                Ok((t, i)) => (tasks, insts) = (t, i),
+                // What was handed over must run even if the claim fails.
+                Err(e) if !handed.is_empty() => tracing::warn!("claiming tasks: {e}"),
+                Err(e) => return Err(e),
             }
-        };
+            handed.extend(self.take_handed(limit - handed.len() - tasks.len()));
+        }
+        for (t, i) in handed {
+            insts.insert(i.id.clone(), i);
+            tasks.push(t);
+        }
+        let n = tasks.len();
         let mut runs = tokio::task::JoinSet::new();
         for task in tasks {
             let inst = task.instance_id.as_deref().and_then(|id| insts.remove(id));
@@ -154,6 +178,41 @@ impl Engine {
             }
         }
         Ok(n)
+    }
+
+    /// Whether a worker should claim from the database even with handed-over tasks waiting:
+    /// work was queued there by this process since the last claim, or a poll interval
+    /// passed (other servers' tasks, retries, expired leases).
+    fn claim_due(&self) -> bool {
+        let now = self.clock.now().millis();
+        self.queued.swap(false, Ordering::Relaxed)
+            || now >= self.last_claim.load(Ordering::Relaxed) + self.cfg.poll_ms as i64
+    }
+
+    /// Claims up to `limit` tasks and reads their instances with one query.
+    async fn claim_and_read(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<TaskRow>, HashMap<String, InstanceRow>), Error> {
+        self.last_claim
+            .store(self.clock.now().millis(), Ordering::Relaxed);
+        let tasks = self.claim(limit).await?;
+        if tasks.is_empty() {
+            return Ok((tasks, HashMap::new()));
+        }
+        let ids: Vec<&str> = tasks
+            .iter()
+            .filter_map(|t| t.instance_id.as_deref())
+            .collect();
+        // A failed read is not fatal: each task then reads its own instance.
+        let insts = match self.store.instances_by_ids(&ids).await {
+            Ok(rows) => rows.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            Err(e) => {
+                tracing::warn!("reading a batch's instances: {e}");
+                HashMap::new()
+            }
+        };
+        Ok((tasks, insts))
     }
 
     /// The next tasks to run, at most `limit`. Tasks whose worker died (expired leases) are
@@ -289,6 +348,7 @@ impl Engine {
         self: &Arc<Self>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.handoff.enable(true);
         (0..self.cfg.workers.max(1))
             .map(|_| {
                 let engine = Arc::clone(self);

@@ -55,6 +55,7 @@ impl EngineSection {
             lease_ms: self.lease_seconds.max(1) * 1000,
             poll_ms: self.poll_ms.max(10),
             max_attempts: self.max_attempts.max(1),
+            handoff: EngineConfig::default().handoff,
         }
     }
 }

@@ -99,6 +99,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     for w in workers {
         let _ = w.await;
     }
+    app.engine().release_handed().await;
     app.store().close().await;
     say("lobster stopped\n");
     Ok(())

@@ -198,6 +198,44 @@ fn new_task(id: &str, now: i64) -> NewTask {
     }
 }
 
+/// A task written under a lease is stored exactly as `leased_row` says (what the engine
+/// runs from memory), is not claimable while the lease holds, and is reclaimed after it.
+#[tokio::test]
+async fn a_task_written_under_a_lease_is_stored_as_its_leased_row() {
+    for (store, _d) in stores().await {
+        let lease = crate::Lease {
+            owner: "w1".into(),
+            until: 100 + 30_000,
+        };
+        let leased = [new_task("t1", 100), new_task("t2", 100)];
+        let mut tx = store.begin().await.unwrap();
+        tx.tasks_insert_leased(&leased, Some(&lease)).await.unwrap();
+        tx.tasks_insert(&[new_task("t3", 100)]).await.unwrap();
+        tx.commit().await.unwrap();
+        for t in &leased {
+            let stored = store.task_by_id(&t.id).await.unwrap().unwrap();
+            assert_eq!(stored, t.leased_row(&lease));
+        }
+        let claimed = store
+            .task_claim_pending("w2", 200, 30_000, 8)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t3"]);
+        assert!(store
+            .task_claim_expired("w2", 200, 30_000, 8)
+            .await
+            .unwrap()
+            .is_empty());
+        let back = store
+            .task_claim_expired("w2", lease.until + 1, 30_000, 8)
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back.iter().all(|t| t.attempts == 2));
+    }
+}
+
 #[tokio::test]
 async fn claim_lease_reclaim_and_finish_once() {
     for (store, _d) in stores().await {

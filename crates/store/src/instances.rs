@@ -32,7 +32,7 @@ impl Scope {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct InstanceRow {
     pub id: String,
     pub account_id: String,

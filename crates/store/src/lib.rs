@@ -41,7 +41,7 @@ pub use deleted::Deleted;
 pub use hosts::HostRow;
 pub use instances::{Claim, InstanceRow, NewInstance, Scope};
 pub use ips::{IpClaim, IpHeld, IpRow};
-pub use tasks::{Created, CreatedEnd, NewTask, TaskFilter, TaskRow};
+pub use tasks::{Created, CreatedEnd, Lease, NewTask, TaskFilter, TaskRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -12,6 +12,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_backups.sql")),
     (6, include_str!("../migrations/0006_ip_history.sql")),
     (7, include_str!("../migrations/0007_task_claim.sql")),
+    (
+        8,
+        include_str!("../migrations/0008_task_partial_indexes.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {

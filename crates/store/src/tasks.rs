@@ -39,6 +39,39 @@ pub struct NewTask {
     pub now: i64,
 }
 
+/// A lease a task is written with: the task is born claimed by `owner` (a launch handing its
+/// create task straight to its own process's workers) instead of pending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: i64,
+}
+
+impl NewTask {
+    /// The row `tasks_insert_leased` writes for this task under `lease`, as a claim would
+    /// have returned it.
+    pub fn leased_row(&self, lease: &Lease) -> TaskRow {
+        TaskRow {
+            id: self.id.clone(),
+            account_id: self.account_id.clone(),
+            team_id: self.team_id.clone(),
+            instance_id: self.instance_id.clone(),
+            operation: self.operation.clone(),
+            status: "PROCESSING".into(),
+            params: self.params.clone(),
+            message: Some(self.message.clone()),
+            attempts: 1,
+            max_attempts: self.max_attempts,
+            lease_owner: Some(lease.owner.clone()),
+            lease_until: Some(lease.until),
+            run_after: self.now,
+            created_at: self.now,
+            updated_at: self.now,
+            finished_at: None,
+        }
+    }
+}
+
 const COLS: &str =
     "id, account_id, team_id, instance_id, operation, status, params, message, attempts,
     max_attempts, lease_owner, lease_until, run_after, created_at, updated_at, finished_at";
@@ -581,6 +614,16 @@ impl Tx {
 
     /// Queues many tasks in one statement (a batch of launches).
     pub async fn tasks_insert(&mut self, tasks: &[NewTask]) -> Result<(), Error> {
+        self.tasks_insert_leased(tasks, None).await
+    }
+
+    /// `tasks_insert`, the tasks born claimed under `lease` when one is given (status
+    /// PROCESSING, the attempt counted, as a claim would leave them), else pending.
+    pub async fn tasks_insert_leased(
+        &mut self,
+        tasks: &[NewTask],
+        lease: Option<&Lease>,
+    ) -> Result<(), Error> {
         if tasks.is_empty() {
             return Ok(());
         }
@@ -588,17 +631,29 @@ impl Tx {
         let (t, b) = ("", "::bigint");
         let pg = [b, t, t, t, t, t, t, t, b, b];
         let casts = crate::batch::casts(self.backend, &pg);
+        let (status, attempts, owner, until) = match lease {
+            Some(_) => ("'PROCESSING'", 1, "$1", "$2"),
+            None => ("'PENDING'", 0, "NULL", "NULL"),
+        };
+        let first = if lease.is_some() { 3 } else { 1 };
+        let until = match (self.backend, until) {
+            (Backend::Postgres, "$2") => "$2::bigint",
+            (_, u) => u,
+        };
         let sql = format!(
             "WITH v(n, id, account_id, team_id, instance_id, operation, params, message, max_attempts, at)
                AS (VALUES {})
              INSERT INTO tasks (id, account_id, team_id, instance_id, operation, status, params, message, attempts,
-               max_attempts, run_after, created_at, updated_at)
-             SELECT id, account_id, team_id, instance_id, operation, 'PENDING', params, message, 0, max_attempts,
-               at, at, at
+               max_attempts, lease_owner, lease_until, run_after, created_at, updated_at)
+             SELECT id, account_id, team_id, instance_id, operation, {status}, params, message, {attempts},
+               max_attempts, {owner}, {until}, at, at, at
              FROM v WHERE n > 0",
-            values_list(1, numbered.len(), pg.len(), &casts)
+            values_list(first, numbered.len(), pg.len(), &casts)
         );
-        let mut vals: Vec<Val> = Vec::with_capacity(numbered.len() * pg.len());
+        let mut vals: Vec<Val> = Vec::with_capacity(2 + numbered.len() * pg.len());
+        if let Some(l) = lease {
+            vals.extend([Val::from(&l.owner), l.until.into()]);
+        }
         for (n, t) in numbered {
             vals.extend([
                 Val::from(n),
@@ -618,13 +673,16 @@ impl Tx {
         Ok(())
     }
 
-    /// Rewrites a pending task's parameters (a launch moved to another host).
+    /// Rewrites the parameters of a task not yet run (a launch moved to another host, in the
+    /// transaction that wrote the task).
     pub async fn task_params(&mut self, id: &str, params: &str) -> Result<(), Error> {
-        self.q("UPDATE tasks SET params = $1 WHERE id = $2 AND status = 'PENDING'")
-            .bind(params)
-            .bind(id)
-            .execute()
-            .await?;
+        self.q(
+            "UPDATE tasks SET params = $1 WHERE id = $2 AND status IN ('PENDING', 'PROCESSING')",
+        )
+        .bind(params)
+        .bind(id)
+        .execute()
+        .await?;
         Ok(())
     }
 

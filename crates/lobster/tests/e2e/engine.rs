@@ -476,3 +476,127 @@ async fn a_batch_of_creates_runs_side_by_side_and_each_ends_once() {
         "{hosts:?}"
     );
 }
+
+/// Makes the app's engine take hand-offs, as `serve` does by spawning its workers; these
+/// workers stop at once, and the test runs the tasks by draining.
+fn accept_handoffs(app: &TestApp) {
+    let (_stop, stopped) = tokio::sync::watch::channel(true);
+    drop(app.app.engine().spawn(stopped));
+}
+
+async fn task_row(app: &TestApp, id: &str) -> lobster_store::TaskRow {
+    app.app.store().task_by_id(id).await.unwrap().unwrap()
+}
+
+fn task_of(vm: &serde_json::Value) -> String {
+    vm["task_id"].as_str().unwrap().to_string()
+}
+
+/// A launch writes its create task already leased to its own process's workers and hands
+/// it over in memory: no other server can take it, and it runs without a claim.
+#[tokio::test]
+async fn a_launch_hands_its_create_task_to_its_own_workers() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let task = task_of(&vm);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("PROCESSING", 1));
+    assert_eq!(t.lease_owner.as_deref(), Some(app.app.engine().worker_id()));
+    assert!(!app.second_engine().run_once().await.unwrap());
+    assert_eq!(app.drain().await, 1);
+    assert_eq!(app.app.engine().handed_runs(), 1);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 1));
+    let id = vm["vm_uuid"].as_str().unwrap();
+    assert_eq!(alice.instance(id).await["status"], "rented");
+}
+
+/// Beyond the hand-off's bound (2 in tests) a launch writes its task pending, for any
+/// server to claim.
+#[tokio::test]
+async fn launches_beyond_the_handoff_bound_are_queued_for_any_server() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let mut tasks = vec![];
+    for _ in 0..3 {
+        tasks.push(task_of(&alice.launch("v1_cpu_small", "us-east-1").await));
+    }
+    let mut status = vec![];
+    for t in &tasks {
+        status.push(task_row(&app, t).await.status);
+    }
+    assert_eq!(status, ["PROCESSING", "PROCESSING", "PENDING"]);
+    assert_eq!(app.drain().await, 3);
+    assert_eq!(app.app.engine().handed_runs(), 2);
+    for t in &tasks {
+        assert_eq!(task_row(&app, t).await.status, "COMPLETED");
+    }
+}
+
+/// On shutdown the handed tasks no worker started go back to the queue, their attempt
+/// refunded, for the next server to run at once rather than after their lease.
+#[tokio::test]
+async fn handed_tasks_not_started_are_released_at_shutdown() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let task = task_of(&alice.launch("v1_cpu_small", "us-east-1").await);
+    app.app.engine().release_handed().await;
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("PENDING", 0));
+    assert_eq!(t.lease_owner, None);
+    // Released, the engine takes no more hand-offs.
+    let later = task_of(&alice.launch("v1_cpu_small", "us-east-1").await);
+    assert_eq!(task_row(&app, &later).await.status, "PENDING");
+    let other = app.second_engine();
+    assert_eq!(other.run_until_idle().await.unwrap(), 2);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 1));
+}
+
+/// A handed task that waited a third of its lease is not run from memory (its lease might
+/// run out before the first heartbeat): it is reclaimed once its lease has expired, and runs
+/// exactly once.
+#[tokio::test]
+async fn a_handed_task_that_waited_too_long_is_reclaimed_once() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let task = task_of(&vm);
+    app.clock.advance_ms(engine_config().lease_ms + 1);
+    assert_eq!(app.drain().await, 1);
+    assert_eq!(app.app.engine().handed_runs(), 0);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 2));
+    assert_eq!(app.sim.vm_count(), 1);
+}
+
+/// Work queued in the database (a delete) is claimed even while handed-over launches wait:
+/// a stream of launches cannot starve it.
+#[tokio::test]
+async fn queued_work_is_claimed_while_handed_launches_wait() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let waiting = [
+        task_of(&alice.launch("v1_cpu_small", "us-east-1").await),
+        task_of(&alice.launch("v1_cpu_small", "us-east-1").await),
+    ];
+    let gone = expect(
+        alice.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(app.app.engine().run_once().await.unwrap());
+    let deleted = task_row(&app, gone["task_id"].as_str().unwrap()).await;
+    assert_eq!(deleted.status, "COMPLETED");
+    for t in &waiting {
+        assert_eq!(task_row(&app, t).await.status, "PROCESSING");
+    }
+    assert_eq!(app.drain().await, 2);
+}

@@ -34,6 +34,7 @@ pub fn engine_config() -> EngineConfig {
         lease_ms: 30_000,
         poll_ms: 50,
         max_attempts: 3,
+        handoff: 2,
     }
 }
 

@@ -1,0 +1,180 @@
+//! Launches hand their create tasks straight to this process's workers.
+//!
+//! A launch writes its create task already leased to this engine (status PROCESSING, the
+//! attempt counted: what a claim would have written) and, once committed, puts the task and
+//! its instance row here. A worker takes them from memory: no claim statement, no commit for
+//! it on the one write path, no read of the instances. Measured on SQLite, claims were a
+//! quarter of the write lock's time during launches (docs/benchmarks.md, session 9).
+//!
+//! What keeps it crash-safe and exactly-once is the lease, as for a claimed task: if this
+//! process dies, the lease runs out and any server reclaims the task. A task that waited here
+//! for a third of its lease is not run from memory (a heartbeat would come too late to be
+//! sure the lease still holds): it is left to run out and be reclaimed. The queue is bounded
+//! (`EngineConfig::handoff`),
+//! and it is used only while this process runs workers; otherwise launches write pending
+//! tasks as before. A worker that takes from here still claims from the database when work
+//! was queued there meanwhile (`Engine::queued`) or a poll interval has passed, so a stream
+//! of launches cannot starve deletes, power operations or other servers' tasks.
+
+use crate::Engine;
+use lobster_store::{InstanceRow, Lease, TaskRow};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub(crate) struct Handoff {
+    queue: Mutex<VecDeque<(TaskRow, InstanceRow)>>,
+    /// Whether this process runs workers (set by `Engine::spawn`).
+    on: AtomicBool,
+    /// Tasks run from here since start.
+    pub(crate) taken: AtomicU64,
+}
+
+impl Handoff {
+    pub(crate) fn enable(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn push(&self, items: Vec<(TaskRow, InstanceRow)>) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.extend(items);
+    }
+
+    /// Up to `limit` tasks, oldest first, leaving out (and dropping) the ones that waited a
+    /// third of their lease: those are left for their lease to run out.
+    fn take(&self, limit: usize, now: i64, lease_ms: i64) -> Vec<(TaskRow, InstanceRow)> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some((t, i)) = q.pop_front() else { break };
+            let left = t.lease_until.unwrap_or(0) - now;
+            if left * 3 > lease_ms * 2 {
+                out.push((t, i));
+            } else {
+                tracing::warn!(task = %t.id, "waited too long to be handed over; left to be reclaimed");
+            }
+        }
+        out
+    }
+
+    fn drain(&self) -> Vec<(TaskRow, InstanceRow)> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.drain(..).collect()
+    }
+}
+
+impl Engine {
+    /// The lease under which a launch writing `n` create tasks now should write them so that
+    /// they come straight to this engine's workers (`hand_off` after the commit); None when
+    /// no worker runs in this process or enough are waiting already: then write them pending.
+    pub fn handoff_lease(&self, n: usize) -> Option<Lease> {
+        let h = &self.handoff;
+        if !h.on.load(Ordering::Relaxed) || h.len() + n > self.cfg.handoff {
+            return None;
+        }
+        Some(Lease {
+            owner: self.worker_id.clone(),
+            until: self.clock.now().millis() + self.cfg.lease_ms,
+        })
+    }
+
+    /// Gives this engine's workers tasks written under `handoff_lease`, with their instances.
+    pub fn hand_off(&self, items: Vec<(TaskRow, InstanceRow)>) {
+        if items.is_empty() {
+            return;
+        }
+        self.handoff.push(items);
+        self.wake.notify_one();
+    }
+
+    /// Handed tasks to run now, at most `limit`.
+    pub(crate) fn take_handed(&self, limit: usize) -> Vec<(TaskRow, InstanceRow)> {
+        let now = self.clock.now().millis();
+        let got = self.handoff.take(limit, now, self.cfg.lease_ms);
+        self.handoff
+            .taken
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        got
+    }
+
+    /// Tasks run from the hand-off since start (the rest were claimed).
+    pub fn handed_runs(&self) -> u64 {
+        self.handoff.taken.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking hand-offs and puts the tasks still waiting back in the queue, so that
+    /// the next server to look runs them at once instead of after their lease (shutdown).
+    pub async fn release_handed(&self) {
+        self.handoff.enable(false);
+        let now = self.clock.now().millis();
+        for (t, _) in self.handoff.drain() {
+            let message = t.message.as_deref().unwrap_or_default();
+            if let Err(e) = self
+                .store
+                .task_wait(&t.id, &self.worker_id, now, message, now)
+                .await
+            {
+                tracing::warn!(task = %t.id, "not released (its lease will run out): {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handed(id: &str, until: i64) -> (TaskRow, InstanceRow) {
+        let t = TaskRow {
+            id: id.into(),
+            account_id: "a".into(),
+            team_id: None,
+            instance_id: Some("i".into()),
+            operation: "create_instance".into(),
+            status: "PROCESSING".into(),
+            params: "{}".into(),
+            message: None,
+            attempts: 1,
+            max_attempts: 5,
+            lease_owner: Some("w".into()),
+            lease_until: Some(until),
+            run_after: 0,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+        };
+        (t, InstanceRow::default())
+    }
+
+    #[test]
+    fn a_task_that_waited_a_third_of_its_lease_is_not_taken() {
+        let h = Handoff::default();
+        // Lease 30 s, written at 0: fresh until 10 s have passed.
+        h.push(vec![handed("old", 30_000), handed("new", 39_000)]);
+        let got: Vec<String> = h
+            .take(8, 10_000, 30_000)
+            .into_iter()
+            .map(|(t, _)| t.id)
+            .collect();
+        assert_eq!(got, ["new"]);
+        assert_eq!(h.len(), 0, "the stale one is dropped, not kept");
+    }
+
+    #[test]
+    fn take_stops_at_its_limit_in_order() {
+        let h = Handoff::default();
+        h.push((0..5).map(|k| handed(&k.to_string(), 30_000)).collect());
+        let first: Vec<String> = h
+            .take(3, 0, 30_000)
+            .into_iter()
+            .map(|(t, _)| t.id)
+            .collect();
+        assert_eq!(first, ["0", "1", "2"]);
+        assert_eq!(h.len(), 2);
+    }
+}
