@@ -161,20 +161,10 @@ fn vm_ids(bodies: &[Bytes]) -> Vec<String> {
         .collect()
 }
 
-/// Until no task is pending or running (counted in one query).
+/// Until no task is pending or running (counted in one cheap query: this polls the server's
+/// own database while it works).
 async fn wait_idle(store: &Store) {
-    loop {
-        let open: i64 = store
-            .task_counts()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|(s, _)| s == "PENDING" || s == "PROCESSING")
-            .map(|(_, n)| n)
-            .sum();
-        if open == 0 {
-            return;
-        }
+    while store.task_open_count().await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -233,6 +233,13 @@ async fn a_task_written_under_a_lease_is_stored_as_its_leased_row() {
             .unwrap();
         assert_eq!(back.len(), 2);
         assert!(back.iter().all(|t| t.attempts == 2));
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx
+            .task_finish("t3", "w2", "COMPLETED", "done", 300)
+            .await
+            .unwrap());
+        tx.commit().await.unwrap();
+        assert_eq!(store.task_open_count().await.unwrap(), 2);
     }
 }
 

@@ -507,6 +507,19 @@ impl Store {
     }
 
     /// Counts by status, for health and tests.
+    /// Tasks pending or processing: two counts over the small partial indexes, cheap enough
+    /// to poll (the counts by status read every task ever run).
+    pub async fn task_open_count(&self) -> Result<i64, Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE status = 'PENDING')
+                  + (SELECT COUNT(*) FROM tasks WHERE status = 'PROCESSING') AS n",
+        )
+        .fetch_one(self.reader())
+        .await
+        .map_err(db_err)?;
+        get_i64(&row, "n")
+    }
+
     pub async fn task_counts(&self) -> Result<Vec<(String, i64)>, Error> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
             .fetch_all(self.reader())
