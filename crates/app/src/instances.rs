@@ -80,7 +80,6 @@ impl App {
                 ))
             }
         };
-        self.wake_workers();
         Ok(queued)
     }
 
@@ -173,8 +172,14 @@ async fn write_batch(turn: &Turn, batch: &[Enqueue]) -> Result<Vec<Option<Queued
         .zip(&claimed)
         .filter_map(|(e, inst)| Some(new_task(turn, e, inst.as_ref()?)))
         .collect();
-    tx.tasks_insert(&tasks).await?;
+    let lease = turn.lease(tasks.len());
+    tx.tasks_insert_leased(&tasks, lease.as_ref()).await?;
     tx.commit().await?;
+    let handed = tasks
+        .into_iter()
+        .zip(claimed.iter().flatten().cloned())
+        .collect();
+    turn.hand_over(lease, handed);
     Ok(batch
         .iter()
         .zip(claimed)
@@ -208,8 +213,12 @@ async fn enqueue_one(turn: &Turn, e: &Enqueue) -> Enqueued {
         .instance_get(sc, id)
         .await?
         .ok_or_else(|| Error::not_found("instance", id))?;
-    tx.task_insert(&new_task(turn, e, &inst)).await?;
+    let task = new_task(turn, e, &inst);
+    let lease = turn.lease(1);
+    tx.tasks_insert_leased(std::slice::from_ref(&task), lease.as_ref())
+        .await?;
     tx.commit().await?;
+    turn.hand_over(lease, vec![(task, inst.clone())]);
     Ok(Queued {
         task_id: e.task_id.clone(),
         instance: inst,

@@ -8,7 +8,7 @@ use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
 use lobster_core::fleet::Template;
 use lobster_core::{ids, Error, FieldError};
-use lobster_store::{HostRow, InstanceRow, IpClaim, Lease, NewTask, Tx};
+use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -383,7 +383,7 @@ impl Turn {
         let mut instance = p.instance_row(caller, 0, ip, task_id, now);
         tx.instance_insert(&instance).await?;
         let mut task = p.create_task(caller, &instance, task_id, self.max_attempts, now);
-        let lease = self.engine.handoff_lease(1);
+        let lease = self.lease(1);
         tx.tasks_insert_leased(std::slice::from_ref(&task), lease.as_ref())
             .await?;
         // The host row last: every launch that fits the best host updates that one row, and on
@@ -440,29 +440,13 @@ async fn write_batch(w: &Turn, batch: &[Box<Queued>]) -> Result<Vec<Option<Insta
         out[k] = Some(instance);
     }
     tx.instances_insert(&instances).await?;
-    let lease = w.engine.handoff_lease(tasks.len());
+    let lease = w.lease(tasks.len());
     tx.tasks_insert_leased(&tasks, lease.as_ref()).await?;
     let adds: Vec<(String, Resources)> = adds.into_iter().collect();
     tx.hosts_reserve(&adds).await?;
     tx.commit().await?;
     w.hand_over(lease, tasks.into_iter().zip(instances).collect());
     Ok(out)
-}
-
-impl Turn {
-    /// After the commit: the new create tasks to this process's workers when they were
-    /// written under `lease`; else the workers are told to claim them.
-    fn hand_over(&self, lease: Option<Lease>, written: Vec<(NewTask, InstanceRow)>) {
-        match lease {
-            Some(l) => self.engine.hand_off(
-                written
-                    .into_iter()
-                    .map(|(t, i)| (t.leased_row(&l), i))
-                    .collect(),
-            ),
-            None => self.engine.queued(),
-        }
-    }
 }
 
 /// Each launch's candidate index on the hosts as read in the transaction: the first with

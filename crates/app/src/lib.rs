@@ -23,7 +23,7 @@ use lobster_core::task::TaskKind;
 use lobster_driver::Hypervisor;
 use lobster_engine::{Engine, EngineConfig};
 use lobster_store::group::GroupCommit;
-use lobster_store::{InstanceRow, NewTask, Store};
+use lobster_store::{InstanceRow, Lease, NewTask, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -63,6 +63,26 @@ pub(crate) struct Turn {
 }
 
 impl Turn {
+    /// Leases for `n` new tasks, so that they go straight to this process's workers
+    /// (`Engine::handoff_lease`); None: write them pending.
+    pub(crate) fn lease(&self, n: usize) -> Option<Lease> {
+        self.engine.handoff_lease(n)
+    }
+
+    /// After the commit: the new tasks to this process's workers when they were written
+    /// under `lease`; else the workers are told to claim them.
+    pub(crate) fn hand_over(&self, lease: Option<Lease>, written: Vec<(NewTask, InstanceRow)>) {
+        match lease {
+            Some(l) => self.engine.hand_off(
+                written
+                    .into_iter()
+                    .map(|(t, i)| (t.leased_row(&l), i))
+                    .collect(),
+            ),
+            None => self.engine.queued(),
+        }
+    }
+
     /// A turn's answers, in order: each member the batch wrote (`Some`) answered by `done`;
     /// each it left out (`None`, or every one when the batch's write failed as a whole)
     /// written alone by `alone`, so that it gets the answer it would get without company.

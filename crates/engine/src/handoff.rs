@@ -1,20 +1,21 @@
-//! Launches hand their create tasks straight to this process's workers.
+//! New tasks go straight to this process's workers.
 //!
-//! A launch writes its create task already leased to this engine (status PROCESSING, the
-//! attempt counted: what a claim would have written) and, once committed, puts the task and
-//! its instance row here. A worker takes them from memory: no claim statement, no commit for
+//! A command that queues a task against an instance (a launch's create, a delete, a power
+//! operation) writes it already leased to this engine (status PROCESSING, the attempt
+//! counted: what a claim would have written) and, once committed, puts the task and its
+//! instance row here. A worker takes them from memory: no claim statement, no commit for
 //! it on the one write path, no read of the instances. Measured on SQLite, claims were a
-//! quarter of the write lock's time during launches (docs/benchmarks.md, session 9).
+//! quarter of the write lock's time during launches and deletes (docs/benchmarks.md, session 9).
 //!
 //! What keeps it crash-safe and exactly-once is the lease, as for a claimed task: if this
 //! process dies, the lease runs out and any server reclaims the task. A task that waited here
 //! for a third of its lease is not run from memory (a heartbeat would come too late to be
 //! sure the lease still holds): it is left to run out and be reclaimed. The queue is bounded
-//! (`EngineConfig::handoff`),
-//! and it is used only while this process runs workers; otherwise launches write pending
-//! tasks as before. A worker that takes from here still claims from the database when work
-//! was queued there meanwhile (`Engine::queued`) or a poll interval has passed, so a stream
-//! of launches cannot starve deletes, power operations or other servers' tasks.
+//! (`EngineConfig::handoff`), and it is used only while this process runs workers;
+//! otherwise commands write pending tasks as before. A worker that takes from here still
+//! claims from the database when work was queued there meanwhile (`Engine::queued`) or a
+//! poll interval has passed, so a stream of hand-offs cannot starve what waits in the
+//! database (tasks written while the hand-off was full, retries, other servers' tasks).
 
 use crate::Engine;
 use lobster_store::{InstanceRow, Lease, TaskRow};
@@ -69,7 +70,7 @@ impl Handoff {
 }
 
 impl Engine {
-    /// The lease under which a launch writing `n` create tasks now should write them so that
+    /// The lease under which a command writing `n` new tasks now should write them so that
     /// they come straight to this engine's workers (`hand_off` after the commit); None when
     /// no worker runs in this process or enough are waiting already: then write them pending.
     pub fn handoff_lease(&self, n: usize) -> Option<Lease> {
@@ -83,7 +84,8 @@ impl Engine {
         })
     }
 
-    /// Gives this engine's workers tasks written under `handoff_lease`, with their instances.
+    /// Gives this engine's workers tasks written under `handoff_lease`, with their instances
+    /// as written with them.
     pub fn hand_off(&self, items: Vec<(TaskRow, InstanceRow)>) {
         if items.is_empty() {
             return;

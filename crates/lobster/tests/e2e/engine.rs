@@ -600,3 +600,36 @@ async fn queued_work_is_claimed_while_handed_launches_wait() {
     }
     assert_eq!(app.drain().await, 2);
 }
+
+/// Deletes and power operations are handed over as launches are.
+#[tokio::test]
+async fn deletes_and_power_operations_are_handed_over_too() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let engine = app.app.engine();
+    assert_eq!(engine.handed_runs(), 1);
+    let off = expect(
+        alice
+            .post(&format!("/api/v1/instances/{id}/shutdown"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let t = task_row(&app, off["task_id"].as_str().unwrap()).await;
+    assert_eq!(t.lease_owner.as_deref(), Some(engine.worker_id()));
+    assert_eq!(app.drain().await, 1);
+    let gone = expect(
+        alice.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    let t = task_row(&app, gone["task_id"].as_str().unwrap()).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("PROCESSING", 1));
+    assert_eq!(app.drain().await, 1);
+    assert_eq!(engine.handed_runs(), 3);
+    let t = task_row(&app, gone["task_id"].as_str().unwrap()).await;
+    assert_eq!(t.status, "COMPLETED");
+    assert_eq!(app.sim.vm_count(), 0);
+}
