@@ -25,6 +25,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 /// The one SQLite write connection, shared by the store's clones.
 pub(crate) type Writer = Arc<Mutex<rusqlite::Connection>>;
 
+/// The writer's page cache. SQLite's default (2 MiB) held too little of the indexes every
+/// launch and delete touch: during deletes 7 % of the server's time went to reading pages
+/// back from the OS. At most this much more memory, used only as the database grows.
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
 /// Opens the in-process write connection to a SQLite file, with the pragmas sqlx's
 /// connections get, and its checkpointer.
 pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
@@ -34,8 +39,9 @@ pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
-         PRAGMA wal_autocheckpoint = {};",
-        crate::checkpoint::WRITER_BOUND
+         PRAGMA wal_autocheckpoint = {}; PRAGMA cache_size = -{};",
+        crate::checkpoint::WRITER_BOUND,
+        WRITER_CACHE_KIB
     ))
     .map_err(local_err)?;
     conn.set_prepared_statement_cache_capacity(128);
