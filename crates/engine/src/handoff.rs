@@ -5,7 +5,7 @@
 //! counted: what a claim would have written) and, once committed, puts the task and its
 //! instance row here. A worker takes them from memory: no claim statement, no commit for
 //! it on the one write path, no read of the instances. Measured on SQLite, claims were a
-//! quarter of the write lock's time during launches and deletes (docs/benchmarks.md, session 9).
+//! fifth of the write lock's time during launches (docs/benchmarks.md, session 9).
 //!
 //! What keeps it crash-safe and exactly-once is the lease, as for a claimed task: if this
 //! process dies, the lease runs out and any server reclaims the task. A task that waited here
