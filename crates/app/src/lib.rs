@@ -79,6 +79,7 @@ impl Turn {
                     .map(|(t, i)| (t.leased_row(&l), i))
                     .collect(),
             ),
+            None if written.is_empty() => {}
             None => self.engine.queued(),
         }
     }

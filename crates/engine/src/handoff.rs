@@ -8,28 +8,39 @@
 //! fifth of the write lock's time during launches (docs/benchmarks.md, session 9).
 //!
 //! What keeps it crash-safe and exactly-once is the lease, as for a claimed task: if this
-//! process dies, the lease runs out and any server reclaims the task. A task that waited here
-//! for a third of its lease is not run from memory (a heartbeat would come too late to be
-//! sure the lease still holds): it is left to run out and be reclaimed. The queue is bounded
-//! (`EngineConfig::handoff`), and it is used only while this process runs workers;
-//! otherwise commands write pending tasks as before. A worker that takes from here still
-//! claims from the database when work was queued there meanwhile (`Engine::queued`) or a
-//! poll interval has passed, so a stream of hand-offs cannot starve what waits in the
-//! database (tasks written while the hand-off was full, retries, other servers' tasks).
+//! process dies, the lease runs out and any server reclaims the task. The heartbeat of a
+//! handed task is timed from the lease it was written with, so it keeps the margin a claimed
+//! task has. A task that waited a third of its lease here is not run on that lease: its
+//! lease is renewed first, only if nothing happened to the task meanwhile (the renewal
+//! requires the lease end it was written with; a reclaim would have moved it), else it is
+//! dropped. Hand-offs are taken only while this process has room to start them soon (what
+//! waits and runs here within twice the workers' batches, and `EngineConfig::handoff`), and
+//! only while this process runs workers; otherwise commands write pending tasks as before,
+//! for any server. A worker that takes from here still claims from the database when work
+//! was queued there (`Engine::queued`) or a poll interval has passed, so a stream of
+//! hand-offs cannot starve what waits in the database (tasks written while the hand-off was
+//! full, retries, other servers' tasks).
 
 use crate::Engine;
 use lobster_store::{InstanceRow, Lease, TaskRow};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+/// A handed-over task and its instance.
+pub(crate) type Handed = (TaskRow, InstanceRow);
 
 #[derive(Default)]
 pub(crate) struct Handoff {
-    queue: Mutex<VecDeque<(TaskRow, InstanceRow)>>,
+    queue: Mutex<VecDeque<Handed>>,
     /// Whether this process runs workers (set by `Engine::spawn`).
     on: AtomicBool,
     /// Tasks run from here since start.
     pub(crate) taken: AtomicU64,
+    /// Tasks this process's workers are running now (handed or claimed).
+    pub(crate) running: AtomicUsize,
+    /// With batches of one, due claims and hand-offs take turns.
+    pub(crate) handed_next: AtomicBool,
 }
 
 impl Handoff {
@@ -41,29 +52,29 @@ impl Handoff {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn push(&self, items: Vec<(TaskRow, InstanceRow)>) {
+    fn push(&self, items: Vec<Handed>) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.extend(items);
     }
 
-    /// Up to `limit` tasks, oldest first, leaving out (and dropping) the ones that waited a
-    /// third of their lease: those are left for their lease to run out.
-    fn take(&self, limit: usize, now: i64, lease_ms: i64) -> Vec<(TaskRow, InstanceRow)> {
+    /// Up to `limit` tasks, oldest first: those still on the first third of their lease, and
+    /// those that waited longer (to be renewed before they run).
+    fn take(&self, limit: usize, now: i64, lease_ms: i64) -> (Vec<Handed>, Vec<Handed>) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        while out.len() < limit {
+        let (mut fresh, mut stale) = (Vec::new(), Vec::new());
+        while fresh.len() + stale.len() < limit {
             let Some((t, i)) = q.pop_front() else { break };
             let left = t.lease_until.unwrap_or(0) - now;
             if left * 3 > lease_ms * 2 {
-                out.push((t, i));
+                fresh.push((t, i));
             } else {
-                tracing::warn!(task = %t.id, "waited too long to be handed over; left to be reclaimed");
+                stale.push((t, i));
             }
         }
-        out
+        (fresh, stale)
     }
 
-    fn drain(&self) -> Vec<(TaskRow, InstanceRow)> {
+    fn drain(&self) -> Vec<Handed> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.drain(..).collect()
     }
@@ -75,7 +86,9 @@ impl Engine {
     /// no worker runs in this process or enough are waiting already: then write them pending.
     pub fn handoff_lease(&self, n: usize) -> Option<Lease> {
         let h = &self.handoff;
-        if !h.on.load(Ordering::Relaxed) || h.len() + n > self.cfg.handoff {
+        let room = (self.cfg.workers * self.cfg.batch * 2).min(self.cfg.handoff);
+        let busy = h.len() + h.running.load(Ordering::Relaxed);
+        if !h.on.load(Ordering::Relaxed) || busy + n > room {
             return None;
         }
         Some(Lease {
@@ -94,10 +107,35 @@ impl Engine {
         self.wake.notify_one();
     }
 
-    /// Handed tasks to run now, at most `limit`.
-    pub(crate) fn take_handed(&self, limit: usize) -> Vec<(TaskRow, InstanceRow)> {
+    /// Handed tasks to run now, at most `limit`. One that waited a third of its lease has
+    /// it renewed first, if it is still as it was handed over (else it is dropped: a reclaim
+    /// has it, or it ended).
+    pub(crate) async fn take_handed(&self, limit: usize) -> Vec<Handed> {
+        if limit == 0 {
+            return Vec::new();
+        }
         let now = self.clock.now().millis();
-        let got = self.handoff.take(limit, now, self.cfg.lease_ms);
+        let (mut got, stale) = self.handoff.take(limit, now, self.cfg.lease_ms);
+        for (mut t, i) in stale {
+            let was = t.lease_until.unwrap_or(0);
+            let until = now + self.cfg.lease_ms;
+            match self
+                .store
+                .task_relet(&t.id, &self.worker_id, was, until)
+                .await
+            {
+                Ok(true) => {
+                    t.lease_until = Some(until);
+                    got.push((t, i));
+                }
+                Ok(false) => {
+                    tracing::warn!(task = %t.id, "handed over, then taken by another worker")
+                }
+                Err(e) => {
+                    tracing::warn!(task = %t.id, "handed over too long ago and not renewed ({e}); left to be reclaimed")
+                }
+            }
+        }
         self.handoff
             .taken
             .fetch_add(got.len() as u64, Ordering::Relaxed);
@@ -110,15 +148,17 @@ impl Engine {
     }
 
     /// Stops taking hand-offs and puts the tasks still waiting back in the queue, so that
-    /// the next server to look runs them at once instead of after their lease (shutdown).
+    /// the next server to look runs them at once instead of after their lease (shutdown,
+    /// once the workers have stopped). Each only if nothing happened to it since it was
+    /// handed over.
     pub async fn release_handed(&self) {
         self.handoff.enable(false);
         let now = self.clock.now().millis();
         for (t, _) in self.handoff.drain() {
-            let message = t.message.as_deref().unwrap_or_default();
+            let was = t.lease_until.unwrap_or(0);
             if let Err(e) = self
                 .store
-                .task_wait(&t.id, &self.worker_id, now, message, now)
+                .task_unlet(&t.id, &self.worker_id, was, now)
                 .await
             {
                 tracing::warn!(task = %t.id, "not released (its lease will run out): {e}");
@@ -154,17 +194,15 @@ mod tests {
     }
 
     #[test]
-    fn a_task_that_waited_a_third_of_its_lease_is_not_taken() {
+    fn a_task_that_waited_a_third_of_its_lease_is_taken_apart() {
         let h = Handoff::default();
         // Lease 30 s, written at 0: fresh until 10 s have passed.
         h.push(vec![handed("old", 30_000), handed("new", 39_000)]);
-        let got: Vec<String> = h
-            .take(8, 10_000, 30_000)
-            .into_iter()
-            .map(|(t, _)| t.id)
-            .collect();
-        assert_eq!(got, ["new"]);
-        assert_eq!(h.len(), 0, "the stale one is dropped, not kept");
+        let (fresh, stale) = h.take(8, 10_000, 30_000);
+        let ids = |v: Vec<Handed>| v.into_iter().map(|(t, _)| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(fresh), ["new"]);
+        assert_eq!(ids(stale), ["old"]);
+        assert_eq!(h.len(), 0);
     }
 
     #[test]
@@ -173,6 +211,7 @@ mod tests {
         h.push((0..5).map(|k| handed(&k.to_string(), 30_000)).collect());
         let first: Vec<String> = h
             .take(3, 0, 30_000)
+            .0
             .into_iter()
             .map(|(t, _)| t.id)
             .collect();

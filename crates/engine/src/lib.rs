@@ -72,6 +72,24 @@ pub struct Engine {
     last_claim: AtomicI64,
 }
 
+/// Milliseconds until a task's first heartbeat, given how much of its lease is `left`:
+/// when two thirds of the lease remain, so that one failed beat still leaves a second
+/// before the lease ends, however long the task waited before it started.
+fn first_beat_after(left: i64, lease_ms: i64) -> i64 {
+    let third = (lease_ms / 3).max(1);
+    (left - 2 * third).clamp(0, third)
+}
+
+/// Why a worker claims from the database (see `Engine::run_batch`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Due {
+    No,
+    /// This process queued work there.
+    Queued,
+    /// A poll interval passed since the last claim.
+    Polled,
+}
+
 /// How a task run ended, before it is written down.
 pub(crate) enum Outcome {
     Done(String),
@@ -144,26 +162,38 @@ impl Engine {
     /// many it ran. Handed-over tasks come first (they carry their instances); the rest are
     /// claimed from the database, their instances read with one query.
     pub async fn run_batch(self: &Arc<Self>, limit: usize) -> Result<usize, Error> {
-        // When claims are due, half the batch is theirs, so that a stream of launches
-        // cannot hold back the database's queue; what they leave goes to hand-offs.
+        // When claims are due, half the batch is theirs (with batches of one, turn about;
+        // work this process queued in the database goes first), so that a stream of hand-offs
+        // cannot hold back the database's queue; what the claim leaves goes to hand-offs.
         let due = self.claim_due();
-        let mut handed = self.take_handed(if due { limit / 2 } else { limit });
+        let room = match due {
+            Due::No => limit,
+            Due::Queued => limit / 2,
+            Due::Polled if limit == 1 => {
+                usize::from(self.handoff.handed_next.fetch_xor(true, Ordering::Relaxed))
+            }
+            Due::Polled => limit / 2,
+        };
+        let mut handed = self.take_handed(room).await;
         let mut tasks = Vec::with_capacity(limit);
         let mut insts: HashMap<String, InstanceRow> = HashMap::new();
-        if due || handed.is_empty() {
-            match self.claim_and_read(limit - handed.len()).await {
+        let rest = limit - handed.len();
+        if rest > 0 && (due != Due::No || handed.is_empty()) {
+            match self.claim_and_read(rest).await {
                 Ok((t, i)) => (tasks, insts) = (t, i),
                 // What was handed over must run even if the claim fails.
                 Err(e) if !handed.is_empty() => tracing::warn!("claiming tasks: {e}"),
                 Err(e) => return Err(e),
             }
-            handed.extend(self.take_handed(limit - handed.len() - tasks.len()));
+            handed.extend(self.take_handed(rest - tasks.len()).await);
         }
         for (t, i) in handed {
             insts.insert(i.id.clone(), i);
             tasks.push(t);
         }
         let n = tasks.len();
+        let running = &self.handoff.running;
+        running.fetch_add(n, Ordering::Relaxed);
         let mut runs = tokio::task::JoinSet::new();
         for task in tasks {
             let inst = task.instance_id.as_deref().and_then(|id| insts.remove(id));
@@ -171,6 +201,7 @@ impl Engine {
             runs.spawn(async move { engine.run_claimed(task, inst).await });
         }
         while let Some(done) = runs.join_next().await {
+            running.fetch_sub(1, Ordering::Relaxed);
             match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!("task engine: {e}"),
@@ -183,10 +214,15 @@ impl Engine {
     /// Whether a worker should claim from the database even with handed-over tasks waiting:
     /// work was queued there by this process since the last claim, or a poll interval
     /// passed (other servers' tasks, retries, expired leases).
-    fn claim_due(&self) -> bool {
+    fn claim_due(&self) -> Due {
         let now = self.clock.now().millis();
-        self.queued.swap(false, Ordering::Relaxed)
-            || now >= self.last_claim.load(Ordering::Relaxed) + self.cfg.poll_ms as i64
+        if self.queued.swap(false, Ordering::Relaxed) {
+            Due::Queued
+        } else if now >= self.last_claim.load(Ordering::Relaxed) + self.cfg.poll_ms as i64 {
+            Due::Polled
+        } else {
+            Due::No
+        }
     }
 
     /// Claims up to `limit` tasks and reads their instances with one query.
@@ -275,7 +311,7 @@ impl Engine {
 
     async fn run_claimed(&self, task: TaskRow, inst: Option<InstanceRow>) -> Result<(), Error> {
         let work = self.execute(&task, inst);
-        let beat = self.heartbeat(&task.id);
+        let beat = self.heartbeat(&task.id, task.lease_until);
         let (outcome, inst) = tokio::select! {
             o = work => o,
             lost = beat => {
@@ -286,11 +322,17 @@ impl Engine {
         self.record(&task, outcome, inst.as_ref()).await
     }
 
-    /// Extends the lease every third of its length; returns only when the lease is lost.
-    async fn heartbeat(&self, id: &str) -> String {
-        let every = Duration::from_millis((self.cfg.lease_ms / 3).max(1) as u64);
+    /// Extends the lease every third of its length, the first time when two thirds of the
+    /// lease the task was taken with (`until`) are left: a task that waited before it ran
+    /// (handed over) has the same margin as one claimed just now, one failed beat included.
+    /// Returns only when the lease is lost.
+    async fn heartbeat(&self, id: &str, until: Option<i64>) -> String {
+        let third = (self.cfg.lease_ms / 3).max(1);
+        let left = until.map_or(self.cfg.lease_ms, |u| u - self.clock.now().millis());
+        let mut wait = first_beat_after(left, self.cfg.lease_ms);
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            wait = third;
             let until = self.clock.now().millis() + self.cfg.lease_ms;
             match self.store.task_heartbeat(id, &self.worker_id, until).await {
                 Ok(true) => {}
@@ -383,5 +425,21 @@ impl Engine {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_beat_after;
+
+    #[test]
+    fn the_first_heartbeat_comes_when_two_thirds_of_the_lease_are_left() {
+        // Claimed just now: a third of the lease in.
+        assert_eq!(first_beat_after(30_000, 30_000), 10_000);
+        // Handed over and waited 4 s: 4 s sooner.
+        assert_eq!(first_beat_after(26_000, 30_000), 6_000);
+        // Waited past the mark (renewed or not): at once.
+        assert_eq!(first_beat_after(15_000, 30_000), 0);
+        assert_eq!(first_beat_after(-5, 30_000), 0);
     }
 }

@@ -90,16 +90,16 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let stop = shutdown_signal();
     announce(&cfg, addr, bootstrap.is_some());
     let router = lobster_api::router(Arc::clone(&app));
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
     tracing::info!("stopping task workers");
     let _ = stop_tx.send(true);
     for w in workers {
         let _ = w.await;
     }
     app.engine().release_handed().await;
+    served.map_err(|e| e.to_string())?;
     app.store().close().await;
     say("lobster stopped\n");
     Ok(())

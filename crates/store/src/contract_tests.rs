@@ -243,6 +243,50 @@ async fn a_task_written_under_a_lease_is_stored_as_its_leased_row() {
     }
 }
 
+/// A handed task's lease is renewed, or the task put back in the queue, only while its
+/// lease still ends where it was handed over with: after a reclaim neither touches it.
+#[tokio::test]
+async fn a_handed_lease_is_renewed_or_released_only_as_it_was_handed() {
+    for (store, _d) in stores().await {
+        let lease = crate::Lease {
+            owner: "w1".into(),
+            until: 30_100,
+        };
+        let mut tx = store.begin().await.unwrap();
+        let tasks = [
+            new_task("t1", 100),
+            new_task("t2", 100),
+            new_task("t3", 100),
+        ];
+        tx.tasks_insert_leased(&tasks, Some(&lease)).await.unwrap();
+        tx.commit().await.unwrap();
+        // Renewed once; the old end no longer matches.
+        assert!(store.task_relet("t1", "w1", 30_100, 50_000).await.unwrap());
+        assert!(!store.task_relet("t1", "w1", 30_100, 60_000).await.unwrap());
+        assert_eq!(
+            store.task_by_id("t1").await.unwrap().unwrap().lease_until,
+            Some(50_000)
+        );
+        // Released: pending again, the attempt refunded.
+        assert!(store.task_unlet("t2", "w1", 30_100, 200).await.unwrap());
+        let t2 = store.task_by_id("t2").await.unwrap().unwrap();
+        assert_eq!(
+            (t2.status.as_str(), t2.attempts, t2.lease_owner),
+            ("PENDING", 0, None)
+        );
+        // Reclaimed by another worker after expiry: neither renews nor releases it.
+        let back = store
+            .task_claim_expired("w2", 40_000, 30_000, 8)
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 1);
+        assert!(!store.task_relet("t3", "w1", 30_100, 70_000).await.unwrap());
+        assert!(!store.task_unlet("t3", "w1", 30_100, 40_001).await.unwrap());
+        let t3 = store.task_by_id("t3").await.unwrap().unwrap();
+        assert_eq!((t3.lease_owner.as_deref(), t3.attempts), (Some("w2"), 2));
+    }
+}
+
 #[tokio::test]
 async fn claim_lease_reclaim_and_finish_once() {
     for (store, _d) in stores().await {

@@ -488,6 +488,51 @@ impl Store {
         Ok(r == 1)
     }
 
+    /// Renews the lease of a task `worker` was given with `was` as its end, if nothing
+    /// else happened to it since (a reclaim or a heartbeat moves the end): a task handed
+    /// over that waited too long to run on its first lease.
+    pub async fn task_relet(
+        &self,
+        id: &str,
+        worker: &str,
+        was: i64,
+        until: i64,
+    ) -> Result<bool, Error> {
+        let r = self
+            .q("UPDATE tasks SET lease_until = $1
+             WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING' AND lease_until = $4")
+            .bind(until)
+            .bind(id)
+            .bind(worker)
+            .bind(was)
+            .execute()
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Puts a task handed to `worker` with `was` as its lease's end, and not run, back in
+    /// the queue, its attempt refunded, if nothing happened to it since.
+    pub async fn task_unlet(
+        &self,
+        id: &str,
+        worker: &str,
+        was: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let r = self.q(
+            "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
+               updated_at = $1, attempts = attempts - 1
+             WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING' AND lease_until = $4",
+        )
+            .bind(now)
+            .bind(id)
+            .bind(worker)
+            .bind(was)
+            .execute()
+            .await?;
+        Ok(r == 1)
+    }
+
     /// Records progress text on a task the worker holds.
     pub async fn task_progress(
         &self,

@@ -557,11 +557,10 @@ async fn handed_tasks_not_started_are_released_at_shutdown() {
     assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 1));
 }
 
-/// A handed task that waited a third of its lease is not run from memory (its lease might
-/// run out before the first heartbeat): it is reclaimed once its lease has expired, and runs
-/// exactly once.
+/// A handed task whose lease ran out while it waited is reclaimed from the database and
+/// runs exactly once; its stale copy in memory is dropped (its lease end moved).
 #[tokio::test]
-async fn a_handed_task_that_waited_too_long_is_reclaimed_once() {
+async fn a_handed_task_whose_lease_ran_out_is_reclaimed_once() {
     let app = TestApp::spawn().await;
     accept_handoffs(&app);
     let alice = app.tenant("alice").await;
@@ -572,6 +571,24 @@ async fn a_handed_task_that_waited_too_long_is_reclaimed_once() {
     assert_eq!(app.app.engine().handed_runs(), 0);
     let t = task_row(&app, &task).await;
     assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 2));
+    assert_eq!(app.sim.vm_count(), 1);
+}
+
+/// A handed task that waited a third of its lease, still untouched, has its lease renewed
+/// and runs from memory, once, on its first attempt.
+#[tokio::test]
+async fn a_handed_task_that_waited_long_is_renewed_and_runs_once() {
+    let app = TestApp::spawn().await;
+    accept_handoffs(&app);
+    let alice = app.tenant("alice").await;
+    let task = task_of(&alice.launch("v1_cpu_small", "us-east-1").await);
+    let lease = engine_config().lease_ms;
+    app.clock.advance_ms(lease / 2);
+    assert_eq!(app.drain().await, 1);
+    assert_eq!(app.app.engine().handed_runs(), 1);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 1));
+    assert!(t.finished_at.is_some());
     assert_eq!(app.sim.vm_count(), 1);
 }
 
