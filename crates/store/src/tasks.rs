@@ -498,16 +498,8 @@ impl Store {
         was: i64,
         until: i64,
     ) -> Result<bool, Error> {
-        let r = self
-            .q("UPDATE tasks SET lease_until = $1
-             WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING' AND lease_until = $4")
-            .bind(until)
-            .bind(id)
-            .bind(worker)
-            .bind(was)
-            .execute()
-            .await?;
-        Ok(r == 1)
+        self.task_as_handed("lease_until = $1", (id, worker, was), until)
+            .await
     }
 
     /// Puts a task handed to `worker` with `was` as its lease's end, and not run, back in
@@ -519,12 +511,26 @@ impl Store {
         was: i64,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = self.q(
-            "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
-               updated_at = $1, attempts = attempts - 1
-             WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING' AND lease_until = $4",
-        )
-            .bind(now)
+        let set = "status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
+            updated_at = $1, attempts = attempts - 1";
+        self.task_as_handed(set, (id, worker, was), now).await
+    }
+
+    /// Applies `set` (whose `$1` is `v`) to a task still exactly as it was handed over:
+    /// held by `worker`, processing, its lease ending at `was`.
+    async fn task_as_handed(
+        &self,
+        set: &str,
+        (id, worker, was): (&str, &str, i64),
+        v: i64,
+    ) -> Result<bool, Error> {
+        let sql = format!(
+            "UPDATE tasks SET {set}
+             WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING' AND lease_until = $4"
+        );
+        let r = self
+            .q(&sql)
+            .bind(v)
             .bind(id)
             .bind(worker)
             .bind(was)
