@@ -32,8 +32,9 @@ pub struct EngineConfig {
     /// How often idle workers look for due retries and expired leases.
     pub poll_ms: u64,
     pub max_attempts: i64,
-    /// New create tasks waiting for this process's workers at most (see `handoff`); a
-    /// launch beyond it writes its task pending, for any server to claim.
+    /// New tasks waiting for or running on this process's workers at most when a command
+    /// hands one over (see `handoff`; also bounded by twice `workers × batch`); a command
+    /// beyond it writes its task pending, for any server to claim.
     pub handoff: usize,
 }
 
@@ -64,7 +65,7 @@ pub struct Engine {
     next_expiry_look: AtomicI64,
     /// Writes the ends of create tasks that finish together in one go.
     finisher: finisher::Finisher,
-    /// Create tasks handed over by this process's launches (see `handoff`).
+    /// New tasks handed over by this process's commands (see `handoff`).
     handoff: handoff::Handoff,
     /// Work was queued in the database by this process since a worker last claimed.
     queued: AtomicBool,
