@@ -85,10 +85,34 @@ struct Plan {
 }
 
 impl App {
+    /// Plans on the hosts as read a moment ago when there is such a read (see
+    /// `seen_hosts`); refuses for want of room only when a plan on a fresh read does too.
     pub async fn instance_launch(
         &self,
         caller: &Caller,
         cmd: LaunchInstance,
+    ) -> Result<Launched, Error> {
+        if let Some(hosts) = self.seen_hosts.recent() {
+            match self.instance_launch_on(caller, cmd.clone(), &hosts).await {
+                Err(Error::Conflict { .. }) => {}
+                done => return done,
+            }
+        }
+        let hosts = self.seen_hosts.fresh(&self.store).await?;
+        self.instance_launch_on(caller, cmd, &hosts).await
+    }
+
+    /// For tests: how long a read of the hosts is planned on (100 ms unless set).
+    #[doc(hidden)]
+    pub fn hold_host_reads(&self, max_age: std::time::Duration) {
+        self.seen_hosts.hold(max_age);
+    }
+
+    async fn instance_launch_on(
+        &self,
+        caller: &Caller,
+        cmd: LaunchInstance,
+        hosts: &[HostRow],
     ) -> Result<Launched, Error> {
         caller.require(Permission::InstanceWrite)?;
         let fleet = &self.fleet;
@@ -99,8 +123,7 @@ impl App {
             return Err(self.invalid_type_or_region());
         };
         let r = itype.resources();
-        let hosts = self.store.host_list().await?;
-        let candidates = candidates(&hosts, &cmd.region, &r, itype.gpu_model.as_deref());
+        let candidates = candidates(hosts, &cmd.region, &r, itype.gpu_model.as_deref());
         let template =
             self.pick_template(cmd.template_name.as_deref(), cmd.iso_url.is_some(), r.gpus)?;
         let (username, password, generated) = credentials(&template, cmd.username, cmd.password);

@@ -14,6 +14,7 @@ pub mod instances;
 pub mod ips;
 pub mod launch;
 pub mod schedules;
+mod seen_hosts;
 pub mod tasks;
 pub mod teams;
 
@@ -39,6 +40,8 @@ pub struct App {
     engine: Arc<Engine>,
     /// Launches waiting to be written together (see `launch`).
     launches: GroupCommit<launch::Queued, launch::Written>,
+    /// The hosts launches were last planned against (see `seen_hosts`).
+    seen_hosts: seen_hosts::SeenHosts,
     /// Tasks against existing instances (power, delete) waiting to be queued together.
     enqueues: GroupCommit<instances::Enqueue, instances::Enqueued>,
     batched: Arc<Batched>,
@@ -146,6 +149,7 @@ impl App {
             clock,
             engine,
             launches: GroupCommit::new(launch::MOST),
+            seen_hosts: Default::default(),
             enqueues: GroupCommit::new(instances::MOST),
             batched: Default::default(),
         }))
@@ -195,10 +199,10 @@ impl App {
         }
     }
 
-    /// Tells idle workers that a task was just committed.
-    /// Launches waiting for their turn to be written (see `launch`).
-    pub fn launches_waiting(&self) -> usize {
-        self.launches.waiting()
+    /// Launches waiting for their turn to be written (see `launch`), and whether a turn is
+    /// being written.
+    pub fn launches_waiting(&self) -> (usize, bool) {
+        (self.launches.waiting(), self.launches.writing())
     }
 
     /// Tasks against existing instances waiting for their turn to be queued, and whether

@@ -71,6 +71,8 @@ pub struct Engine {
     queued: AtomicBool,
     /// When a worker last claimed from the database.
     last_claim: AtomicI64,
+    /// The last claim took all it asked for: more may be waiting in the database.
+    backlog: AtomicBool,
 }
 
 /// Milliseconds until a task's first heartbeat, given how much of its lease is `left`:
@@ -128,6 +130,7 @@ impl Engine {
             handoff: Default::default(),
             queued: AtomicBool::new(false),
             last_claim: AtomicI64::new(0),
+            backlog: AtomicBool::new(true),
         })
     }
 
@@ -179,7 +182,11 @@ impl Engine {
         let mut tasks = Vec::with_capacity(limit);
         let mut insts: HashMap<String, InstanceRow> = HashMap::new();
         let rest = limit - handed.len();
-        if rest > 0 && (due != Due::No || handed.is_empty()) {
+        // A worker woken for a hand-off another took first claims only when the database
+        // may hold more (its last claim came back full): else it would run an empty claim
+        // per wake-up (on PostgreSQL two statements each, 2,000 per 10,000 launches).
+        let backlog = handed.is_empty() && self.backlog.load(Ordering::Relaxed);
+        if rest > 0 && (due != Due::No || backlog) {
             match self.claim_and_read(rest).await {
                 Ok((t, i)) => (tasks, insts) = (t, i),
                 // What was handed over must run even if the claim fails.
@@ -234,6 +241,7 @@ impl Engine {
         self.last_claim
             .store(self.clock.now().millis(), Ordering::Relaxed);
         let tasks = self.claim(limit).await?;
+        self.backlog.store(tasks.len() >= limit, Ordering::Relaxed);
         if tasks.is_empty() {
             return Ok((tasks, HashMap::new()));
         }

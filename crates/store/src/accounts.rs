@@ -237,7 +237,9 @@ impl Store {
 
     /// Revokes a key by id, or by a prefix that matches exactly one key. Ok(false) when
     /// nothing unrevoked matched; an ambiguous prefix is an error and revokes nothing.
-    /// Every server's read cache hears of it from the revoking transaction itself.
+    /// Every server's read cache hears of it: on PostgreSQL from the revoking transaction
+    /// itself; on SQLite from a write to the database's signal file after the commit (see
+    /// `watch`).
     pub async fn key_revoke(&self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
         let mut tx = self.begin().await?;
         let done = tx.key_revoke(id_or_prefix, now).await?;
@@ -245,6 +247,11 @@ impl Store {
             tx.announce_keys_changed(self.channel()).await?;
         }
         tx.commit().await?;
+        if done {
+            if let Some(fast) = self.fast() {
+                crate::watch::tell(fast.path())?;
+            }
+        }
         Ok(done)
     }
 }

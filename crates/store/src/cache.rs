@@ -23,10 +23,12 @@
 //!   list, any instance) since.
 //!
 //! Key revocations are announced inside the revoking transaction (they are rare, and a
-//! revoked key must stop working everywhere). SQLite caches instances but not keys: the admin
-//! CLI revokes keys from its own process, which this one cannot hear; instances are written
-//! only by the serving process (one per SQLite file).
+//! revoked key must stop working everywhere). On SQLite the admin CLI revokes keys from its
+//! own process: keys are kept only while an inotify watch on the database's directory hears
+//! no write, drained before every key lookup (see `watch`); instances are written only by the
+//! serving process (one per SQLite file).
 
+use crate::watch::{DbWatch, Drained};
 use crate::{InstanceRow, KeyRow, Scope};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,6 +80,9 @@ impl Token {
         }
     }
 }
+
+/// One read of a scope's list, shared by the requests that missed it together.
+pub(crate) type ListFill = tokio::sync::OnceCell<Arc<Vec<InstanceRow>>>;
 
 /// The invalidation count when a read began, or `None` when the cache was off.
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +189,13 @@ pub(crate) struct Cache {
     /// Whether keys are kept and invalidations announced to other servers (PostgreSQL only;
     /// see the module comment). Without an announcer nothing may queue for one.
     shared: bool,
+    /// SQLite: tells of writes by any process, so that keys can be kept (see `watch`);
+    /// `watching` turns false for good if the watch breaks.
+    watch: Option<DbWatch>,
+    watching: AtomicBool,
     state: Mutex<State>,
+    /// Reads of a scope's list under way, with the epoch they began at (see `list_fill`).
+    fills: Mutex<HashMap<Scope, (u64, Arc<ListFill>)>>,
     /// This server's invalidations waiting to be announced to the others (PostgreSQL).
     outbox: Mutex<Vec<Token>>,
     pub(crate) outbox_ready: Notify,
@@ -200,11 +211,23 @@ impl Cache {
     /// SQLite's cache (`shared` false) is on from the start; PostgreSQL's comes on when it
     /// listens.
     pub(crate) fn new(shared: bool) -> Arc<Cache> {
+        Cache::build(shared, None)
+    }
+
+    /// SQLite's cache for a database file: keys are kept too, while `watch` hears no write.
+    pub(crate) fn watching(watch: DbWatch) -> Arc<Cache> {
+        Cache::build(false, Some(watch))
+    }
+
+    fn build(shared: bool, watch: Option<DbWatch>) -> Arc<Cache> {
         Arc::new(Cache {
             on: AtomicBool::new(!shared),
             ttl_ms: AtomicU64::new(TTL.as_millis() as u64),
             shared,
+            watching: AtomicBool::new(watch.is_some()),
+            watch,
             state: Mutex::new(State::default()),
+            fills: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
             outbox_ready: Notify::new(),
             listens: AtomicU64::new(0),
@@ -274,11 +297,33 @@ impl Cache {
         }
         let previous = self.state().lists.get(scope).map(|e| e.value.clone());
         let rows = match previous {
-            Some(p) if *p == *rows => p,
+            Some(p) if Arc::ptr_eq(&p, &rows) || *p == *rows => p,
             _ => rows,
         };
         self.keep_list_rows(since, scope, &rows);
         rows
+    }
+
+    /// The read of `scope`'s list to share: one begun at the same epoch as `t` (nothing was
+    /// invalidated since it began, so its rows are as good as a kept list), else a new one.
+    /// Why: when a kept list of 10,000 expires, every request that misses it at once read all
+    /// of it again (each 100 ms of PostgreSQL's time). None when the cache is off.
+    pub(crate) fn list_fill(self: &Arc<Self>, t: Ticket, scope: &Scope) -> Option<FillTurn> {
+        let epoch = t.0?;
+        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        let fill = match fills.get(scope) {
+            Some((e, f)) if *e == epoch => f.clone(),
+            _ => {
+                let f = Arc::new(ListFill::new());
+                fills.insert(scope.clone(), (epoch, f.clone()));
+                f
+            }
+        };
+        Some(FillTurn {
+            cache: self.clone(),
+            scope: scope.clone(),
+            fill,
+        })
     }
 
     fn keep_list_rows(&self, since: u64, scope: &Scope, rows: &Arc<Vec<InstanceRow>>) {
@@ -296,16 +341,36 @@ impl Cache {
         }
     }
 
+    /// Whether keys may be kept: announced revocations (PostgreSQL) or a working watch.
+    fn keeps_keys(&self) -> bool {
+        self.shared || self.watching.load(Ordering::Acquire)
+    }
+
+    /// The key kept under `digest`. On SQLite the watch is drained first, under the state's
+    /// lock: a request that finds the queue empty cannot see a key another request is about
+    /// to drop for an event it just read.
     pub(crate) fn key(&self, digest: &str) -> Option<KeyRow> {
-        if !self.shared || !self.is_on() {
+        if !self.keeps_keys() || !self.is_on() {
             return None;
         }
-        self.state().keys.get(digest)?.fresh(self.ttl())
+        let mut st = self.state();
+        if let Some(w) = &self.watch {
+            match w.drain() {
+                Drained::Quiet => {}
+                Drained::Changed => st.apply(&Token::Keys),
+                Drained::Broken => {
+                    self.watching.store(false, Ordering::Release);
+                    st.apply(&Token::Keys);
+                    return None;
+                }
+            }
+        }
+        st.keys.get(digest)?.fresh(self.ttl())
     }
 
     pub(crate) fn keep_key(&self, t: Ticket, digest: &str, row: &KeyRow) {
         let Some(since) = t.0 else { return };
-        if !self.shared {
+        if !self.keeps_keys() {
             return;
         }
         let mut st = self.state();
@@ -386,6 +451,25 @@ impl Cache {
     pub(crate) fn announced(&self, n: u64) {
         self.announced.fetch_add(n, Ordering::AcqRel);
         self.changed.notify_waiters();
+    }
+}
+
+/// A share in a list read; the last one out (or the reader, once done) forgets the read.
+pub(crate) struct FillTurn {
+    cache: Arc<Cache>,
+    scope: Scope,
+    pub(crate) fill: Arc<ListFill>,
+}
+
+impl Drop for FillTurn {
+    fn drop(&mut self) {
+        let mut fills = self.cache.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if fills
+            .get(&self.scope)
+            .is_some_and(|(_, f)| Arc::ptr_eq(f, &self.fill))
+        {
+            fills.remove(&self.scope);
+        }
     }
 }
 
@@ -472,6 +556,83 @@ mod tests {
         let changed = c.keep_list(c.ticket(), &scope, Arc::new(vec![renamed]));
         assert!(!Arc::ptr_eq(&first, &changed));
         assert_eq!(c.list(&scope).unwrap()[0].name, "other");
+    }
+
+    fn key_row() -> KeyRow {
+        crate::contract_tests::sample_key()
+    }
+
+    /// SQLite: a key read before a write that another lookup has since heard (and dropped
+    /// keys for) is not kept; one read after it is.
+    #[test]
+    fn a_key_read_before_a_heard_write_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        std::fs::write(&db, b"").unwrap();
+        let c = Cache::watching(DbWatch::open(db.to_str().unwrap()).unwrap());
+        c.set_ttl(Duration::from_secs(3600));
+        let before = c.ticket();
+        std::fs::write(dir.path().join("t.db-wal"), b"commit").unwrap();
+        assert!(c.key("d1").is_none(), "this lookup hears the write");
+        c.keep_key(before, "d1", &key_row());
+        assert!(c.key("d1").is_none(), "the older read is not kept");
+        c.keep_key(c.ticket(), "d1", &key_row());
+        assert_eq!(c.key("d1"), Some(key_row()));
+        std::fs::write(dir.path().join("t.db-wal"), b"revoke").unwrap();
+        assert!(c.key("d1").is_none(), "a write drops kept keys");
+    }
+
+    /// A request can hear a revocation's WAL frames, read the key before the commit is
+    /// visible and keep it; the signal written after the commit drops it again.
+    #[test]
+    fn a_key_kept_from_a_read_before_a_commit_was_visible_is_dropped_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        std::fs::write(&db, b"").unwrap();
+        let c = Cache::watching(DbWatch::open(db.to_str().unwrap()).unwrap());
+        c.set_ttl(Duration::from_secs(3600));
+        std::fs::write(dir.path().join("t.db-wal"), b"frames").unwrap();
+        assert!(c.key("d1").is_none(), "the frames are heard");
+        c.keep_key(c.ticket(), "d1", &key_row());
+        assert!(c.key("d1").is_some(), "the read before the commit was kept");
+        crate::watch::tell(db.to_str().unwrap()).unwrap();
+        assert!(
+            c.key("d1").is_none(),
+            "the signal after the commit drops it"
+        );
+    }
+
+    /// Without a watch (SQLite in memory) or announcements, keys are never kept.
+    #[test]
+    fn a_cache_that_cannot_hear_revocations_keeps_no_keys() {
+        let c = Cache::new(false);
+        c.keep_key(c.ticket(), "d1", &key_row());
+        assert!(c.key("d1").is_none());
+    }
+
+    /// Requests that miss a list together share one read, but only one begun since the
+    /// last invalidation (a read begun before it could miss a write the requester made).
+    #[test]
+    fn list_reads_are_shared_only_within_an_epoch() {
+        let c = Cache::new(false);
+        let scope = Scope {
+            account_id: "a".into(),
+            team_id: None,
+        };
+        let first = c.list_fill(c.ticket(), &scope).unwrap();
+        let joined = c.list_fill(c.ticket(), &scope).unwrap();
+        assert!(Arc::ptr_eq(&first.fill, &joined.fill));
+        c.invalidate(vec![Token::Instance("x".into())], false);
+        let after = c.list_fill(c.ticket(), &scope).unwrap();
+        assert!(!Arc::ptr_eq(&first.fill, &after.fill));
+        drop((first, joined));
+        assert_eq!(
+            c.fills.lock().unwrap().len(),
+            1,
+            "the newer read is still shared"
+        );
+        drop(after);
+        assert!(c.fills.lock().unwrap().is_empty());
     }
 
     #[test]

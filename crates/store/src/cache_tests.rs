@@ -3,7 +3,7 @@
 //! once is `instance_reads_round_trip_every_column`.
 
 use super::cache::Cache;
-use super::contract_tests::{fresh_pg_schema, sample_instance, stores};
+use super::contract_tests::{fresh_pg_schema, sample_instance, sample_key, stores};
 use super::*;
 use lobster_core::fleet::Fleet;
 use std::sync::atomic::Ordering;
@@ -118,18 +118,7 @@ async fn a_key_revoked_on_another_server_stops_working_here() {
     let Some((a, b)) = two_servers().await else {
         return;
     };
-    let key = KeyRow {
-        id: "k1".into(),
-        account_id: "a1".into(),
-        prefix: "lob_k1".into(),
-        name: "ci".into(),
-        role: "admin".into(),
-        staff: false,
-        team_id: None,
-        created_at: 0,
-        expires_at: None,
-        revoked_at: None,
-    };
+    let key = sample_key();
     a.key_create(&key, "d1").await.unwrap();
     assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
     assert!(a.cache().key("d1").is_some(), "the read was kept");
@@ -137,6 +126,43 @@ async fn a_key_revoked_on_another_server_stops_working_here() {
     until(&a, "key dropped", |c| c.key("d1").is_none()).await;
     let got = a.key_by_digest("d1").await.unwrap().unwrap();
     assert_eq!(got.revoked_at, Some(5));
+}
+
+/// SQLite: a key this server keeps stops working on the next lookup after another process
+/// (the admin CLI; here a second store on the same file) revokes it.
+#[tokio::test]
+async fn a_key_revoked_by_another_process_is_not_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let (a, cli) = (
+        Store::connect(&url).await.unwrap(),
+        Store::connect(&url).await.unwrap(),
+    );
+    a.cache().set_ttl(Duration::from_secs(3600));
+    let key = sample_key();
+    a.account_create("a1", "acme", 0).await.unwrap();
+    a.key_create(&key, "d1").await.unwrap();
+    // Writes (the creation, the stores' checkpoints of it) drop kept keys until they end.
+    let mut kept = false;
+    for _ in 0..1_000 {
+        assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key.clone()));
+        kept = a.cache().key("d1").is_some();
+        if kept {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(kept, "the key was never kept");
+    assert!(cli.key_revoke("k1", 5).await.unwrap());
+    let got = a.key_by_digest("d1").await.unwrap().unwrap();
+    assert_eq!(
+        got.revoked_at,
+        Some(5),
+        "the next lookup sees the revocation"
+    );
+    // The revocation also wrote the signal that covers a read made before its commit was
+    // visible (see `watch`).
+    assert!(dir.path().join("t.db-keys").exists());
 }
 
 /// While the listening connection is down, invalidations are missed: when it is back, the

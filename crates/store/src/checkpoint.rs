@@ -105,6 +105,50 @@ mod tests {
         );
     }
 
+    /// After a burst has been checkpointed, the writer's next write starts the WAL over and
+    /// cuts the file back to `WAL_KEPT_BYTES`.
+    #[test]
+    fn a_checkpointed_burst_does_not_stay_on_disk() {
+        let (_dir, path) = temp_db();
+        drop(Connection::open(&path).unwrap());
+        let w = crate::exec::open_writer(&path).unwrap();
+        let wal = format!("{path}-wal");
+        let kept = u64::from(crate::exec::WAL_KEPT_BYTES);
+        {
+            let c = w.blocking_lock();
+            c.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+            c.execute_batch("BEGIN").unwrap();
+            // About 70 MB of pages in one transaction.
+            for _ in 0..3_500 {
+                c.execute("INSERT INTO t VALUES (zeroblob(20000))", [])
+                    .unwrap();
+            }
+            c.execute_batch("COMMIT").unwrap();
+        }
+        assert!(std::fs::metadata(&wal).unwrap().len() > kept);
+        // Until a checkpoint has copied all of it (this thread's or the checkpointer's: while
+        // that one runs, this one reports busy).
+        let other = Connection::open(&path).unwrap();
+        let copied_all = (0..1_000).any(|_| {
+            let (busy, log, copied): (i64, i64, i64) = other
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            let done = busy == 0 && log >= 0 && copied == log;
+            if !done {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done
+        });
+        assert!(copied_all, "the WAL was never checkpointed");
+        w.blocking_lock()
+            .execute("INSERT INTO t VALUES (zeroblob(10))", [])
+            .unwrap();
+        let size = std::fs::metadata(&wal).unwrap().len();
+        assert!(size <= kept, "the WAL stayed at {size} bytes");
+    }
+
     #[test]
     fn the_checkpointer_ends_with_its_writer() {
         let (_dir, path) = temp_db();

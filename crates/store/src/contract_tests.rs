@@ -184,6 +184,95 @@ async fn ip_allocation_is_unique_and_released() {
     }
 }
 
+/// Two stores on one database, standing for two servers: SQLite in a file, and PostgreSQL
+/// in a fresh schema when `LOBSTER_TEST_POSTGRES_URL` is set.
+async fn server_pairs() -> Vec<(Store, Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let a = Store::connect(&url).await.unwrap();
+    let mut out = vec![(a, Store::connect(&url).await.unwrap(), Some(dir))];
+    if let Ok(pg) = std::env::var("LOBSTER_TEST_POSTGRES_URL") {
+        let url = fresh_pg_schema(&pg).await;
+        let a = Store::connect(&url).await.unwrap();
+        out.push((a, Store::connect(&url).await.unwrap(), None));
+    }
+    out
+}
+
+async fn take_one(store: &Store, id: &str) -> Option<String> {
+    let mut tx = store.begin().await.unwrap();
+    let got = tx.ip_allocate("us-east-1", &claim(id), 1).await.unwrap();
+    tx.commit().await.unwrap();
+    got
+}
+
+/// A server searches a region's free addresses from just past the last one it took (see
+/// `ips::IpHints`): an address another server frees below that is still taken once the
+/// addresses above run out, and one this server frees is taken first.
+#[tokio::test]
+async fn free_addresses_are_searched_past_the_last_taken_and_none_is_missed() {
+    for (a, b, _d) in server_pairs().await {
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.4".into()];
+        a.fleet_sync(&fleet).await.unwrap();
+        let mut tx = a.begin().await.unwrap();
+        let got = tx
+            .ips_allocate("us-east-1", &[claim("vm0"), claim("vm1")], 1)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(got, ["10.9.0.1", "10.9.0.2"]);
+        // The other server frees the first; this one goes on past what it took…
+        let mut tx = b.begin().await.unwrap();
+        tx.ip_release_all("vm0", 2).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(take_one(&a, "vm2").await.as_deref(), Some("10.9.0.3"));
+        // …and, with one address left past it, searches the region again from its start.
+        let mut tx = a.begin().await.unwrap();
+        let got = tx
+            .ips_allocate("us-east-1", &[claim("vm3"), claim("vm4")], 3)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(got, ["10.9.0.1", "10.9.0.4"]);
+        assert_eq!(take_one(&a, "vm5").await, None, "the pool is exhausted");
+        // What this server frees is the next it takes.
+        let mut tx = a.begin().await.unwrap();
+        tx.ip_release_all("vm2", 4).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(take_one(&a, "vm6").await.as_deref(), Some("10.9.0.3"));
+        let held = a.ip_assignments().await.unwrap();
+        assert_eq!(held.len(), 4, "{held:?}");
+    }
+}
+
+/// A take that could not see an address a concurrent transaction was freeing (PostgreSQL:
+/// locked, so skipped) and commits after it does not move the search past that address.
+#[tokio::test]
+async fn a_take_beside_an_uncommitted_release_leaves_the_freed_address_first() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue; // SQLite runs one write transaction at a time: they cannot overlap.
+        }
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.4".into()];
+        store.fleet_sync(&fleet).await.unwrap();
+        assert_eq!(take_one(&store, "vm0").await.as_deref(), Some("10.9.0.1"));
+        assert_eq!(take_one(&store, "vm1").await.as_deref(), Some("10.9.0.2"));
+        let mut release = store.begin().await.unwrap();
+        release.ip_release_all("vm0", 2).await.unwrap();
+        let mut take = store.begin().await.unwrap();
+        let got = take
+            .ip_allocate("us-east-1", &claim("vm2"), 2)
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some("10.9.0.3"));
+        release.commit().await.unwrap();
+        take.commit().await.unwrap();
+        assert_eq!(take_one(&store, "vm3").await.as_deref(), Some("10.9.0.1"));
+    }
+}
+
 fn new_task(id: &str, now: i64) -> NewTask {
     NewTask {
         id: id.into(),
@@ -517,6 +606,22 @@ async fn key_reads_see_each_commit_at_once() {
 }
 
 /// A rented instance of `account` on wil-cpu-03, every column set.
+/// Key `k1` of account `a1` (an owner's, unrevoked, never expiring).
+pub(crate) fn sample_key() -> KeyRow {
+    KeyRow {
+        id: "k1".into(),
+        account_id: "a1".into(),
+        prefix: "lob_k1".into(),
+        name: "ci".into(),
+        role: "admin".into(),
+        staff: false,
+        team_id: None,
+        created_at: 0,
+        expires_at: None,
+        revoked_at: None,
+    }
+}
+
 pub(crate) fn sample_instance(id: &str, account: &str) -> InstanceRow {
     InstanceRow {
         id: id.into(),

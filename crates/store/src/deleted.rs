@@ -170,6 +170,7 @@ impl Tx {
         if ids.is_empty() {
             return Ok(());
         }
+        self.ips_freed();
         let ids = padded(ids);
         let marks = |first: usize| -> String {
             let m: Vec<String> = (first..first + ids.len())

@@ -30,6 +30,13 @@ pub(crate) type Writer = Arc<Mutex<rusqlite::Connection>>;
 /// back from the OS. At most this much more memory, used only as the database grows.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
+/// What the WAL file is cut back to when the writer starts it over after a complete
+/// checkpoint. Without a limit it keeps the size of its largest burst on disk for good (a
+/// WAL grows past the writer's 40 MB bound while a long read holds checkpoints back). Above
+/// that bound, so that in normal running the file is reused, never cut and grown again (a
+/// 16 MiB limit was cut and regrown every few checkpoints during a launch burst).
+pub(crate) const WAL_KEPT_BYTES: u32 = 64 << 20;
+
 /// Opens the in-process write connection to a SQLite file, with the pragmas sqlx's
 /// connections get, and its checkpointer.
 pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
@@ -39,9 +46,11 @@ pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;
-         PRAGMA wal_autocheckpoint = {}; PRAGMA cache_size = -{};",
+         PRAGMA wal_autocheckpoint = {}; PRAGMA cache_size = -{};
+         PRAGMA journal_size_limit = {};",
         crate::checkpoint::WRITER_BOUND,
-        WRITER_CACHE_KIB
+        WRITER_CACHE_KIB,
+        WAL_KEPT_BYTES
     ))
     .map_err(local_err)?;
     conn.set_prepared_statement_cache_capacity(128);

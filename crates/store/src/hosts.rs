@@ -106,6 +106,8 @@ impl Store {
     /// Adds every configured pool address the database does not have yet.
     async fn ip_pools_sync(&self, fleet: &Fleet) -> Result<(), Error> {
         let mut tx = self.begin().await?;
+        // New addresses may sort before the hints.
+        tx.ips_freed();
         for r in &fleet.regions {
             let mut addrs = Vec::new();
             for pool in &r.ip_pools {

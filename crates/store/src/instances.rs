@@ -192,7 +192,11 @@ impl Store {
             return Ok(rows);
         }
         let ticket = cache.ticket();
-        let rows = Arc::new(self.instance_list_read(scope).await?);
+        let read = || async { Ok::<_, Error>(Arc::new(self.instance_list_read(scope).await?)) };
+        let rows = match cache.list_fill(ticket, scope) {
+            Some(turn) => turn.fill.get_or_try_init(read).await?.clone(),
+            None => read().await?,
+        };
         Ok(cache.keep_list(ticket, scope, rows))
     }
 

@@ -25,6 +25,7 @@ pub mod schedules;
 mod sqlite_read;
 mod stats;
 pub mod tasks;
+mod watch;
 
 use cache::{Cache, Token};
 use exec::{Inner, Local, Named, Target, Writer, Q};
@@ -60,6 +61,8 @@ pub struct Store {
     local: Option<Writer>,
     /// Tenants' hot reads, from memory (see `cache`).
     cache: Arc<Cache>,
+    /// Where each region's search for a free address starts (see `ips::IpHints`).
+    ip_hints: Arc<ips::IpHints>,
     /// PostgreSQL: ends the cache's listening and announcing tasks with the last clone.
     stop: Option<Arc<notify::Stop>>,
     /// PostgreSQL: the cache's notification channel.
@@ -73,6 +76,8 @@ pub struct Tx {
     cache: Arc<Cache>,
     /// What this transaction wrote that the read cache may hold, invalidated at commit.
     written: Vec<Token>,
+    /// What this transaction's address searches and releases tell the hints at its end.
+    ips: ips::TxHints,
 }
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -140,6 +145,7 @@ impl Store {
                     fast: None,
                     local: None,
                     cache: Cache::new(false),
+                    ip_hints: Arc::default(),
                     stop: None,
                     channel: None,
                 }
@@ -171,6 +177,7 @@ impl Store {
                     local: None,
                     // Off until its listening connection is up.
                     cache: Cache::new(true),
+                    ip_hints: Arc::default(),
                     stop: None,
                     channel: None,
                 }
@@ -193,9 +200,15 @@ impl Store {
             }
             None => None,
         };
+        // A SQLite file's cache keeps keys while a watch hears no write (see `watch`).
+        let cache = match fast.as_ref().and_then(|r| watch::DbWatch::open(r.path())) {
+            Some(w) => Cache::watching(w),
+            None => store.cache.clone(),
+        };
         Ok(Store {
             fast,
             local,
+            cache,
             stop,
             channel,
             ..store
@@ -224,6 +237,7 @@ impl Store {
             inner,
             cache: self.cache.clone(),
             written: Vec::new(),
+            ips: ips::TxHints::new(&self.ip_hints),
         })
     }
 
@@ -267,7 +281,7 @@ impl Store {
         Ok(exec::fetch(target, st).await?)
     }
 
-    pub(crate) fn cache(&self) -> &Cache {
+    pub(crate) fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
@@ -290,6 +304,7 @@ impl Tx {
             inner,
             cache,
             written,
+            ips,
             ..
         } = self;
         let done = match inner {
@@ -299,6 +314,7 @@ impl Tx {
         // Even when the commit's outcome is unknown (its connection failed): a needless
         // invalidation costs a read, a missing one serves a stale row.
         cache.invalidate(written, true);
+        ips.end(done.is_ok());
         done
     }
 

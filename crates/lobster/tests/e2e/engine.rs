@@ -650,3 +650,37 @@ async fn deletes_and_power_operations_are_handed_over_too() {
     assert_eq!(t.status, "COMPLETED");
     assert_eq!(app.sim.vm_count(), 0);
 }
+
+/// Workers go on claiming while the database's queue gives them full batches, without
+/// waiting for the poll interval (here an hour: a worker that went to sleep with tasks left
+/// would never finish them in this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_in_the_database_is_worked_through_without_polling() {
+    let cfg = lobster_engine::EngineConfig {
+        batch: 2,
+        poll_ms: 3_600_000,
+        ..engine_config()
+    };
+    let app = TestApp::spawn_with(lobster_core::fleet::Fleet::demo(), cfg).await;
+    let alice = app.tenant("alice").await;
+    // Written before any worker runs: queued in the database, not handed over.
+    for _ in 0..7 {
+        alice.launch("v1_cpu_small", "us-east-1").await;
+    }
+    let store = app.app.store();
+    assert_eq!(store.task_open_count().await.unwrap(), 7);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = app.app.engine().spawn(stopped);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while store.task_open_count().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tasks were left in the database"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.send_replace(true);
+    for w in workers {
+        w.await.unwrap();
+    }
+}

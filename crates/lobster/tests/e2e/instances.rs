@@ -377,18 +377,6 @@ async fn team_scoped_key_cannot_touch_other_instances_of_the_account() {
     assert_eq!(app.drain().await, 0);
 }
 
-/// Waits (polling a condition, not for a time) until `f` holds.
-async fn until(what: &str, f: impl Fn() -> bool) {
-    let wait = async {
-        while !f() {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("never: {what}"));
-}
-
 /// Deletes and power commands that arrive while another is written are queued together, in
 /// one transaction; each the batch could not take gets the answer it would alone: 404 for
 /// an unknown instance or another tenant's, 400 for one already terminating.

@@ -329,6 +329,31 @@ async fn no_capacity_in_region_is_409_and_nothing_is_reserved() {
     assert_eq!(r.status(), StatusCode::CONFLICT);
 }
 
+/// Launches plan on the hosts as read a moment ago, but are refused for want of room only
+/// on a fresh read: room given back since the last read is found.
+#[tokio::test]
+async fn a_launch_finds_room_given_back_since_the_hosts_were_last_read() {
+    let app = TestApp::spawn_with(tiny_fleet_of(&[1, 1]), engine_config()).await;
+    // Every launch reads the hosts afresh until both are full…
+    app.app.hold_host_reads(std::time::Duration::ZERO);
+    let alice = app.tenant("alice").await;
+    let first = app.running(&alice, "v1_cpu_small").await;
+    app.running(&alice, "v1_cpu_small").await;
+    let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY});
+    expect(alice.launch_body(body.clone()).await, StatusCode::CONFLICT).await;
+    // …and from here on launches plan on that read, which shows no room.
+    app.app
+        .hold_host_reads(std::time::Duration::from_secs(3600));
+    let r = alice.delete(&format!("/api/v1/instances/{first}")).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    app.drain().await;
+    assert_eq!(
+        app.host_free("tiny-1").await.cores + app.host_free("tiny-2").await.cores,
+        2
+    );
+    expect(alice.launch_body(body).await, StatusCode::OK).await;
+}
+
 #[tokio::test]
 async fn exhausted_ip_pool_is_409_and_capacity_is_not_kept() {
     let mut fleet = tiny_fleet(3);
@@ -521,15 +546,19 @@ async fn launches_behind_a_held_write(
     for h in ["tiny-1", "tiny-2"] {
         assert!(holder.host_reserve(h, &nothing).await.unwrap());
     }
-    let handles = launches_in_background(alice, n);
-    let queued = async {
-        while app.app.launches_waiting() < n - 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(60), queued)
-        .await
-        .expect("the launches queue behind the held write");
+    // The first launch alone takes the turn (and waits for the write); only then do the
+    // others arrive, so they all queue for the next turn. Sent together, two could be
+    // queued before the first took the turn, and be written as its batch.
+    let mut handles = launches_in_background(alice, 1);
+    until("the first launch takes the turn", || {
+        app.app.launches_waiting() == (0, true)
+    })
+    .await;
+    handles.extend(launches_in_background(alice, n - 1));
+    until("the others queue behind it", || {
+        app.app.launches_waiting() == (n - 1, true)
+    })
+    .await;
     holder.rollback().await.unwrap();
     let mut out = vec![];
     for h in handles {

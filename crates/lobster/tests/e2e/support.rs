@@ -327,3 +327,15 @@ pub fn tiny_fleet_of(slots: &[i64]) -> Fleet {
         .collect();
     f
 }
+
+/// Waits (polling a condition, not for a time) until `f` holds.
+pub async fn until(what: &str, f: impl Fn() -> bool) {
+    let wait = async {
+        while !f() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+}
