@@ -21,7 +21,10 @@ pub(crate) async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
 /// Creates a uniquely named schema and returns a URL whose connections use it.
 pub(crate) async fn fresh_pg_schema(base: &str) -> String {
     sqlx::any::install_default_drivers();
-    let schema = format!("t_{}", lobster_core::ids::hex(&rand_bytes()));
+    let schema = format!(
+        "t_{}",
+        &lobster_core::ids::new_uuid().replace('-', "")[..16]
+    );
     let pool = sqlx::AnyPool::connect(base).await.unwrap();
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
@@ -30,15 +33,6 @@ pub(crate) async fn fresh_pg_schema(base: &str) -> String {
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
-fn rand_bytes() -> [u8; 6] {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let b = n.to_le_bytes();
-    [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
 fn claim(instance_id: &str) -> IpClaim<'_> {
@@ -690,6 +684,28 @@ async fn instance_reads_round_trip_every_column() {
         let got = store.instance_get(&scope, "i1").await.unwrap().unwrap();
         assert_eq!((got.name.as_str(), got.updated_at), ("web-2", 2_000));
         assert_eq!(store.instance_list(&scope).await.unwrap()[0].name, "web-2");
+    }
+}
+
+/// PostgreSQL: every pooled connection plans a prepared statement once, not at every
+/// execution (see `plan_once`): a new connection too, not only the first.
+#[tokio::test]
+async fn postgres_connections_plan_prepared_statements_once() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        let mut held = vec![];
+        for _ in 0..3 {
+            held.push(store.writer().acquire().await.unwrap());
+        }
+        for c in held.iter_mut() {
+            let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            assert_eq!(mode, "force_generic_plan");
+        }
     }
 }
 
