@@ -223,9 +223,10 @@ async fn call(
     r.json().await.unwrap()
 }
 
-/// Polls (bounded) until the task is final, as a client would.
+/// Polls (for a minute at most) until the task is final, as a client would.
 async fn wait_task(base: &str, key: &str, task: &str) -> String {
-    for _ in 0..600 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         let t = call(
             base,
             reqwest::Method::GET,

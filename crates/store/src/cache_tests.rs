@@ -78,8 +78,17 @@ async fn a_cached_instance_is_shown_only_to_its_scope() {
         let row = with_instance(&store, "i1").await;
         let stranger = scope("a2", None);
         let other_team = scope("a1", Some("t9"));
-        assert_eq!(store.instance_get(&stranger, "i1").await.unwrap(), None);
-        assert!(store.cache().instance("i1").is_some(), "the read was kept");
+        // The insert's own announcement comes back to this store once, and drops what it
+        // kept; read until a read is kept (at once on SQLite).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            assert_eq!(store.instance_get(&stranger, "i1").await.unwrap(), None);
+            if store.cache().instance("i1").is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no read was kept");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert_eq!(store.instance_get(&other_team, "i1").await.unwrap(), None);
         let own = store.instance_get(&scope("a1", None), "i1").await.unwrap();
         assert_eq!(own, Some(row));
@@ -192,7 +201,8 @@ async fn a_lost_listening_connection_empties_the_cache() {
     .fetch_one(a.writer())
     .await
     .unwrap();
-    assert_eq!(killed, 1);
+    // At least this store's; a store dropped just before may not have unlistened yet.
+    assert!(killed >= 1, "{killed}");
     until(&a, "listening again", |c| {
         c.listens.load(Ordering::Acquire) >= 2
     })

@@ -40,6 +40,14 @@ pub(crate) const WAL_KEPT_BYTES: u32 = 64 << 20;
 /// Opens the in-process write connection to a SQLite file, with the pragmas sqlx's
 /// connections get, and its checkpointer.
 pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
+    let writer = Arc::new(Mutex::new(writer_connection(path)?));
+    // Checkpoints run on a thread of their own (see `checkpoint`).
+    crate::checkpoint::spawn(path, Arc::downgrade(&writer));
+    Ok(writer)
+}
+
+/// The writer's connection, configured, without its checkpointer.
+pub(crate) fn writer_connection(path: &str) -> Result<rusqlite::Connection, Error> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(local_err)?;
@@ -54,10 +62,7 @@ pub(crate) fn open_writer(path: &str) -> Result<Writer, Error> {
     ))
     .map_err(local_err)?;
     conn.set_prepared_statement_cache_capacity(128);
-    let writer = Arc::new(Mutex::new(conn));
-    // Checkpoints run on a thread of their own (see `checkpoint`).
-    crate::checkpoint::spawn(path, Arc::downgrade(&writer));
-    Ok(writer)
+    Ok(conn)
 }
 
 /// What a transaction runs on.
