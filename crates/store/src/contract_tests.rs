@@ -709,6 +709,50 @@ async fn postgres_connections_plan_prepared_statements_once() {
     }
 }
 
+/// PostgreSQL: the statement that ends a batch of creates finds its tasks by primary key,
+/// however few tasks the statistics say are processing: not by a walk of the partial index of
+/// processing tasks, which holds a dead entry for every task ended since the last vacuum.
+#[tokio::test]
+async fn ending_creates_looks_their_tasks_up_by_id() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        let w = store.writer();
+        sqlx::query(
+            "INSERT INTO tasks (id, account_id, operation, status, params, max_attempts, run_after,
+                                created_at, updated_at, lease_owner)
+             SELECT 't' || g, 'a1', 'create_instance',
+                    CASE WHEN g = 1 THEN 'PROCESSING' ELSE 'COMPLETED' END, '{}', 1, 0, 0, 0,
+                    CASE WHEN g = 1 THEN 'w' END
+             FROM generate_series(1, 5000) g",
+        )
+        .execute(w)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE tasks").execute(w).await.unwrap();
+        let mut c = w.acquire().await.unwrap();
+        let sql = crate::tasks::finish_created_pg_sql(16);
+        sqlx::raw_sql(&format!("PREPARE finish AS {sql}"))
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        let mut args = vec!["'done'", "0", "'w'"];
+        for _ in 0..16 {
+            args.extend(["'t1'", "'i1'", "0"]);
+        }
+        let explain = format!("EXPLAIN EXECUTE finish({})", args.join(", "));
+        let rows = sqlx::raw_sql(&explain).fetch_all(&mut *c).await.unwrap();
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, 0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("tasks_pkey"), "{plan}");
+        assert!(!plan.contains("tasks_leased"), "{plan}");
+    }
+}
+
 /// PostgreSQL: a table that changed by more than a fifth since its last analysis is analyzed
 /// by the next refresh, and only once (SQLite has nothing to refresh).
 #[tokio::test]

@@ -66,13 +66,17 @@ impl Tx {
         let rows = numbered(items);
         let casts = crate::batch::casts(self.backend, &["::bigint", "", ""]);
         let sql = format!(
-            "WITH v(n, task_id, instance_id) AS (VALUES {})
+            concat!(
+                "WITH v(n, task_id, instance_id) AS (VALUES {})
              UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                lease_owner = NULL, lease_until = NULL
              FROM v
              WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = $3
-               AND tasks.status = 'PROCESSING'
-             RETURNING tasks.id",
+               AND ",
+                processing!("tasks."),
+                "
+             RETURNING tasks.id"
+            ),
             values_list(4, rows.len(), 3, &casts)
         );
         let mut vals: Vec<Val> = vec![message.into(), now.into(), worker.into()];

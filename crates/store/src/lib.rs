@@ -5,6 +5,19 @@
 //! SQLite gets a single-connection write pool so that write transactions queue in-process
 //! instead of failing with SQLITE_BUSY; reads use a separate pool and see WAL snapshots.
 
+/// `<prefix>status = 'PROCESSING'` for statements that find their tasks by id, written so
+/// that PostgreSQL cannot prove from it the predicate of the partial index `tasks_leased`
+/// (`''` is never a status). Why: with the plain comparison that index is a candidate, and
+/// with few tasks processing at the last analysis PostgreSQL costs a scan of all of it as
+/// no dearer than the primary key, and takes it; but every task that ended since the last
+/// vacuum left a dead entry there, and the scan walks them all. Seen in the statement that
+/// ends a batch of creates: each walked the index of thousands of tasks ended moments ago.
+macro_rules! processing {
+    ($prefix:literal) => {
+        concat!($prefix, "status IN ('PROCESSING', '')")
+    };
+}
+
 pub mod accounts;
 pub mod backups;
 mod batch;

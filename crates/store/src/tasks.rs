@@ -161,6 +161,32 @@ fn created_statement<'q>(
     Statement::new(backend, sql, vals)
 }
 
+/// The statement that ends `rows` create tasks on PostgreSQL (see `task_finish_created`).
+pub(crate) fn finish_created_pg_sql(rows: usize) -> String {
+    format!(
+        concat!("WITH v(task_id, instance_id, fwv) AS (VALUES {}),
+              t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
+                      lease_owner = NULL, lease_until = NULL
+                    FROM v
+                    WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
+                      AND tasks.lease_owner = $3 AND ", processing!("tasks."), "
+                      AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
+                    RETURNING tasks.id, tasks.instance_id),
+              i AS (UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
+                      password = NULL, ready_at = $2, updated_at = $2
+                    FROM t
+                    WHERE instances.id = t.instance_id AND instances.active_task_id = t.id
+                      AND instances.status = 'creating'
+                    RETURNING instances.id)
+         SELECT v.task_id AS id,
+                (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
+                (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = $3
+                   AND ", processing!("h."), ") AS held
+         FROM v"),
+        values_list(4, rows, 3, &["", "", "::bigint"])
+    )
+}
+
 impl Store {
     /// Create tasks that finished well: each task COMPLETED and its instance rented and
     /// running (what `Tx::task_finish` then `Tx::instance_created` write), for each task
@@ -200,28 +226,7 @@ impl Store {
         now: i64,
         items: &[Created],
     ) -> Result<Vec<CreatedEnd>, Error> {
-        let sql = format!(
-            "WITH v(task_id, instance_id, fwv) AS (VALUES {}),
-                  t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
-                          lease_owner = NULL, lease_until = NULL
-                        FROM v
-                        WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
-                          AND tasks.lease_owner = $3 AND tasks.status = 'PROCESSING'
-                          AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
-                        RETURNING tasks.id, tasks.instance_id),
-                  i AS (UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
-                          password = NULL, ready_at = $2, updated_at = $2
-                        FROM t
-                        WHERE instances.id = t.instance_id AND instances.active_task_id = t.id
-                          AND instances.status = 'creating'
-                        RETURNING instances.id)
-             SELECT v.task_id AS id,
-                    (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
-                    (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = $3
-                       AND h.status = 'PROCESSING') AS held
-             FROM v",
-            values_list(4, padded(items).len(), 3, &["", "", "::bigint"])
-        );
+        let sql = finish_created_pg_sql(padded(items).len());
         let st = created_statement(self.backend, &sql, (message, now, worker), items);
         let rows = self.fetch(&st).await?;
         let mut by_id = std::collections::HashMap::new();
@@ -256,14 +261,14 @@ impl Store {
         let mut tx = self.begin().await?;
         // SQLite's RETURNING sees only the updated table: the task's own instance_id.
         let sql = format!(
-            "WITH v(task_id, instance_id, fwv) AS (VALUES {})
+            concat!("WITH v(task_id, instance_id, fwv) AS (VALUES {})
              UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                lease_owner = NULL, lease_until = NULL
              FROM v
              WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
-               AND tasks.lease_owner = $3 AND tasks.status = 'PROCESSING'
+               AND tasks.lease_owner = $3 AND ", processing!("tasks."), "
                AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
-             RETURNING tasks.id",
+             RETURNING tasks.id"),
             values_list(4, padded(items).len(), 3, &["", "", ""])
         );
         let st = created_statement(tx.backend, &sql, (message, now, worker), items);
@@ -477,9 +482,11 @@ impl Store {
 
     /// Extends the lease; false when the worker no longer holds it.
     pub async fn task_heartbeat(&self, id: &str, worker: &str, until: i64) -> Result<bool, Error> {
-        let r = self.q(
-            "UPDATE tasks SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING'",
-        )
+        let r = self
+            .q(concat!(
+                "UPDATE tasks SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND ",
+                processing!("")
+            ))
             .bind(until)
             .bind(id)
             .bind(worker)
@@ -525,8 +532,12 @@ impl Store {
         v: i64,
     ) -> Result<bool, Error> {
         let sql = format!(
-            "UPDATE tasks SET {set}
-             WHERE id = $2 AND lease_owner = $3 AND status = 'PROCESSING' AND lease_until = $4"
+            concat!(
+                "UPDATE tasks SET {set} WHERE id = $2 AND lease_owner = $3 AND ",
+                processing!(""),
+                " AND lease_until = $4"
+            ),
+            set = set
         );
         let r = self
             .q(&sql)
@@ -547,7 +558,10 @@ impl Store {
         message: &str,
         now: i64,
     ) -> Result<(), Error> {
-        self.q("UPDATE tasks SET message = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND status = 'PROCESSING'")
+        self.q(concat!(
+            "UPDATE tasks SET message = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND ",
+            processing!("")
+        ))
             .bind(message)
             .bind(now)
             .bind(id)
@@ -615,11 +629,12 @@ impl Store {
         refund: i64,
     ) -> Result<bool, Error> {
         let (run_after, message, now) = when;
-        let r = self.q(
+        let r = self.q(concat!(
             "UPDATE tasks SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, run_after = $1,
                message = $2, updated_at = $3, attempts = attempts - $6
-             WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
-        )
+             WHERE id = $4 AND lease_owner = $5 AND ",
+            processing!("")
+        ))
             .bind(run_after)
             .bind(message)
             .bind(now)
@@ -645,7 +660,11 @@ impl Tx {
         let ids = padded(ids);
         let marks: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 2)).collect();
         let sql = format!(
-            "SELECT id FROM tasks WHERE lease_owner = $1 AND status = 'PROCESSING' AND id IN ({})",
+            concat!(
+                "SELECT id FROM tasks WHERE lease_owner = $1 AND ",
+                processing!(""),
+                " AND id IN ({})"
+            ),
             marks.join(", ")
         );
         let mut q = self.q(&sql).bind(worker);
@@ -760,11 +779,12 @@ impl Tx {
         message: &str,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = self.q(
+        let r = self.q(concat!(
             "UPDATE tasks SET status = $1, message = $2, updated_at = $3, finished_at = $3, lease_owner = NULL,
                lease_until = NULL
-             WHERE id = $4 AND lease_owner = $5 AND status = 'PROCESSING'",
-        )
+             WHERE id = $4 AND lease_owner = $5 AND ",
+            processing!("")
+        ))
             .bind(status)
             .bind(message)
             .bind(now)
