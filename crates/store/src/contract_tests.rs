@@ -789,6 +789,16 @@ async fn stale_planner_statistics_are_refreshed_once() {
         .await
         .unwrap() as f32;
         assert_eq!(tuples, 200.0);
+        // With the refresh's coarse target: a histogram of `TARGET` buckets, not the
+        // database's hundred.
+        let bounds: i32 = sqlx::query_scalar(
+            "SELECT array_length(histogram_bounds::text::text[], 1) FROM pg_stats
+             WHERE schemaname = current_schema() AND tablename = 'accounts' AND attname = 'id'",
+        )
+        .fetch_one(store.writer())
+        .await
+        .unwrap();
+        assert_eq!(bounds as i64, crate::stats::TARGET + 1);
         let again = store.stats_refresh().await.unwrap();
         assert!(!again.contains(&"accounts".to_string()), "{again:?}");
     }
