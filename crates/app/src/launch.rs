@@ -8,9 +8,11 @@ use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
 use lobster_core::fleet::Template;
 use lobster_core::{ids, Error, FieldError};
-use lobster_store::{HostRow, InstanceRow, IpClaim, NewTask, Tx};
+use lobster_store::{Backend, HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+
+mod one_statement;
 
 /// A standard launch, already schema-checked by the dialect.
 #[derive(Debug, Clone, Default)]
@@ -438,8 +440,13 @@ impl Turn {
 /// memory on its first candidate with room, addresses taken for the placed ones, then their
 /// instances, tasks and the hosts' reservations written at once. The reservation re-checks
 /// every host's room, so a batch can only fail as a whole, never overbook. The instances
-/// written, in the batch's order; None for a launch left to go alone.
+/// written, in the batch's order; None for a launch left to go alone. On PostgreSQL the same
+/// in one statement per region (`one_statement`), where round trips, not the database's
+/// work, bound the transaction.
 async fn write_batch(w: &Turn, batch: &[Box<Queued>]) -> Result<Vec<Option<InstanceRow>>, Error> {
+    if w.store.backend() == Backend::Postgres {
+        return Ok(one_statement::write_batch(w, batch).await);
+    }
     let (max_attempts, now) = (w.max_attempts, w.now);
     let mut tx = w.store.begin().await?;
     let placed = place_in_memory(&mut tx, batch).await?;
@@ -475,20 +482,31 @@ async fn write_batch(w: &Turn, batch: &[Box<Queued>]) -> Result<Vec<Option<Insta
 /// Each launch's candidate index on the hosts as read in the transaction: the first with
 /// room once the launches before it in the batch are counted; None when none has room.
 async fn place_in_memory(tx: &mut Tx, batch: &[Box<Queued>]) -> Result<Vec<Option<usize>>, Error> {
-    let mut ids: Vec<&str> = batch
+    let launches: Vec<&Queued> = batch.iter().map(|q| &**q).collect();
+    let hosts = tx.hosts_read(&candidate_ids(&launches)).await?;
+    Ok(place(hosts, &launches))
+}
+
+/// Every candidate host of the launches, once each.
+fn candidate_ids<'q>(launches: &[&'q Queued]) -> Vec<&'q str> {
+    let mut ids: Vec<&str> = launches
         .iter()
         .flat_map(|q| q.plan.hosts.iter().map(String::as_str))
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut free: HashMap<String, Resources> = tx
-        .hosts_read(&ids)
-        .await?
+    ids
+}
+
+/// Each launch's candidate index on `hosts`: the first available one with room once the
+/// launches before it are counted; None when none has room.
+fn place(hosts: Vec<HostRow>, launches: &[&Queued]) -> Vec<Option<usize>> {
+    let mut free: HashMap<String, Resources> = hosts
         .into_iter()
         .filter(|h| h.status == "available")
         .map(|h| (h.id.clone(), h.free()))
         .collect();
-    let placed = batch
+    launches
         .iter()
         .map(|q| {
             let want = &q.plan.resources;
@@ -501,8 +519,7 @@ async fn place_in_memory(tx: &mut Tx, batch: &[Box<Queued>]) -> Result<Vec<Optio
             *f = f.minus(want);
             Some(ci)
         })
-        .collect();
-    Ok(placed)
+        .collect()
 }
 
 /// An address for each placed launch, region by region, in the batch's order; None for a

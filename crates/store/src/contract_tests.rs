@@ -44,7 +44,7 @@ fn claim(instance_id: &str) -> IpClaim<'_> {
     }
 }
 
-fn res(cores: i64) -> Resources {
+pub(crate) fn res(cores: i64) -> Resources {
     Resources {
         cores,
         memory_gb: 8,
@@ -180,7 +180,7 @@ async fn ip_allocation_is_unique_and_released() {
 
 /// Two stores on one database, standing for two servers: SQLite in a file, and PostgreSQL
 /// in a fresh schema when `LOBSTER_TEST_POSTGRES_URL` is set.
-async fn server_pairs() -> Vec<(Store, Store, Option<tempfile::TempDir>)> {
+pub(crate) async fn server_pairs() -> Vec<(Store, Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
     let a = Store::connect(&url).await.unwrap();
@@ -267,7 +267,7 @@ async fn a_take_beside_an_uncommitted_release_leaves_the_freed_address_first() {
     }
 }
 
-fn new_task(id: &str, now: i64) -> NewTask {
+pub(crate) fn new_task(id: &str, now: i64) -> NewTask {
     NewTask {
         id: id.into(),
         account_id: "acc".into(),

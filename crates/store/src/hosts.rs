@@ -222,15 +222,10 @@ impl Tx {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = crate::batch::padded(ids);
-        let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
-        let sql = format!(
-            "SELECT {COLS} FROM hosts WHERE id IN ({}) ORDER BY id",
-            marks.join(", ")
-        );
+        let (sql, ids) = hosts_by_ids(ids);
         let mut q = self.q(&sql);
         for id in ids {
-            q = q.bind(*id);
+            q = q.bind(id);
         }
         let rows = q.fetch_all().await?;
         rows.iter().map(host).collect()
@@ -279,5 +274,34 @@ impl Tx {
             )));
         }
         Ok(())
+    }
+}
+
+/// The statement reading the hosts `ids` (padded to a power of two, so that a few texts
+/// serve every count), and the ids to bind.
+fn hosts_by_ids<'a>(ids: &[&'a str]) -> (String, Vec<&'a str>) {
+    let ids: Vec<&str> = crate::batch::padded(ids).into_iter().copied().collect();
+    let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
+    let sql = format!(
+        "SELECT {COLS} FROM hosts WHERE id IN ({}) ORDER BY id",
+        marks.join(", ")
+    );
+    (sql, ids)
+}
+
+impl Store {
+    /// The hosts' rows as committed now, outside any transaction: what a batch of
+    /// launches written in one statement (`launches_write`) is placed against.
+    pub async fn hosts_read(&self, ids: &[&str]) -> Result<Vec<HostRow>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (sql, ids) = hosts_by_ids(ids);
+        let mut q = self.q(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all().await?;
+        rows.iter().map(host).collect()
     }
 }

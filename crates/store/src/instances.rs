@@ -74,6 +74,56 @@ pub struct Claim {
 /// What a launch writes; the rest starts out as `creating`/`stopped`.
 pub type NewInstance = InstanceRow;
 
+/// The columns a new instance's row is written with, in `insert_vals`'s order.
+pub(crate) const INSERT_COLS: &str =
+    "id, account_id, team_id, name, host_id, region, instance_type, template_name,
+       iso_url, os_type, cores, memory_gb, disk_gb, gpus, gpu_model, price_cents_per_hour, status,
+       power_status, ip_address, username, ssh_key, password, metadata, active_task_id, created_at,
+       updated_at, ready_at, deleted_at";
+
+/// PostgreSQL's casts for a VALUES row of `n` and `INSERT_COLS`.
+pub(crate) const INSERT_CASTS: [&str; 29] = {
+    let (t, b) = ("", "::bigint");
+    [
+        b, t, t, t, t, t, t, t, t, t, t, b, b, b, b, t, b, t, t, t, t, t, t, t, t, b, b, b, b,
+    ]
+};
+
+/// A VALUES row for a batch insert: its ordinal `n` (0 for padding), then `INSERT_COLS`.
+pub(crate) fn insert_vals(n: i64, i: &NewInstance) -> [Val<'_>; 29] {
+    [
+        Val::from(n),
+        (&i.id).into(),
+        (&i.account_id).into(),
+        (&i.team_id).into(),
+        (&i.name).into(),
+        (&i.host_id).into(),
+        (&i.region).into(),
+        (&i.instance_type).into(),
+        (&i.template_name).into(),
+        (&i.iso_url).into(),
+        (&i.os_type).into(),
+        i.resources.cores.into(),
+        i.resources.memory_gb.into(),
+        i.resources.disk_gb.into(),
+        i.resources.gpus.into(),
+        (&i.gpu_model).into(),
+        i.price_cents_per_hour.into(),
+        (&i.status).into(),
+        (&i.power_status).into(),
+        (&i.ip_address).into(),
+        (&i.username).into(),
+        (&i.ssh_key).into(),
+        (&i.password).into(),
+        (&i.metadata).into(),
+        (&i.active_task_id).into(),
+        i.created_at.into(),
+        i.updated_at.into(),
+        i.ready_at.into(),
+        i.deleted_at.into(),
+    ]
+}
+
 const COLS: &str = "i.id, i.account_id, i.team_id, t.name AS team_name, i.name, i.host_id, i.region,
     i.instance_type, i.template_name, i.iso_url, i.os_type, i.cores, i.memory_gb, i.disk_gb, i.gpus,
     i.gpu_model, i.price_cents_per_hour, i.status, i.power_status, i.ip_address, i.username, i.ssh_key,
@@ -342,54 +392,16 @@ impl Tx {
         for i in rows {
             self.wrote_instance(&i.id);
         }
-        const COLUMNS: &str = "id, account_id, team_id, name, host_id, region, instance_type, template_name,
-               iso_url, os_type, cores, memory_gb, disk_gb, gpus, gpu_model, price_cents_per_hour, status,
-               power_status, ip_address, username, ssh_key, password, metadata, active_task_id, created_at,
-               updated_at, ready_at, deleted_at";
         let numbered = crate::batch::numbered(rows);
-        let (t, b) = ("", "::bigint");
-        let pg = [
-            b, t, t, t, t, t, t, t, t, t, t, b, b, b, b, t, b, t, t, t, t, t, t, t, t, b, b, b, b,
-        ];
-        let casts = crate::batch::casts(self.backend, &pg);
+        let casts = crate::batch::casts(self.backend, &INSERT_CASTS);
         let sql = format!(
-            "WITH v(n, {COLUMNS}) AS (VALUES {})
-             INSERT INTO instances ({COLUMNS}) SELECT {COLUMNS} FROM v WHERE n > 0",
-            crate::batch::values_list(1, numbered.len(), pg.len(), &casts)
+            "WITH v(n, {INSERT_COLS}) AS (VALUES {})
+             INSERT INTO instances ({INSERT_COLS}) SELECT {INSERT_COLS} FROM v WHERE n > 0",
+            crate::batch::values_list(1, numbered.len(), INSERT_CASTS.len(), &casts)
         );
-        let mut vals: Vec<Val> = Vec::with_capacity(numbered.len() * pg.len());
+        let mut vals: Vec<Val> = Vec::with_capacity(numbered.len() * INSERT_CASTS.len());
         for (n, i) in numbered {
-            vals.extend([
-                Val::from(n),
-                (&i.id).into(),
-                (&i.account_id).into(),
-                (&i.team_id).into(),
-                (&i.name).into(),
-                (&i.host_id).into(),
-                (&i.region).into(),
-                (&i.instance_type).into(),
-                (&i.template_name).into(),
-                (&i.iso_url).into(),
-                (&i.os_type).into(),
-                i.resources.cores.into(),
-                i.resources.memory_gb.into(),
-                i.resources.disk_gb.into(),
-                i.resources.gpus.into(),
-                (&i.gpu_model).into(),
-                i.price_cents_per_hour.into(),
-                (&i.status).into(),
-                (&i.power_status).into(),
-                (&i.ip_address).into(),
-                (&i.username).into(),
-                (&i.ssh_key).into(),
-                (&i.password).into(),
-                (&i.metadata).into(),
-                (&i.active_task_id).into(),
-                i.created_at.into(),
-                i.updated_at.into(),
-                i.ready_at.into(),
-                i.deleted_at.into(),
-            ]);
+            vals.extend(insert_vals(n, i));
         }
         let st = Statement::new(self.backend, &sql, vals);
         self.run(&st).await?;

@@ -114,7 +114,7 @@ impl TxHints {
 
     /// Where the transaction's next search of the region starts: past what it took itself,
     /// else the server's hint (from the start once it freed addresses itself).
-    fn from(&mut self, region: &str) -> i64 {
+    pub(crate) fn from(&mut self, region: &str) -> i64 {
         if self.freed {
             return 0;
         }
@@ -127,7 +127,7 @@ impl TxHints {
         from
     }
 
-    fn took(&mut self, region: &str, seq: i64) {
+    pub(crate) fn took(&mut self, region: &str, seq: i64) {
         self.next.push((region.to_string(), seq + 1));
     }
 

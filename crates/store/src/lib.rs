@@ -32,6 +32,7 @@ pub mod group;
 pub mod hosts;
 pub mod instances;
 pub mod ips;
+pub mod launches;
 mod migrate;
 mod notify;
 pub mod schedules;
@@ -55,6 +56,7 @@ pub use deleted::Deleted;
 pub use hosts::HostRow;
 pub use instances::{Claim, InstanceRow, NewInstance, Scope};
 pub use ips::{IpClaim, IpHeld, IpRow};
+pub use launches::{LaunchBatch, LaunchesWritten};
 pub use tasks::{Created, CreatedEnd, Lease, NewTask, TaskFilter, TaskRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,3 +456,5 @@ pub(crate) fn get_opt_str(row: &impl Named, col: &str) -> Result<Option<String>,
 mod cache_tests;
 #[cfg(test)]
 mod contract_tests;
+#[cfg(test)]
+mod launches_tests;

@@ -72,6 +72,52 @@ impl NewTask {
     }
 }
 
+/// The columns of a VALUES row of new tasks (after its ordinal `n`), in `insert_vals`'s order.
+pub(crate) const INSERT_COLS: &str =
+    "id, account_id, team_id, instance_id, operation, params, message, max_attempts, at";
+
+/// The columns a new task is written into, from a VALUES row of `INSERT_COLS`.
+pub(crate) const INSERTED: &str =
+    "(id, account_id, team_id, instance_id, operation, status, params, message, attempts,
+      max_attempts, lease_owner, lease_until, run_after, created_at, updated_at)";
+
+/// PostgreSQL's casts for a VALUES row of `n` and `INSERT_COLS`.
+pub(crate) const INSERT_CASTS: [&str; 10] = {
+    let (t, b) = ("", "::bigint");
+    [b, t, t, t, t, t, t, t, b, b]
+};
+
+/// A VALUES row for a batch insert: its ordinal `n` (0 for padding), then `INSERT_COLS`.
+pub(crate) fn insert_vals(n: i64, t: &NewTask) -> [Val<'_>; 10] {
+    [
+        Val::from(n),
+        (&t.id).into(),
+        (&t.account_id).into(),
+        (&t.team_id).into(),
+        (&t.instance_id).into(),
+        (&t.operation).into(),
+        (&t.params).into(),
+        (&t.message).into(),
+        t.max_attempts.into(),
+        t.now.into(),
+    ]
+}
+
+/// The status, attempts, lease owner and lease end of tasks written under `lease` (born
+/// claimed: the owner and end are the placeholders given) or without (pending).
+pub(crate) fn leased_as(
+    backend: Backend,
+    lease: Option<&Lease>,
+    owner: &'static str,
+    until: &str,
+) -> (&'static str, i64, &'static str, String) {
+    match (lease, backend) {
+        (None, _) => ("'PENDING'", 0, "NULL", "NULL".into()),
+        (Some(_), Backend::Postgres) => ("'PROCESSING'", 1, owner, format!("{until}::bigint")),
+        (Some(_), Backend::Sqlite) => ("'PROCESSING'", 1, owner, until.into()),
+    }
+}
+
 const COLS: &str =
     "id, account_id, team_id, instance_id, operation, status, params, message, attempts,
     max_attempts, lease_owner, lease_until, run_after, created_at, updated_at, finished_at";
@@ -711,45 +757,23 @@ impl Tx {
             return Ok(());
         }
         let numbered = crate::batch::numbered(tasks);
-        let (t, b) = ("", "::bigint");
-        let pg = [b, t, t, t, t, t, t, t, b, b];
-        let casts = crate::batch::casts(self.backend, &pg);
-        let (status, attempts, owner, until) = match lease {
-            Some(_) => ("'PROCESSING'", 1, "$1", "$2"),
-            None => ("'PENDING'", 0, "NULL", "NULL"),
-        };
+        let casts = crate::batch::casts(self.backend, &INSERT_CASTS);
+        let (status, attempts, owner, until) = leased_as(self.backend, lease, "$1", "$2");
         let first = if lease.is_some() { 3 } else { 1 };
-        let until = match (self.backend, until) {
-            (Backend::Postgres, "$2") => "$2::bigint",
-            (_, u) => u,
-        };
         let sql = format!(
-            "WITH v(n, id, account_id, team_id, instance_id, operation, params, message, max_attempts, at)
-               AS (VALUES {})
-             INSERT INTO tasks (id, account_id, team_id, instance_id, operation, status, params, message, attempts,
-               max_attempts, lease_owner, lease_until, run_after, created_at, updated_at)
+            "WITH v(n, {INSERT_COLS}) AS (VALUES {})
+             INSERT INTO tasks {INSERTED}
              SELECT id, account_id, team_id, instance_id, operation, {status}, params, message, {attempts},
                max_attempts, {owner}, {until}, at, at, at
              FROM v WHERE n > 0",
-            values_list(first, numbered.len(), pg.len(), &casts)
+            values_list(first, numbered.len(), INSERT_CASTS.len(), &casts)
         );
-        let mut vals: Vec<Val> = Vec::with_capacity(2 + numbered.len() * pg.len());
+        let mut vals: Vec<Val> = Vec::with_capacity(2 + numbered.len() * INSERT_CASTS.len());
         if let Some(l) = lease {
             vals.extend([Val::from(&l.owner), l.until.into()]);
         }
         for (n, t) in numbered {
-            vals.extend([
-                Val::from(n),
-                (&t.id).into(),
-                (&t.account_id).into(),
-                (&t.team_id).into(),
-                (&t.instance_id).into(),
-                (&t.operation).into(),
-                (&t.params).into(),
-                (&t.message).into(),
-                t.max_attempts.into(),
-                t.now.into(),
-            ]);
+            vals.extend(insert_vals(n, t));
         }
         let st = Statement::new(self.backend, &sql, vals);
         self.run(&st).await?;

@@ -1,0 +1,233 @@
+//! A batch of launches written in one statement, its own transaction (PostgreSQL).
+//!
+//! Written as a transaction of separate statements, a batch is eight round trips (BEGIN, the
+//! hosts, the addresses found and taken, the instances, the tasks, the reservations,
+//! COMMIT), and on a loaded machine each costs about as much as the statement it carries:
+//! the batch is bound by them, not by the database's work (docs/benchmarks.md, session 12).
+//! Here the batch is placed on hosts read just before (`Store::hosts_read`), and one
+//! statement locks those hosts and re-checks their room, takes the region's lowest free
+//! addresses, and writes the addresses, their history, the instances, the tasks and the
+//! reservations — each of those only when every host still had room and every launch got an
+//! address, so that the statement writes all of the batch or none of it.
+
+use crate::batch::{casts, numbered, values_list, Statement, Val};
+use crate::{get_i64, get_opt_i64, get_opt_str, instances, ips, tasks, Backend, Store};
+use crate::{Lease, NewInstance, NewTask};
+use lobster_core::capacity::Resources;
+use lobster_core::Error;
+
+/// What `launches_write` is asked to write: launches of one region, each instance with its
+/// create task (task k belongs to instance k) and its primary interface's MAC address.
+pub struct LaunchBatch<'a> {
+    pub region: &'a str,
+    /// The instances as they will be written but for `ip_address`, which the statement sets.
+    pub instances: &'a [NewInstance],
+    /// The create tasks; `"ip_address":null` in their parameters becomes the address taken.
+    pub tasks: &'a [NewTask],
+    pub macs: &'a [String],
+    /// Written claimed under this lease (handed to this server's workers), else pending.
+    pub lease: Option<&'a Lease>,
+    /// What each host reserves for the batch, one entry per host.
+    pub adds: &'a [(String, Resources)],
+    pub now: i64,
+}
+
+/// How a batch ended: written (each instance's address, in order), or nothing written
+/// because a host no longer had room (or was no longer available) or the region had too
+/// few free addresses.
+#[derive(Debug, PartialEq)]
+pub enum LaunchesWritten {
+    Written(Vec<String>),
+    NoRoom,
+    NoAddresses,
+}
+
+/// The task parameters' stand-in for the address the statement takes.
+pub const ADDRESS_TO_COME: &str = "\"ip_address\":null";
+
+impl Store {
+    /// Writes `b` in one statement (PostgreSQL only): all of it, or nothing and why.
+    pub async fn launches_write(&self, b: &LaunchBatch<'_>) -> Result<LaunchesWritten, Error> {
+        if self.backend() != Backend::Postgres {
+            return Err(Error::Internal(
+                "launches_write is for PostgreSQL; SQLite writes a batch in a transaction".into(),
+            ));
+        }
+        if b.instances.is_empty() {
+            return Ok(LaunchesWritten::Written(Vec::new()));
+        }
+        let mut hints = ips::TxHints::new(&self.ip_hints);
+        let mut from = hints.from(b.region);
+        let tokens = b.instances.iter().map(|i| i.id.clone());
+        let written = loop {
+            let got = self.launches_write_from(b, from).await;
+            match &got {
+                Ok(Outcome::Short) if from > 0 => from = 0,
+                _ => break got,
+            }
+        };
+        // Even when the outcome is unknown (the connection failed): a needless
+        // invalidation costs a read, a missing one serves a stale row.
+        self.cache()
+            .invalidate(tokens.map(crate::cache::Token::Instance).collect(), true);
+        match written? {
+            Outcome::Written(addresses, last_seq) => {
+                hints.took(b.region, last_seq);
+                hints.end(true);
+                Ok(LaunchesWritten::Written(addresses))
+            }
+            Outcome::Short => Ok(LaunchesWritten::NoAddresses),
+            Outcome::NoRoom => Ok(LaunchesWritten::NoRoom),
+        }
+    }
+
+    async fn launches_write_from(&self, b: &LaunchBatch<'_>, from: i64) -> Result<Outcome, Error> {
+        let st = batch_statement(b, from);
+        let rows = self.fetch(&st).await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::Internal("database: no row returned".into()))?;
+        let want = b.instances.len() as i64;
+        if get_i64(first, "ok")? == 0 {
+            return Ok(match get_i64(first, "ips")? < want {
+                true => Outcome::Short,
+                false => Outcome::NoRoom,
+            });
+        }
+        let mut addresses = vec![String::new(); b.instances.len()];
+        let mut last = 0;
+        for r in &rows {
+            let (Some(n), Some(address), Some(seq)) = (
+                get_opt_i64(r, "n")?,
+                get_opt_str(r, "address")?,
+                get_opt_i64(r, "seq")?,
+            ) else {
+                return Err(Error::Internal(
+                    "database: a launch without its address".into(),
+                ));
+            };
+            addresses[(n - 1) as usize] = address;
+            last = last.max(seq);
+        }
+        if addresses.iter().any(String::is_empty) {
+            return Err(Error::Internal(
+                "database: a launch without its address".into(),
+            ));
+        }
+        Ok(Outcome::Written(addresses, last))
+    }
+}
+
+enum Outcome {
+    Written(Vec<String>, i64),
+    Short,
+    NoRoom,
+}
+
+/// The statement. `$1` region, `$2` where the address search starts, `$3` launches, `$4`
+/// now, `$5` hosts, `$6`/`$7` the lease's owner and end; then the VALUES rows: instances
+/// (`v`, with each one's MAC), tasks (`t`), hosts' additions (`h`). Every write is gated
+/// on `ok`, computed once, after the hosts are locked (`FOR UPDATE` re-checks their room on
+/// their latest versions) and the addresses locked (`SKIP LOCKED`: those another launch
+/// holds are passed over).
+fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
+    let inst = numbered(b.instances);
+    let task = numbered(b.tasks);
+    let hosts = numbered(b.adds);
+    let mut vals: Vec<Val> = vec![
+        b.region.into(),
+        from.into(),
+        (b.instances.len() as i64).into(),
+        b.now.into(),
+        (b.adds.len() as i64).into(),
+        b.lease.map(|l| l.owner.as_str()).into(),
+        b.lease.map(|l| l.until).into(),
+    ];
+    let mut inst_casts = casts(Backend::Postgres, &instances::INSERT_CASTS);
+    inst_casts.push("");
+    let v_first = vals.len() + 1;
+    for (n, i) in &inst {
+        vals.extend(instances::insert_vals(*n, i));
+        vals.push(b.macs[(*n as usize).max(1) - 1].as_str().into());
+    }
+    let task_casts = casts(Backend::Postgres, &tasks::INSERT_CASTS);
+    let t_first = vals.len() + 1;
+    for (n, t) in &task {
+        vals.extend(tasks::insert_vals(*n, t));
+    }
+    let host_casts = [
+        "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
+    ];
+    let h_first = vals.len() + 1;
+    for (n, (id, r)) in &hosts {
+        vals.extend([
+            Val::from(*n),
+            id.into(),
+            r.cores.into(),
+            r.memory_gb.into(),
+            r.disk_gb.into(),
+            r.gpus.into(),
+        ]);
+    }
+    let v = values_list(v_first, inst.len(), inst_casts.len(), &inst_casts);
+    let t = values_list(t_first, task.len(), task_casts.len(), &task_casts);
+    let h = values_list(h_first, hosts.len(), host_casts.len(), &host_casts);
+    let (status, attempts, owner, until) = tasks::leased_as(Backend::Postgres, b.lease, "$6", "$7");
+    let inserted_instance: Vec<String> = instances::INSERT_COLS
+        .split(',')
+        .map(str::trim)
+        .map(|c| match c {
+            "ip_address" => "a.address".to_string(),
+            c => format!("a.{c}"),
+        })
+        .collect();
+    let sql = format!(
+        "WITH v(n, {icols}, mac) AS (VALUES {v}),
+         t(n, {tcols}) AS (VALUES {t}),
+         h(n, id, c, m, d, g) AS (VALUES {h}),
+         locked AS MATERIALIZED (
+           SELECT hosts.id FROM hosts JOIN h ON hosts.id = h.id AND h.n > 0
+           WHERE hosts.status = 'available'
+             AND hosts.cores_used + h.c <= hosts.cores_total AND hosts.memory_used + h.m <= hosts.memory_total
+             AND hosts.disk_used + h.d <= hosts.disk_total AND hosts.gpus_used + h.g <= hosts.gpus_total
+           ORDER BY hosts.id FOR UPDATE OF hosts),
+         free AS MATERIALIZED (
+           SELECT address, seq, row_number() OVER (ORDER BY seq) AS k FROM (
+             SELECT address, seq FROM ip_addresses
+             WHERE region = $1 AND instance_id IS NULL AND seq >= $2::bigint
+             ORDER BY seq LIMIT $3::bigint FOR UPDATE SKIP LOCKED) f),
+         ok AS MATERIALIZED (
+           SELECT CASE WHEN (SELECT count(*) FROM locked) = $5::bigint
+                        AND (SELECT count(*) FROM free) = $3::bigint THEN 1 ELSE 0 END::bigint AS ok,
+                  (SELECT count(*) FROM free)::bigint AS ips,
+                  $6::text AS lease_owner, $7::bigint AS lease_until),
+         a AS (SELECT free.address, free.seq, v.* FROM free JOIN v ON v.n = free.k
+               WHERE (SELECT ok FROM ok) = 1),
+         taken AS (
+           UPDATE ip_addresses SET instance_id = a.id, assigned_at = $4::bigint, interface_name = 'net0',
+             mac_address = a.mac, is_primary = 1
+           FROM a WHERE ip_addresses.address = a.address),
+         history AS (
+           INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
+           SELECT address, id, 'net0', 1, $4::bigint FROM a),
+         inserted AS (
+           INSERT INTO instances ({icols}) SELECT {ivals} FROM a),
+         created AS (
+           INSERT INTO tasks {tinserted}
+           SELECT t.id, t.account_id, t.team_id, t.instance_id, t.operation, {status},
+             replace(t.params, '{marker}', '\"ip_address\":' || to_json(a.address)::text),
+             t.message, {attempts}, t.max_attempts, {owner}, {until}, t.at, t.at, t.at
+           FROM t JOIN a ON a.n = t.n),
+         reserved AS (
+           UPDATE hosts SET cores_used = cores_used + h.c, memory_used = memory_used + h.m,
+             disk_used = disk_used + h.d, gpus_used = gpus_used + h.g
+           FROM h WHERE hosts.id = h.id AND h.n > 0 AND (SELECT ok FROM ok) = 1)
+         SELECT ok.ok, ok.ips, a.n, a.address, a.seq FROM ok LEFT JOIN a ON true",
+        icols = instances::INSERT_COLS,
+        tcols = tasks::INSERT_COLS,
+        tinserted = tasks::INSERTED,
+        ivals = inserted_instance.join(", "),
+        marker = ADDRESS_TO_COME,
+    );
+    Statement::new(Backend::Postgres, &sql, vals)
+}

@@ -1,0 +1,220 @@
+//! `Store::launches_write` (PostgreSQL, when `LOBSTER_TEST_POSTGRES_URL` is set): a batch
+//! of launches in one statement is written whole or not at all, and batches written at once
+//! by two servers never overbook a host.
+
+use crate::contract_tests::{new_task, res, sample_instance, server_pairs, stores};
+use crate::launches::ADDRESS_TO_COME;
+use crate::*;
+use lobster_core::capacity::Resources;
+use lobster_core::fleet::Fleet;
+
+/// A launch of `cores` on wil-cpu-03 as the app writes it before the statement: creating,
+/// no address yet, its task's parameters waiting for one.
+fn launch(id: &str, name: &str, cores: i64) -> (InstanceRow, NewTask) {
+    let instance = InstanceRow {
+        name: name.into(),
+        status: "creating".into(),
+        power_status: "stopped".into(),
+        ip_address: None,
+        active_task_id: Some(format!("t-{id}")),
+        ready_at: None,
+        resources: res(cores),
+        ..sample_instance(id, "a1")
+    };
+    let task = NewTask {
+        instance_id: Some(id.into()),
+        account_id: "a1".into(),
+        params: format!(r#"{{"vm_uuid":"{id}",{ADDRESS_TO_COME}}}"#),
+        ..new_task(&format!("t-{id}"), 7)
+    };
+    (instance, task)
+}
+
+async fn write(
+    store: &Store,
+    launches: &[(InstanceRow, NewTask)],
+    lease: Option<&Lease>,
+    adds: &[(String, Resources)],
+) -> Result<LaunchesWritten, lobster_core::Error> {
+    let instances: Vec<InstanceRow> = launches.iter().map(|(i, _)| i.clone()).collect();
+    let tasks: Vec<NewTask> = launches.iter().map(|(_, t)| t.clone()).collect();
+    let macs: Vec<String> = launches
+        .iter()
+        .map(|(i, _)| format!("mac-{}", i.id))
+        .collect();
+    store
+        .launches_write(&LaunchBatch {
+            region: "us-east-1",
+            instances: &instances,
+            tasks: &tasks,
+            macs: &macs,
+            lease,
+            adds,
+            now: 7,
+        })
+        .await
+}
+
+fn on_cpu_host(cores: i64) -> Vec<(String, Resources)> {
+    vec![("wil-cpu-03".into(), res(cores))]
+}
+
+async fn cores_used(store: &Store) -> i64 {
+    let hosts = store.host_list().await.unwrap();
+    hosts
+        .iter()
+        .find(|h| h.id == "wil-cpu-03")
+        .unwrap()
+        .used
+        .cores
+}
+
+/// Nothing of the batch is anywhere: instances, tasks, addresses.
+async fn nothing_of(store: &Store, ids: &[&str]) {
+    let held = store.ip_assignments().await.unwrap();
+    for id in ids {
+        assert_eq!(store.instance_by_id(id).await.unwrap(), None);
+        assert_eq!(store.task_by_id(&format!("t-{id}")).await.unwrap(), None);
+        assert!(held.iter().all(|(_, i)| i != id));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            assert!(
+                write(&store, &[launch("vm0", "web-0", 2)], None, &on_cpu_host(2))
+                    .await
+                    .is_err()
+            );
+            continue;
+        }
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
+        store.fleet_sync(&fleet).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let lease = Lease {
+            owner: "w1".into(),
+            until: 30_007,
+        };
+        let first = [launch("vm0", "web-0", 2), launch("vm1", "web-1", 2)];
+        let got = write(&store, &first, Some(&lease), &on_cpu_host(4)).await;
+        let addresses = vec!["10.9.0.1".to_string(), "10.9.0.2".to_string()];
+        assert_eq!(got.unwrap(), LaunchesWritten::Written(addresses.clone()));
+        for ((instance, task), address) in first.iter().zip(&addresses) {
+            let want = InstanceRow {
+                ip_address: Some(address.clone()),
+                ..instance.clone()
+            };
+            assert_eq!(
+                store.instance_by_id(&instance.id).await.unwrap(),
+                Some(want)
+            );
+            let params = format!(
+                r#"{{"vm_uuid":"{}","ip_address":"{address}"}}"#,
+                instance.id
+            );
+            let want = NewTask {
+                params,
+                ..task.clone()
+            };
+            let stored = store.task_by_id(&task.id).await.unwrap().unwrap();
+            assert_eq!(stored, want.leased_row(&lease));
+        }
+        let mut held = store.ip_assignments().await.unwrap();
+        held.sort();
+        assert_eq!(
+            held,
+            [
+                ("10.9.0.1".into(), "vm0".into()),
+                ("10.9.0.2".into(), "vm1".into())
+            ]
+        );
+        assert_eq!(store.ip_history("a1").await.unwrap().len(), 2);
+        assert_eq!(cores_used(&store).await, 4);
+
+        // One address left for two launches.
+        let short = [launch("vm2", "web-2", 2), launch("vm3", "web-3", 2)];
+        let got = write(&store, &short, None, &on_cpu_host(4)).await;
+        assert_eq!(got.unwrap(), LaunchesWritten::NoAddresses);
+        nothing_of(&store, &["vm2", "vm3"]).await;
+        assert_eq!(cores_used(&store).await, 4);
+
+        // 60 cores free on wil-cpu-03.
+        let big = [launch("vm4", "web-4", 61)];
+        let got = write(&store, &big, None, &on_cpu_host(61)).await;
+        assert_eq!(got.unwrap(), LaunchesWritten::NoRoom);
+        nothing_of(&store, &["vm4"]).await;
+        assert_eq!(cores_used(&store).await, 4);
+
+        // A name already live fails the statement: nothing written.
+        let taken = [launch("vm5", "web-0", 2)];
+        assert!(write(&store, &taken, None, &on_cpu_host(2)).await.is_err());
+        nothing_of(&store, &["vm5"]).await;
+        assert_eq!(cores_used(&store).await, 4);
+
+        // The address none of those took is still there, pending task and all.
+        let last = [launch("vm6", "web-6", 2)];
+        let got = write(&store, &last, None, &on_cpu_host(2)).await;
+        assert_eq!(
+            got.unwrap(),
+            LaunchesWritten::Written(vec!["10.9.0.3".into()])
+        );
+        let task = store.task_by_id("t-vm6").await.unwrap().unwrap();
+        assert_eq!((task.status.as_str(), task.attempts), ("PENDING", 0));
+        assert_eq!(cores_used(&store).await, 6);
+    }
+}
+
+/// Two servers write twelve batches of 8 cores at once on a host of 64: exactly eight are
+/// written, each whole, and the host's reservation is what they placed.
+#[tokio::test]
+async fn batches_written_at_once_by_two_servers_never_overbook_a_host() {
+    for (a, b, _d) in server_pairs().await {
+        if a.backend() != Backend::Postgres {
+            continue;
+        }
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.200".into()];
+        a.fleet_sync(&fleet).await.unwrap();
+        a.account_create("a1", "acme", 0).await.unwrap();
+        let mut runs = tokio::task::JoinSet::new();
+        for k in 0..12 {
+            let store = if k % 2 == 0 { a.clone() } else { b.clone() };
+            runs.spawn(async move {
+                let batch = [
+                    launch(&format!("vm{k}a"), &format!("web-{k}a"), 4),
+                    launch(&format!("vm{k}b"), &format!("web-{k}b"), 4),
+                ];
+                let got = write(&store, &batch, None, &on_cpu_host(8)).await.unwrap();
+                (batch, got)
+            });
+        }
+        let mut written = 0;
+        for (batch, got) in runs.join_all().await {
+            match got {
+                LaunchesWritten::Written(addresses) => {
+                    written += 1;
+                    assert_eq!(addresses.len(), 2);
+                    for (i, _) in &batch {
+                        assert!(a.instance_by_id(&i.id).await.unwrap().is_some());
+                    }
+                }
+                LaunchesWritten::NoRoom => {
+                    let ids: Vec<&str> = batch.iter().map(|(i, _)| i.id.as_str()).collect();
+                    nothing_of(&a, &ids).await;
+                }
+                LaunchesWritten::NoAddresses => panic!("200 addresses for 24 launches"),
+            }
+        }
+        assert_eq!(written, 8);
+        assert_eq!(cores_used(&a).await, 64);
+        let held = a.ip_assignments().await.unwrap();
+        assert_eq!(held.len(), 16);
+        let mut addresses: Vec<&String> = held.iter().map(|(ip, _)| ip).collect();
+        addresses.sort();
+        addresses.dedup();
+        assert_eq!(addresses.len(), 16);
+    }
+}
