@@ -6,8 +6,7 @@ use lobster_core::auth::{Caller, Permission};
 use lobster_core::instance::{check_mutable, InstanceStatus, PowerOp};
 use lobster_core::task::TaskKind;
 use lobster_core::{ids, validate, Error};
-use lobster_store::{Claim, InstanceRow, NewTask, Scope};
-use serde_json::json;
+use lobster_store::{instance_task_params, Backend, Claim, ClaimFor, InstanceRow, NewTask, Scope};
 
 /// A task queued against an instance.
 #[derive(Debug, Clone)]
@@ -165,6 +164,9 @@ async fn write_batch(turn: &Turn, batch: &[Enqueue]) -> Result<Vec<Option<Queued
             new_status: e.new_status.as_str().to_string(),
         })
         .collect();
+    if turn.store.backend() == Backend::Postgres {
+        return write_batch_one_statement(turn, batch, &claims).await;
+    }
     let mut tx = turn.store.begin().await?;
     let claimed = tx.instances_claim(&claims, turn.now).await?;
     let tasks: Vec<NewTask> = batch
@@ -190,6 +192,47 @@ async fn write_batch(turn: &Turn, batch: &[Enqueue]) -> Result<Vec<Option<Queued
             })
         })
         .collect())
+}
+
+/// `write_batch` on PostgreSQL: the claims and the claimed instances' tasks in one statement
+/// (two round trips fewer than the transaction, which bound the batch).
+async fn write_batch_one_statement(
+    turn: &Turn,
+    batch: &[Enqueue],
+    claims: &[Claim],
+) -> Result<Vec<Option<Queued>>, Error> {
+    let ops: Vec<ClaimFor> = batch
+        .iter()
+        .zip(claims)
+        .map(|(e, claim)| ClaimFor {
+            claim,
+            operation: e.kind.operation(),
+        })
+        .collect();
+    let lease = turn.lease(batch.len());
+    let claimed = turn
+        .store
+        .instances_claim_queue(&ops, QUEUED, turn.max_attempts, lease.as_ref(), turn.now)
+        .await?;
+    let mut handed = Vec::new();
+    let out = batch
+        .iter()
+        .zip(claimed)
+        .map(|(e, c)| {
+            let c = c?;
+            let task = NewTask {
+                params: c.params,
+                ..new_task(turn, e, &c.instance)
+            };
+            handed.push((task, c.instance.clone()));
+            Some(Queued {
+                task_id: e.task_id.clone(),
+                instance: c.instance,
+            })
+        })
+        .collect();
+    turn.hand_over(lease, handed);
+    Ok(out)
 }
 
 /// One command in a transaction of its own; its error is its answer.
@@ -225,18 +268,18 @@ async fn enqueue_one(turn: &Turn, e: &Enqueue) -> Enqueued {
     })
 }
 
+/// The message a task queued against an instance starts with.
+const QUEUED: &str = "Queued";
+
 fn new_task(turn: &Turn, e: &Enqueue, inst: &InstanceRow) -> NewTask {
-    let params = json!({
-        "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id, "ip_address": inst.ip_address,
-    });
     NewTask {
         id: e.task_id.clone(),
         account_id: inst.account_id.clone(),
         team_id: inst.team_id.clone(),
         instance_id: Some(inst.id.clone()),
         operation: e.kind.operation().into(),
-        params: params.to_string(),
-        message: "Queued".into(),
+        params: instance_task_params(inst),
+        message: QUEUED.into(),
         max_attempts: turn.max_attempts,
         now: turn.now,
     }

@@ -129,7 +129,7 @@ const COLS: &str = "i.id, i.account_id, i.team_id, t.name AS team_name, i.name, 
     i.gpu_model, i.price_cents_per_hour, i.status, i.power_status, i.ip_address, i.username, i.ssh_key,
     i.password, i.metadata, i.active_task_id, i.created_at, i.updated_at, i.ready_at, i.deleted_at";
 /// `COLS` as the RETURNING list of an update of `instances`.
-const CLAIMED: &str = "instances.id, instances.account_id, instances.team_id,
+pub(crate) const CLAIMED: &str = "instances.id, instances.account_id, instances.team_id,
     (SELECT t.name FROM teams t WHERE t.id = instances.team_id) AS team_name, instances.name,
     instances.host_id, instances.region, instances.instance_type, instances.template_name,
     instances.iso_url, instances.os_type, instances.cores, instances.memory_gb, instances.disk_gb,
@@ -141,7 +141,7 @@ const FROM: &str = "FROM instances i LEFT JOIN teams t ON t.id = i.team_id";
 const LIVE: &str = "i.status IN ('creating', 'rented', 'terminating')";
 
 /// Reads the columns of `COLS` by position.
-fn row(r: &impl Cells) -> Result<InstanceRow, Error> {
+pub(crate) fn row(r: &impl Cells) -> Result<InstanceRow, Error> {
     Ok(InstanceRow {
         id: r.text(0)?,
         account_id: r.text(1)?,

@@ -23,6 +23,7 @@ pub mod backups;
 mod batch;
 mod cache;
 mod checkpoint;
+pub mod claims;
 pub mod console;
 pub mod copy;
 mod deleted;
@@ -52,6 +53,7 @@ use std::time::Duration;
 
 pub use accounts::{AccountRow, KeyRow, TeamRow};
 pub use backups::BackupRow;
+pub use claims::{instance_task_params, ClaimFor, ClaimedFor};
 pub use deleted::Deleted;
 pub use hosts::HostRow;
 pub use instances::{Claim, InstanceRow, NewInstance, Scope};
@@ -454,6 +456,8 @@ pub(crate) fn get_opt_str(row: &impl Named, col: &str) -> Result<Option<String>,
 
 #[cfg(test)]
 mod cache_tests;
+#[cfg(test)]
+mod claims_tests;
 #[cfg(test)]
 mod contract_tests;
 #[cfg(test)]
