@@ -1150,6 +1150,7 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
         store.fleet_sync(&Fleet::demo()).await.unwrap();
         store.account_create("a1", "acme", 0).await.unwrap();
         let ids = ["d1", "d2", "d3"];
+        let mut addresses = vec![];
         let mut tx = store.begin().await.unwrap();
         for (k, id) in ids.iter().enumerate() {
             let ip = tx
@@ -1157,6 +1158,7 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
                 .await
                 .unwrap()
                 .unwrap();
+            addresses.push(ip.clone());
             let row = InstanceRow {
                 name: format!("web-{k}"),
                 status: "terminating".into(),
@@ -1223,6 +1225,8 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
             .filter(|h| h.released_at.is_none())
             .collect();
         assert_eq!(open.len(), 1);
+        // The next search starts from the pool's start again, not past d3's address.
+        assert_eq!(take_one(&store, "d9").await, Some(addresses[0].clone()));
         // Written again (a retry whose answer was lost): nothing more is given back.
         let again = store
             .task_finish_deleted("w1", "VM deleted successfully", 6, &items[..2])
