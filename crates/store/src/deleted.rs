@@ -139,12 +139,7 @@ impl Tx {
             return Ok(());
         }
         let rows = numbered(shares);
-        let casts = crate::batch::casts(
-            self.backend,
-            &[
-                "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
-            ],
-        );
+        let casts = crate::batch::casts(self.backend, &crate::hosts::SHARE_CASTS);
         let sql = format!(
             "WITH v(n, id, c, m, d, g) AS (VALUES {})
              UPDATE hosts SET cores_used = cores_used - v.c, memory_used = memory_used - v.m,
@@ -154,14 +149,7 @@ impl Tx {
         );
         let mut vals: Vec<Val> = Vec::new();
         for (n, (id, r)) in &rows {
-            vals.extend([
-                Val::from(*n),
-                id.into(),
-                r.cores.into(),
-                r.memory_gb.into(),
-                r.disk_gb.into(),
-                r.gpus.into(),
-            ]);
+            vals.extend(crate::hosts::share_vals(*n, id, r));
         }
         let st = Statement::new(self.backend, &sql, vals);
         self.run(&st).await?;

@@ -223,12 +223,7 @@ impl Tx {
             return Ok(Vec::new());
         }
         let (sql, ids) = hosts_by_ids(ids);
-        let mut q = self.q(&sql);
-        for id in ids {
-            q = q.bind(id);
-        }
-        let rows = q.fetch_all().await?;
-        rows.iter().map(host).collect()
+        hosts_fetch(self.q(&sql), ids).await
     }
 
     /// Adds each shape to its host (one entry per host), in one statement. Checked all the
@@ -239,12 +234,7 @@ impl Tx {
             return Ok(());
         }
         let rows = crate::batch::numbered(adds);
-        let casts = crate::batch::casts(
-            self.backend,
-            &[
-                "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
-            ],
-        );
+        let casts = crate::batch::casts(self.backend, &SHARE_CASTS);
         let sql = format!(
             "WITH v(n, id, c, m, d, g) AS (VALUES {})
              UPDATE hosts SET cores_used = cores_used + v.c, memory_used = memory_used + v.m,
@@ -255,17 +245,13 @@ impl Tx {
                AND disk_used + v.d <= disk_total AND gpus_used + v.g <= gpus_total",
             crate::batch::values_list(1, rows.len(), 6, &casts)
         );
-        let mut q = self.q(&sql);
+        let mut vals = Vec::with_capacity(rows.len() * SHARE_CASTS.len());
         for (n, (id, r)) in rows {
-            q = q
-                .bind(n)
-                .bind(id)
-                .bind(r.cores)
-                .bind(r.memory_gb)
-                .bind(r.disk_gb)
-                .bind(r.gpus);
+            vals.extend(share_vals(n, id, r));
         }
-        let done = q.execute().await?;
+        let done = self
+            .run(&crate::batch::Statement::new(self.backend, &sql, vals))
+            .await?;
         if done != adds.len() as u64 {
             return Err(Error::Internal(format!(
                 "reserved on {} of {} hosts",
@@ -289,6 +275,31 @@ fn hosts_by_ids<'a>(ids: &[&'a str]) -> (String, Vec<&'a str>) {
     (sql, ids)
 }
 
+async fn hosts_fetch(mut q: crate::exec::Q<'_, '_>, ids: Vec<&str>) -> Result<Vec<HostRow>, Error> {
+    for id in ids {
+        q = q.bind(id);
+    }
+    let rows = q.fetch_all().await?;
+    rows.iter().map(host).collect()
+}
+
+/// PostgreSQL's casts for a VALUES row of a host's share: `n`, id, cores, memory, disk, GPUs.
+pub(crate) const SHARE_CASTS: [&str; 6] = [
+    "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
+];
+
+/// A VALUES row of a host's share of a batch (`n` 0 for padding), as `SHARE_CASTS` types it.
+pub(crate) fn share_vals<'a>(n: i64, id: &'a String, r: &Resources) -> [crate::batch::Val<'a>; 6] {
+    [
+        n.into(),
+        id.into(),
+        r.cores.into(),
+        r.memory_gb.into(),
+        r.disk_gb.into(),
+        r.gpus.into(),
+    ]
+}
+
 impl Store {
     /// The hosts' rows as committed now, outside any transaction: what a batch of
     /// launches written in one statement (`launches_write`) is placed against.
@@ -297,11 +308,6 @@ impl Store {
             return Ok(Vec::new());
         }
         let (sql, ids) = hosts_by_ids(ids);
-        let mut q = self.q(&sql);
-        for id in ids {
-            q = q.bind(id);
-        }
-        let rows = q.fetch_all().await?;
-        rows.iter().map(host).collect()
+        hosts_fetch(self.q(&sql), ids).await
     }
 }

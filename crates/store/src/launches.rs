@@ -155,19 +155,10 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
     for (n, t) in &task {
         vals.extend(tasks::insert_vals(*n, t));
     }
-    let host_casts = [
-        "::bigint", "", "::bigint", "::bigint", "::bigint", "::bigint",
-    ];
+    let host_casts = crate::hosts::SHARE_CASTS;
     let h_first = vals.len() + 1;
     for (n, (id, r)) in &hosts {
-        vals.extend([
-            Val::from(*n),
-            id.into(),
-            r.cores.into(),
-            r.memory_gb.into(),
-            r.disk_gb.into(),
-            r.gpus.into(),
-        ]);
+        vals.extend(crate::hosts::share_vals(*n, id, r));
     }
     let v = values_list(v_first, inst.len(), inst_casts.len(), &inst_casts);
     let t = values_list(t_first, task.len(), task_casts.len(), &task_casts);
