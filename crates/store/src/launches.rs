@@ -56,6 +56,7 @@ impl Store {
         if b.instances.is_empty() {
             return Ok(LaunchesWritten::Written(Vec::new()));
         }
+        check(b)?;
         let mut hints = ips::TxHints::new(&self.ip_hints);
         let mut from = hints.from(b.region);
         let tokens = b.instances.iter().map(|i| i.id.clone());
@@ -118,6 +119,29 @@ impl Store {
     }
 }
 
+/// What the statement relies on and does not check itself: a task and a MAC address per
+/// instance (else instances could be written without their tasks), and each host once among
+/// the additions (else each share would be checked alone and the host overbooked).
+fn check(b: &LaunchBatch<'_>) -> Result<(), Error> {
+    let n = b.instances.len();
+    if b.tasks.len() != n || b.macs.len() != n {
+        return Err(Error::Internal(format!(
+            "a launch batch of {n} instances with {} tasks and {} addresses",
+            b.tasks.len(),
+            b.macs.len()
+        )));
+    }
+    let mut hosts: Vec<&str> = b.adds.iter().map(|(h, _)| h.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    if hosts.len() != b.adds.len() {
+        return Err(Error::Internal(
+            "a launch batch adds to a host twice".into(),
+        ));
+    }
+    Ok(())
+}
+
 enum Outcome {
     Written(Vec<String>, i64),
     Short,
@@ -127,8 +151,8 @@ enum Outcome {
 /// The statement. `$1` region, `$2` where the address search starts, `$3` launches, `$4`
 /// now, `$5` hosts, `$6`/`$7` the lease's owner and end; then the VALUES rows: instances
 /// (`v`, with each one's MAC), tasks (`t`), hosts' additions (`h`). Every write is gated
-/// on `ok`, computed once, after the hosts are locked (`FOR UPDATE` re-checks their room on
-/// their latest versions) and the addresses locked (`SKIP LOCKED`: those another launch
+/// on `ok`, computed once, after the hosts are locked in id order (`FOR NO KEY UPDATE`, as a
+/// single launch locks its host, re-checks their room on their latest versions) and the addresses locked (`SKIP LOCKED`: those another launch
 /// holds are passed over).
 fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
     let inst = numbered(b.instances);
@@ -181,7 +205,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
            WHERE hosts.status = 'available'
              AND hosts.cores_used + h.c <= hosts.cores_total AND hosts.memory_used + h.m <= hosts.memory_total
              AND hosts.disk_used + h.d <= hosts.disk_total AND hosts.gpus_used + h.g <= hosts.gpus_total
-           ORDER BY hosts.id FOR UPDATE OF hosts),
+           ORDER BY hosts.id FOR NO KEY UPDATE OF hosts),
          free AS MATERIALIZED (
            SELECT address, seq, row_number() OVER (ORDER BY seq) AS k FROM (
              SELECT address, seq FROM ip_addresses

@@ -148,6 +148,40 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         nothing_of(&store, &["vm4"]).await;
         assert_eq!(cores_used(&store).await, 4);
 
+        // Two hosts, one of them full: nothing on either. (One address is left, so one
+        // launch; the additions stand for a batch's.)
+        let adds = vec![
+            ("wil-cpu-03".into(), res(61)),
+            ("wil-gpu-26".into(), res(2)),
+        ];
+        let got = write(&store, &[launch("vm7", "web-7", 2)], None, &adds).await;
+        assert_eq!(got.unwrap(), LaunchesWritten::NoRoom);
+        nothing_of(&store, &["vm7"]).await;
+        let hosts = store.host_list().await.unwrap();
+        let gpu = hosts.iter().find(|h| h.id == "wil-gpu-26").unwrap();
+        assert_eq!((cores_used(&store).await, gpu.used.cores), (4, 0));
+
+        // What the statement relies on is checked before it runs: a host once, a task each.
+        let two = [launch("vm7", "web-7", 2), launch("vm8", "web-8", 2)];
+        let twice = vec![("wil-cpu-03".into(), res(1)), ("wil-cpu-03".into(), res(1))];
+        assert!(write(&store, &two, None, &twice).await.is_err());
+        let instances: Vec<InstanceRow> = two.iter().map(|(i, _)| i.clone()).collect();
+        let one_task = [two[0].1.clone()];
+        let macs = ["m1".to_string(), "m2".to_string()];
+        let short = store
+            .launches_write(&LaunchBatch {
+                region: "us-east-1",
+                instances: &instances,
+                tasks: &one_task,
+                macs: &macs,
+                lease: None,
+                adds: &on_cpu_host(4),
+                now: 7,
+            })
+            .await;
+        assert!(short.is_err());
+        nothing_of(&store, &["vm7", "vm8"]).await;
+
         // A name already live fails the statement: nothing written.
         let taken = [launch("vm5", "web-0", 2)];
         assert!(write(&store, &taken, None, &on_cpu_host(2)).await.is_err());
@@ -216,5 +250,37 @@ async fn batches_written_at_once_by_two_servers_never_overbook_a_host() {
         addresses.sort();
         addresses.dedup();
         assert_eq!(addresses.len(), 16);
+    }
+}
+
+/// A server's address search starts past the last address it took; when too few are free
+/// past there (another server freed one below), the statement searches again from the
+/// pool's start instead of refusing.
+#[tokio::test]
+async fn a_batch_short_of_addresses_past_the_hint_searches_the_whole_pool() {
+    for (a, b, _d) in server_pairs().await {
+        if a.backend() != Backend::Postgres {
+            continue;
+        }
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
+        a.fleet_sync(&fleet).await.unwrap();
+        a.account_create("a1", "acme", 0).await.unwrap();
+        let first = [launch("vm0", "web-0", 1), launch("vm1", "web-1", 1)];
+        let got = write(&a, &first, None, &on_cpu_host(2)).await.unwrap();
+        assert_eq!(
+            got,
+            LaunchesWritten::Written(vec!["10.9.0.1".into(), "10.9.0.2".into()])
+        );
+        // The other server frees vm0's address: a's hint still points past 10.9.0.2.
+        let mut tx = b.begin().await.unwrap();
+        tx.ip_release_all("vm0", 8).await.unwrap();
+        tx.commit().await.unwrap();
+        let next = [launch("vm2", "web-2", 1), launch("vm3", "web-3", 1)];
+        let got = write(&a, &next, None, &on_cpu_host(2)).await.unwrap();
+        assert_eq!(
+            got,
+            LaunchesWritten::Written(vec!["10.9.0.1".into(), "10.9.0.3".into()])
+        );
     }
 }
