@@ -70,7 +70,13 @@ impl Store {
                 .collect(),
             true,
         );
-        let mut by_task: std::collections::HashMap<String, ClaimedFor> = got?
+        let got = match got {
+            Ok(rows) => rows,
+            // The connection may have failed after the commit: then the claims that took
+            // are there, and must not be answered as failed.
+            Err(e) => return self.claims_found(claims).await.map_err(|_| e),
+        };
+        let mut by_task: std::collections::HashMap<String, ClaimedFor> = got
             .iter()
             .map(|r| {
                 let instance = row(r)?;
@@ -83,6 +89,30 @@ impl Store {
             .iter()
             .map(|c| by_task.remove(&c.claim.task_id))
             .collect())
+    }
+}
+
+impl Store {
+    /// What `instances_claim_queue` wrote for `claims`, by a look at their tasks (their ids
+    /// are new, so one found is this claim's): for each claim whose task is there, its
+    /// instance as it is now and the task's parameters; None for the others.
+    pub async fn claims_found(
+        &self,
+        claims: &[ClaimFor<'_>],
+    ) -> Result<Vec<Option<ClaimedFor>>, Error> {
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            let Some(task) = self.task_by_id(&c.claim.task_id).await? else {
+                out.push(None);
+                continue;
+            };
+            let instance = self.instance_by_id(&c.claim.id).await?;
+            out.push(instance.map(|instance| ClaimedFor {
+                instance,
+                params: task.params,
+            }));
+        }
+        Ok(out)
     }
 }
 

@@ -106,6 +106,9 @@ async fn claims_and_their_tasks_are_written_in_one_statement() {
             let task = store.task_by_id(&c.task_id).await.unwrap().unwrap();
             assert_eq!(task, want.leased_row(&lease));
         }
+        // A look at the claims' tasks (as after a connection lost mid-statement) finds what
+        // the statement answered.
+        assert_eq!(store.claims_found(&ops).await.unwrap(), got);
         let i3 = store.instance_by_id("i3").await.unwrap().unwrap();
         assert_eq!((i3.status.as_str(), i3.active_task_id), ("rented", None));
 

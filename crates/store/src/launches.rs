@@ -71,7 +71,19 @@ impl Store {
         // invalidation costs a read, a missing one serves a stale row.
         self.cache()
             .invalidate(tokens.map(crate::cache::Token::Instance).collect(), true);
-        match written? {
+        let written = match written {
+            Err(e) => {
+                // The connection may have failed after the commit: then the batch is there,
+                // and its launches must not be answered as failed (each would go again alone
+                // and be refused on its own instance's id).
+                return match self.launches_found(b).await {
+                    Ok(Some(addresses)) => Ok(LaunchesWritten::Written(addresses)),
+                    _ => Err(e),
+                };
+            }
+            Ok(w) => w,
+        };
+        match written {
             Outcome::Written(addresses, last_seq) => {
                 hints.took(b.region, last_seq);
                 hints.end(true);
@@ -80,6 +92,19 @@ impl Store {
             Outcome::Short => Ok(LaunchesWritten::NoAddresses),
             Outcome::NoRoom => Ok(LaunchesWritten::NoRoom),
         }
+    }
+
+    /// Whether `b` was written, by a look at its instances (their ids are new, so one found
+    /// is this batch's): each one's address, in order, when all of them are there; None when
+    /// any is missing (a batch is written whole or not at all).
+    pub async fn launches_found(&self, b: &LaunchBatch<'_>) -> Result<Option<Vec<String>>, Error> {
+        let ids: Vec<&str> = b.instances.iter().map(|i| i.id.as_str()).collect();
+        let rows = self.instances_by_ids(&ids).await?;
+        let found = b.instances.iter().map(|i| {
+            let row = rows.iter().find(|r| r.id == i.id)?;
+            row.ip_address.clone()
+        });
+        Ok(found.collect())
     }
 
     async fn launches_write_from(&self, b: &LaunchBatch<'_>, from: i64) -> Result<Outcome, Error> {

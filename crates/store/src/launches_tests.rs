@@ -30,29 +30,57 @@ fn launch(id: &str, name: &str, cores: i64) -> (InstanceRow, NewTask) {
     (instance, task)
 }
 
+/// A batch's rows, for `LaunchBatch` to borrow.
+struct Rows {
+    instances: Vec<InstanceRow>,
+    tasks: Vec<NewTask>,
+    macs: Vec<String>,
+}
+
+impl Rows {
+    fn of(launches: &[(InstanceRow, NewTask)]) -> Rows {
+        Rows {
+            instances: launches.iter().map(|(i, _)| i.clone()).collect(),
+            tasks: launches.iter().map(|(_, t)| t.clone()).collect(),
+            macs: launches
+                .iter()
+                .map(|(i, _)| format!("mac-{}", i.id))
+                .collect(),
+        }
+    }
+
+    /// The batch in us-east-1, at time 7.
+    fn batch<'a>(
+        &'a self,
+        lease: Option<&'a Lease>,
+        adds: &'a [(String, Resources)],
+    ) -> LaunchBatch<'a> {
+        LaunchBatch {
+            region: "us-east-1",
+            instances: &self.instances,
+            tasks: &self.tasks,
+            macs: &self.macs,
+            lease,
+            adds,
+            now: 7,
+        }
+    }
+}
+
 async fn write(
     store: &Store,
     launches: &[(InstanceRow, NewTask)],
     lease: Option<&Lease>,
     adds: &[(String, Resources)],
 ) -> Result<LaunchesWritten, lobster_core::Error> {
-    let instances: Vec<InstanceRow> = launches.iter().map(|(i, _)| i.clone()).collect();
-    let tasks: Vec<NewTask> = launches.iter().map(|(_, t)| t.clone()).collect();
-    let macs: Vec<String> = launches
-        .iter()
-        .map(|(i, _)| format!("mac-{}", i.id))
-        .collect();
-    store
-        .launches_write(&LaunchBatch {
-            region: "us-east-1",
-            instances: &instances,
-            tasks: &tasks,
-            macs: &macs,
-            lease,
-            adds,
-            now: 7,
-        })
-        .await
+    let rows = Rows::of(launches);
+    store.launches_write(&rows.batch(lease, adds)).await
+}
+
+/// What a look at the batch's instances finds (as after a connection lost mid-statement).
+async fn found(store: &Store, launches: &[(InstanceRow, NewTask)]) -> Option<Vec<String>> {
+    let rows = Rows::of(launches);
+    store.launches_found(&rows.batch(None, &[])).await.unwrap()
 }
 
 fn on_cpu_host(cores: i64) -> Vec<(String, Resources)> {
@@ -99,9 +127,12 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
             until: 30_007,
         };
         let first = [launch("vm0", "web-0", 2), launch("vm1", "web-1", 2)];
+        assert_eq!(found(&store, &first).await, None);
         let got = write(&store, &first, Some(&lease), &on_cpu_host(4)).await;
         let addresses = vec!["10.9.0.1".to_string(), "10.9.0.2".to_string()];
         assert_eq!(got.unwrap(), LaunchesWritten::Written(addresses.clone()));
+        assert_eq!(found(&store, &first).await, Some(addresses.clone()));
+
         for ((instance, task), address) in first.iter().zip(&addresses) {
             let want = InstanceRow {
                 ip_address: Some(address.clone()),
@@ -138,6 +169,7 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         let short = [launch("vm2", "web-2", 2), launch("vm3", "web-3", 2)];
         let got = write(&store, &short, None, &on_cpu_host(4)).await;
         assert_eq!(got.unwrap(), LaunchesWritten::NoAddresses);
+        assert_eq!(found(&store, &short).await, None);
         nothing_of(&store, &["vm2", "vm3"]).await;
         assert_eq!(cores_used(&store).await, 4);
 
@@ -165,21 +197,13 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         let two = [launch("vm7", "web-7", 2), launch("vm8", "web-8", 2)];
         let twice = vec![("wil-cpu-03".into(), res(1)), ("wil-cpu-03".into(), res(1))];
         assert!(write(&store, &two, None, &twice).await.is_err());
-        let instances: Vec<InstanceRow> = two.iter().map(|(i, _)| i.clone()).collect();
-        let one_task = [two[0].1.clone()];
-        let macs = ["m1".to_string(), "m2".to_string()];
-        let short = store
-            .launches_write(&LaunchBatch {
-                region: "us-east-1",
-                instances: &instances,
-                tasks: &one_task,
-                macs: &macs,
-                lease: None,
-                adds: &on_cpu_host(4),
-                now: 7,
-            })
-            .await;
-        assert!(short.is_err());
+        let mut rows = Rows::of(&two);
+        rows.tasks.pop();
+        let adds = on_cpu_host(4);
+        assert!(store
+            .launches_write(&rows.batch(None, &adds))
+            .await
+            .is_err());
         nothing_of(&store, &["vm7", "vm8"]).await;
 
         // A name already live fails the statement: nothing written.
@@ -282,5 +306,25 @@ async fn a_batch_short_of_addresses_past_the_hint_searches_the_whole_pool() {
             got,
             LaunchesWritten::Written(vec!["10.9.0.1".into(), "10.9.0.3".into()])
         );
+    }
+}
+
+/// A batch written again (as when the first answer was lost with its connection) fails on
+/// its instances' ids; the look that follows finds it written, with the first write's
+/// addresses, and nothing is written twice.
+#[tokio::test]
+async fn a_batch_whose_answer_was_lost_is_found_written() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let first = [launch("vm0", "web-0", 2), launch("vm1", "web-1", 2)];
+        let got = write(&store, &first, None, &on_cpu_host(4)).await.unwrap();
+        let again = write(&store, &first, None, &on_cpu_host(4)).await.unwrap();
+        assert_eq!(again, got);
+        assert_eq!(store.ip_assignments().await.unwrap().len(), 2);
+        assert_eq!(cores_used(&store).await, 4);
     }
 }
