@@ -467,7 +467,7 @@ async fn concurrent_launches_that_lose_the_best_host_move_to_the_next() {
     let n = 24;
     let app = TestApp::spawn_with(tiny_fleet_of(&[3, 2]), engine_config()).await;
     let alice = std::sync::Arc::new(app.tenant("alice").await);
-    let handles = launches_in_background(&alice, n);
+    let handles = launches_in_background(&alice, small_launches(n));
     let mut placed = vec![];
     for h in handles {
         match h.await.unwrap() {
@@ -540,6 +540,16 @@ async fn launches_behind_a_held_write(
     alice: &std::sync::Arc<Tenant>,
     n: usize,
 ) -> Vec<(StatusCode, Value)> {
+    launches_of_behind_a_held_write(app, alice, small_launches(n).collect()).await
+}
+
+/// `launches_behind_a_held_write` with these bodies, the first sent alone.
+async fn launches_of_behind_a_held_write(
+    app: &TestApp,
+    alice: &std::sync::Arc<Tenant>,
+    bodies: Vec<Value>,
+) -> Vec<(StatusCode, Value)> {
+    let n = bodies.len();
     let store = app.app.store();
     let mut holder = store.begin().await.unwrap();
     let nothing = lobster_core::capacity::Resources::default();
@@ -549,12 +559,13 @@ async fn launches_behind_a_held_write(
     // The first launch alone takes the turn (and waits for the write); only then do the
     // others arrive, so they all queue for the next turn. Sent together, two could be
     // queued before the first took the turn, and be written as its batch.
-    let mut handles = launches_in_background(alice, 1);
+    let mut bodies = bodies.into_iter();
+    let mut handles = launches_in_background(alice, bodies.by_ref().take(1));
     until("the first launch takes the turn", || {
         app.app.launches_waiting() == (0, true)
     })
     .await;
-    handles.extend(launches_in_background(alice, n - 1));
+    handles.extend(launches_in_background(alice, bodies));
     until("the others queue behind it", || {
         app.app.launches_waiting() == (n - 1, true)
     })
@@ -635,16 +646,66 @@ async fn a_batch_that_runs_out_of_room_refuses_the_rest_with_409() {
     assert_eq!(app.sim.vm_count(), 5);
 }
 
-/// `n` launches of a small instance sent at once; each one's status and body.
+/// A batch whose write fails on a name (two launches of one name, one of a name already
+/// live) writes nothing as a batch; each launch then goes alone and gets a lone launch's
+/// answer: one of the two twins and every other launch are created, the rest 409, and
+/// nothing of the refused ones is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_on_a_name_answers_each_launch_as_if_alone() {
+    let app = TestApp::spawn_with(tiny_fleet_of(&[8, 8]), engine_config()).await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let named = |name: &str| json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": name});
+    let (s, _) = launches_in_background(&alice, std::iter::once(named("taken")))
+        .pop()
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let mut bodies = vec![named("first")];
+    bodies.extend(["twin", "twin", "taken", "free-1", "free-2"].map(named));
+    let answers = launches_of_behind_a_held_write(&app, &alice, bodies).await;
+    // In the order sent: first, twin, twin, taken, free-1, free-2.
+    let status: Vec<StatusCode> = answers.iter().map(|(s, _)| *s).collect();
+    let (ok, conflict) = (StatusCode::OK, StatusCode::CONFLICT);
+    assert_eq!(
+        [status[0], status[3], status[4], status[5]],
+        [ok, conflict, ok, ok],
+        "{answers:?}"
+    );
+    let mut twins = [status[1], status[2]];
+    twins.sort();
+    assert_eq!(twins, [ok, conflict], "{answers:?}");
+    for (s, b) in &answers {
+        if *s != ok {
+            assert_eq!(b["error"], json!("resource_conflict"), "{b}");
+        }
+    }
+    // The one taken before and the four created now; no address or core of the refused.
+    let ips = app.app.store().ip_assignments().await.unwrap();
+    assert_eq!(ips.len(), 5);
+    let mut cores = 0;
+    for h in ["tiny-1", "tiny-2"] {
+        cores += 16 - app.host_free(h).await.cores;
+    }
+    assert_eq!(cores, 5 * 2);
+}
+
+/// `n` launch bodies of a small instance.
+fn small_launches(n: usize) -> impl Iterator<Item = Value> {
+    (0..n).map(
+        |_| json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY}),
+    )
+}
+
+/// Launches with these bodies sent at once; each one's status and body.
 fn launches_in_background(
     who: &std::sync::Arc<Tenant>,
-    n: usize,
+    bodies: impl Iterator<Item = Value>,
 ) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
-    (0..n)
-        .map(|_| {
+    bodies
+        .map(|body| {
             let a = who.clone();
             tokio::spawn(async move {
-                let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY});
                 let r = a.post("/api/v1/instances/launch-instance", body).await;
                 (r.status(), r.json::<Value>().await.unwrap())
             })
