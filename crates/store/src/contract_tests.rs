@@ -35,6 +35,17 @@ pub(crate) async fn fresh_pg_schema(base: &str) -> String {
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
+/// The cores reserved on wil-cpu-03 (the demo fleet's CPU host).
+pub(crate) async fn cpu_cores_used(store: &Store) -> i64 {
+    let hosts = store.host_list().await.unwrap();
+    hosts
+        .iter()
+        .find(|h| h.id == "wil-cpu-03")
+        .unwrap()
+        .used
+        .cores
+}
+
 fn claim(instance_id: &str) -> IpClaim<'_> {
     IpClaim {
         instance_id,
@@ -1178,15 +1189,7 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
             .unwrap();
         }
         tx.commit().await.unwrap();
-        let used = || async {
-            let hosts = store.host_list().await.unwrap();
-            hosts
-                .iter()
-                .find(|h| h.id == "wil-cpu-03")
-                .unwrap()
-                .used
-                .cores
-        };
+        let used = || cpu_cores_used(&store);
         assert_eq!(used().await, 6);
         // w1 holds d1 and d2; d3 is held by another worker.
         for (id, worker) in [("t-d1", "w1"), ("t-d2", "w1"), ("t-d3", "w2")] {

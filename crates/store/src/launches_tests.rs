@@ -2,7 +2,7 @@
 //! of launches in one statement is written whole or not at all, and batches written at once
 //! by two servers never overbook a host.
 
-use crate::contract_tests::{new_task, res, sample_instance, server_pairs, stores};
+use crate::contract_tests::{cpu_cores_used, new_task, res, sample_instance, server_pairs, stores};
 use crate::launches::ADDRESS_TO_COME;
 use crate::*;
 use lobster_core::capacity::Resources;
@@ -87,16 +87,6 @@ fn on_cpu_host(cores: i64) -> Vec<(String, Resources)> {
     vec![("wil-cpu-03".into(), res(cores))]
 }
 
-async fn cores_used(store: &Store) -> i64 {
-    let hosts = store.host_list().await.unwrap();
-    hosts
-        .iter()
-        .find(|h| h.id == "wil-cpu-03")
-        .unwrap()
-        .used
-        .cores
-}
-
 /// Nothing of the batch is anywhere: instances, tasks, addresses.
 async fn nothing_of(store: &Store, ids: &[&str]) {
     let held = store.ip_assignments().await.unwrap();
@@ -163,7 +153,7 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
             ]
         );
         assert_eq!(store.ip_history("a1").await.unwrap().len(), 2);
-        assert_eq!(cores_used(&store).await, 4);
+        assert_eq!(cpu_cores_used(&store).await, 4);
 
         // One address left for two launches.
         let short = [launch("vm2", "web-2", 2), launch("vm3", "web-3", 2)];
@@ -171,14 +161,14 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         assert_eq!(got.unwrap(), LaunchesWritten::NoAddresses);
         assert_eq!(found(&store, &short).await, None);
         nothing_of(&store, &["vm2", "vm3"]).await;
-        assert_eq!(cores_used(&store).await, 4);
+        assert_eq!(cpu_cores_used(&store).await, 4);
 
         // 60 cores free on wil-cpu-03.
         let big = [launch("vm4", "web-4", 61)];
         let got = write(&store, &big, None, &on_cpu_host(61)).await;
         assert_eq!(got.unwrap(), LaunchesWritten::NoRoom);
         nothing_of(&store, &["vm4"]).await;
-        assert_eq!(cores_used(&store).await, 4);
+        assert_eq!(cpu_cores_used(&store).await, 4);
 
         // Two hosts, one of them full: nothing on either. (One address is left, so one
         // launch; the additions stand for a batch's.)
@@ -191,7 +181,7 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         nothing_of(&store, &["vm7"]).await;
         let hosts = store.host_list().await.unwrap();
         let gpu = hosts.iter().find(|h| h.id == "wil-gpu-26").unwrap();
-        assert_eq!((cores_used(&store).await, gpu.used.cores), (4, 0));
+        assert_eq!((cpu_cores_used(&store).await, gpu.used.cores), (4, 0));
 
         // What the statement relies on is checked before it runs: a host once, a task each.
         let two = [launch("vm7", "web-7", 2), launch("vm8", "web-8", 2)];
@@ -210,7 +200,7 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         let taken = [launch("vm5", "web-0", 2)];
         assert!(write(&store, &taken, None, &on_cpu_host(2)).await.is_err());
         nothing_of(&store, &["vm5"]).await;
-        assert_eq!(cores_used(&store).await, 4);
+        assert_eq!(cpu_cores_used(&store).await, 4);
 
         // The address none of those took is still there, pending task and all.
         let last = [launch("vm6", "web-6", 2)];
@@ -221,7 +211,7 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         );
         let task = store.task_by_id("t-vm6").await.unwrap().unwrap();
         assert_eq!((task.status.as_str(), task.attempts), ("PENDING", 0));
-        assert_eq!(cores_used(&store).await, 6);
+        assert_eq!(cpu_cores_used(&store).await, 6);
     }
 }
 
@@ -267,7 +257,7 @@ async fn batches_written_at_once_by_two_servers_never_overbook_a_host() {
             }
         }
         assert_eq!(written, 8);
-        assert_eq!(cores_used(&a).await, 64);
+        assert_eq!(cpu_cores_used(&a).await, 64);
         let held = a.ip_assignments().await.unwrap();
         assert_eq!(held.len(), 16);
         let mut addresses: Vec<&String> = held.iter().map(|(ip, _)| ip).collect();
@@ -325,6 +315,6 @@ async fn a_batch_whose_answer_was_lost_is_found_written() {
         let again = write(&store, &first, None, &on_cpu_host(4)).await.unwrap();
         assert_eq!(again, got);
         assert_eq!(store.ip_assignments().await.unwrap().len(), 2);
-        assert_eq!(cores_used(&store).await, 4);
+        assert_eq!(cpu_cores_used(&store).await, 4);
     }
 }
