@@ -172,7 +172,10 @@ async fn write_batch(turn: &Turn, batch: &[Enqueue]) -> Result<Vec<Option<Queued
     let tasks: Vec<NewTask> = batch
         .iter()
         .zip(&claimed)
-        .filter_map(|(e, inst)| Some(new_task(turn, e, inst.as_ref()?)))
+        .filter_map(|(e, inst)| {
+            let inst = inst.as_ref()?;
+            Some(new_task(turn, e, inst, instance_task_params(inst)))
+        })
         .collect();
     let lease = turn.lease(tasks.len());
     tx.tasks_insert_leased(&tasks, lease.as_ref()).await?;
@@ -220,10 +223,7 @@ async fn write_batch_one_statement(
         .zip(claimed)
         .map(|(e, c)| {
             let c = c?;
-            let task = NewTask {
-                params: c.params,
-                ..new_task(turn, e, &c.instance)
-            };
+            let task = new_task(turn, e, &c.instance, c.params);
             handed.push((task, c.instance.clone()));
             Some(Queued {
                 task_id: e.task_id.clone(),
@@ -256,7 +256,7 @@ async fn enqueue_one(turn: &Turn, e: &Enqueue) -> Enqueued {
         .instance_get(sc, id)
         .await?
         .ok_or_else(|| Error::not_found("instance", id))?;
-    let task = new_task(turn, e, &inst);
+    let task = new_task(turn, e, &inst, instance_task_params(&inst));
     let lease = turn.lease(1);
     tx.tasks_insert_leased(std::slice::from_ref(&task), lease.as_ref())
         .await?;
@@ -271,14 +271,16 @@ async fn enqueue_one(turn: &Turn, e: &Enqueue) -> Enqueued {
 /// The message a task queued against an instance starts with.
 const QUEUED: &str = "Queued";
 
-fn new_task(turn: &Turn, e: &Enqueue, inst: &InstanceRow) -> NewTask {
+/// The task `e` queues against `inst`, with its parameters (`instance_task_params`, or as
+/// the statement that wrote it built them).
+fn new_task(turn: &Turn, e: &Enqueue, inst: &InstanceRow, params: String) -> NewTask {
     NewTask {
         id: e.task_id.clone(),
         account_id: inst.account_id.clone(),
         team_id: inst.team_id.clone(),
         instance_id: Some(inst.id.clone()),
         operation: e.kind.operation().into(),
-        params: instance_task_params(inst),
+        params,
         message: QUEUED.into(),
         max_attempts: turn.max_attempts,
         now: turn.now,

@@ -8,7 +8,7 @@ use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
 use lobster_core::fleet::Template;
 use lobster_core::{ids, Error, FieldError};
-use lobster_store::{Backend, HostRow, InstanceRow, IpClaim, NewTask, Tx};
+use lobster_store::{instance_task_params, Backend, HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -427,7 +427,7 @@ impl Turn {
                 instance.gpu_model.as_deref(),
             )
             .await?;
-            task.params = create_params(caller, &instance);
+            task.params = instance_task_params(&instance);
             tx.task_params(task_id, &task.params).await?;
         }
         tx.commit().await?;
@@ -577,13 +577,6 @@ async fn reserve_first_fit(tx: &mut Tx, p: &Plan) -> Result<Option<usize>, Error
     Ok(None)
 }
 
-fn create_params(caller: &Caller, i: &InstanceRow) -> String {
-    json!({
-        "vm_uuid": i.id, "host_id": i.host_id, "account_id": caller.account_id, "ip_address": i.ip_address,
-    })
-    .to_string()
-}
-
 impl Plan {
     fn gpu_model_on(&self, candidate: usize) -> Option<String> {
         if self.resources.gpus > 0 {
@@ -654,7 +647,7 @@ impl Plan {
             team_id: caller.team_id.clone(),
             instance_id: Some(i.id.clone()),
             operation: "create_instance".into(),
-            params: create_params(caller, i),
+            params: instance_task_params(i),
             message: "Allocating resources".into(),
             max_attempts,
             now,

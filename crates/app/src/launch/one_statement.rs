@@ -2,10 +2,10 @@
 //! region, each region's launches in one statement (`Store::launches_write`): two round trips
 //! instead of a transaction's eight, which bound the batch (docs/benchmarks.md, session 12).
 
-use super::{candidate_ids, create_params, place, Queued};
+use super::{candidate_ids, place, Queued};
 use crate::Turn;
 use lobster_core::capacity::Resources;
-use lobster_store::{InstanceRow, LaunchBatch, LaunchesWritten, NewTask};
+use lobster_store::{instance_task_params, InstanceRow, LaunchBatch, LaunchesWritten, NewTask};
 use std::collections::BTreeMap;
 
 /// The instances written, in the batch's order; None for a launch left to go alone: one
@@ -111,7 +111,7 @@ async fn write_placed(
         .zip(addresses.into_iter().zip(&which))
     {
         instance.ip_address = Some(address);
-        task.params = create_params(&launches[k].caller, instance);
+        task.params = instance_task_params(instance);
         out[k] = Some(instance.clone());
     }
     w.hand_over(lease, tasks.into_iter().zip(instances).collect());
