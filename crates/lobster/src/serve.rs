@@ -124,7 +124,7 @@ fn spawn_scheduler(
     })
 }
 
-/// Keeps PostgreSQL's planner statistics within a fifth of the tables they describe (see
+/// Keeps PostgreSQL's planner statistics within half the size of the tables they describe (see
 /// `Store::stats_refresh`): looked at every second, so that a table growing by hundreds of
 /// rows a second is never planned from much staler numbers. A failing look (a role that may
 /// not ANALYZE, the database away) is retried ever less often, up to once a minute, so the

@@ -764,8 +764,9 @@ async fn ending_creates_looks_their_tasks_up_by_id() {
     }
 }
 
-/// PostgreSQL: a table that changed by more than a fifth since its last analysis is analyzed
-/// by the next refresh, and only once (SQLite has nothing to refresh).
+/// PostgreSQL: a table whose number of rows moved by half since its last analysis is analyzed
+/// by the next refresh, and only once; a table whose rows changed but not their number is not
+/// (SQLite has nothing to refresh).
 #[tokio::test]
 async fn stale_planner_statistics_are_refreshed_once() {
     for (store, _d) in stores().await {
@@ -778,19 +779,7 @@ async fn stale_planner_statistics_are_refreshed_once() {
             let id = format!("a{n}");
             store.account_create(&id, &id, 0).await.unwrap();
         }
-        // Each connection hands its counters to the statistics collector at most once a
-        // second; make every pooled one (all held at once) hand them over now.
-        let mut held = vec![];
-        for _ in 0..store.writer().size() {
-            held.push(store.writer().acquire().await.unwrap());
-        }
-        for c in held.iter_mut() {
-            sqlx::query("SELECT pg_stat_force_next_flush()")
-                .execute(&mut **c)
-                .await
-                .unwrap();
-        }
-        drop(held);
+        flush_stats(&store).await;
         let analyzed = store.stats_refresh().await.unwrap();
         assert!(analyzed.contains(&"accounts".to_string()), "{analyzed:?}");
         let tuples: f32 = sqlx::query_scalar::<_, f64>(
@@ -812,6 +801,87 @@ async fn stale_planner_statistics_are_refreshed_once() {
         assert_eq!(bounds as i64, crate::stats::TARGET + 1);
         let again = store.stats_refresh().await.unwrap();
         assert!(!again.contains(&"accounts".to_string()), "{again:?}");
+        // Every row changed, none added: the table's size is what its statistics say, so
+        // no analysis (which would make every connection plan its statements again).
+        sqlx::query("UPDATE accounts SET created_at = created_at + 1")
+            .execute(store.writer())
+            .await
+            .unwrap();
+        flush_stats(&store).await;
+        let updated = store.stats_refresh().await.unwrap();
+        assert!(!updated.contains(&"accounts".to_string()), "{updated:?}");
+        // Grown by more than half (and the floor): analyzed.
+        for n in 200..400 {
+            let id = format!("a{n}");
+            store.account_create(&id, &id, 0).await.unwrap();
+        }
+        flush_stats(&store).await;
+        let grown = store.stats_refresh().await.unwrap();
+        assert!(grown.contains(&"accounts".to_string()), "{grown:?}");
+    }
+}
+
+/// Makes every pooled connection (all held at once) hand its counters to the statistics
+/// collector now; each does so by itself at most once a second.
+async fn flush_stats(store: &Store) {
+    let mut held = vec![];
+    for _ in 0..store.writer().size() {
+        held.push(store.writer().acquire().await.unwrap());
+    }
+    for c in held.iter_mut() {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut **c)
+            .await
+            .unwrap();
+    }
+}
+
+/// PostgreSQL: the one-statement batches run on their own few connections, so each batch
+/// text is prepared and planned on those alone. Sixteen at once, each lasting long enough to
+/// overlap the others, would take sixteen connections of the main pool.
+#[tokio::test]
+async fn batch_statements_run_on_their_own_few_connections() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        let main: Vec<i64> = {
+            let mut held = vec![];
+            for _ in 0..store.writer().size() {
+                held.push(store.writer().acquire().await.unwrap());
+            }
+            let mut pids = vec![];
+            for c in held.iter_mut() {
+                pids.push(
+                    sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                        .fetch_one(&mut **c)
+                        .await
+                        .unwrap() as i64,
+                );
+            }
+            pids
+        };
+        let mut runs = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            runs.spawn(async move {
+                let st = crate::batch::Statement::new(
+                    Backend::Postgres,
+                    "SELECT pg_backend_pid()::bigint AS pid, pg_sleep(0.02)::text AS slept",
+                    vec![],
+                );
+                let rows = store.fetch(&st).await.unwrap();
+                get_i64(&rows[0], "pid").unwrap()
+            });
+        }
+        let mut pids = runs.join_all().await;
+        pids.sort_unstable();
+        pids.dedup();
+        assert!(pids.len() <= crate::BATCH_CONNECTIONS as usize, "{pids:?}");
+        assert!(
+            pids.iter().all(|p| !main.contains(p)),
+            "{pids:?} among {main:?}"
+        );
     }
 }
 

@@ -72,6 +72,11 @@ pub struct Store {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
+    /// The one-statement batches (`fetch`). PostgreSQL: a pool of their own, so that each of
+    /// their few statement texts is prepared and planned on a few connections, not on every
+    /// connection of the main pool (the launch statement's plan costs about half its
+    /// execution; see `BATCH_CONNECTIONS`). SQLite: the write pool (unused: `local` writes).
+    batch: AnyPool,
     /// SQLite only: the hot reads, in-process (see `sqlite_read`).
     fast: Option<Arc<SqliteReads>>,
     /// SQLite files only: the one write connection, in-process (see `exec`).
@@ -110,6 +115,37 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
     Error::Internal(format!("database: {e}"))
+}
+
+/// The batch statements' own connections on PostgreSQL. Their callers (the group commits of
+/// launches, of power and delete commands and of create ends) each run one statement at a
+/// time, outside any transaction, so they never wait for a connection here; and every batch
+/// text is planned at most this many times (again after each refresh of statistics) instead
+/// of once on each of the main pool's sixteen. A statement waiting for a row lock holds its
+/// connection, but whoever holds the lock runs on the main pool.
+const BATCH_CONNECTIONS: u32 = 4;
+
+/// A pool of `n` connections to PostgreSQL at `url`, each planning a statement once.
+async fn pg_pool(url: &str, n: u32) -> Result<AnyPool, Error> {
+    AnyPoolOptions::new()
+        .max_connections(n)
+        .acquire_timeout(Duration::from_secs(30))
+        // A ping before every use is a round trip per statement or transaction; one after a
+        // second idle still finds a connection the server dropped (a restart) before a
+        // request does, while a busy pool pays nothing.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .after_connect(|conn, _| Box::pin(async move { plan_once(conn).await }))
+        .connect(url)
+        .await
+        .map_err(db_err)
 }
 
 /// Plans each prepared statement once per connection (and again when the statistics of a
@@ -171,6 +207,7 @@ impl Store {
                 Store {
                     backend,
                     read,
+                    batch: write.clone(),
                     write,
                     fast: None,
                     local: None,
@@ -181,29 +218,13 @@ impl Store {
                 }
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
-                    // A ping before every use is a round trip per statement or transaction;
-                    // one after a second idle still finds a connection the server dropped
-                    // (a restart) before a request does, while a busy pool pays nothing.
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for > Duration::from_secs(1) {
-                                sqlx::Connection::ping(conn).await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .after_connect(|conn, _| Box::pin(async move { plan_once(conn).await }))
-                    .connect(url)
-                    .await
-                    .map_err(db_err)?;
+                let pool = pg_pool(url, 16).await?;
+                let batch = pg_pool(url, BATCH_CONNECTIONS).await?;
                 Store {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    batch,
                     fast: None,
                     local: None,
                     // Off until its listening connection is up.
@@ -307,7 +328,7 @@ impl Store {
     pub(crate) async fn fetch(&self, st: &batch::Statement<'_>) -> Result<Vec<exec::Row>, Error> {
         let target = match &self.local {
             Some(w) => Target::Writer(w),
-            None => Target::Pool(&self.write),
+            None => Target::Pool(&self.batch),
         };
         Ok(exec::fetch(target, st).await?)
     }
@@ -326,6 +347,7 @@ impl Store {
         }
         self.write.close().await;
         self.read.close().await;
+        self.batch.close().await;
     }
 }
 
