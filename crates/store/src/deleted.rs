@@ -134,17 +134,21 @@ impl Tx {
     }
 
     /// Gives back each host's share (one entry per host).
-    async fn hosts_release(&mut self, shares: &[(String, Resources)]) -> Result<(), Error> {
+    pub(crate) async fn hosts_release(
+        &mut self,
+        shares: &[(String, Resources)],
+    ) -> Result<(), Error> {
         if shares.is_empty() {
             return Ok(());
         }
         let rows = numbered(shares);
         let casts = crate::batch::casts(self.backend, &crate::hosts::SHARE_CASTS);
+        let (lock, locked) = crate::hosts::in_id_order(self.backend);
         let sql = format!(
-            "WITH v(n, id, c, m, d, g) AS (VALUES {})
+            "WITH v(n, id, c, m, d, g) AS (VALUES {}){lock}
              UPDATE hosts SET cores_used = cores_used - v.c, memory_used = memory_used - v.m,
                disk_used = disk_used - v.d, gpus_used = gpus_used - v.g
-             FROM v WHERE hosts.id = v.id AND v.n > 0",
+             FROM v WHERE hosts.id = v.id AND v.n > 0{locked}",
             values_list(1, rows.len(), 6, &casts)
         );
         let mut vals: Vec<Val> = Vec::new();

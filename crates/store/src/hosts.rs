@@ -79,6 +79,14 @@ impl Store {
     pub async fn fleet_sync(&self, fleet: &Fleet) -> Result<(), Error> {
         self.ip_pools_sync(fleet).await?;
         let mut tx = self.begin().await?;
+        if self.backend() == Backend::Postgres {
+            // Every host, in id order (see `in_id_order`): the update below would lock
+            // them in the table's order, against a launch holding one and waiting for the
+            // next.
+            tx.q("SELECT id FROM hosts ORDER BY id FOR UPDATE")
+                .fetch_all()
+                .await?;
+        }
         tx.q("UPDATE hosts SET status = 'retired'")
             .execute()
             .await?;
@@ -235,12 +243,13 @@ impl Tx {
         }
         let rows = crate::batch::numbered(adds);
         let casts = crate::batch::casts(self.backend, &SHARE_CASTS);
+        let (lock, locked) = in_id_order(self.backend);
         let sql = format!(
-            "WITH v(n, id, c, m, d, g) AS (VALUES {})
+            "WITH v(n, id, c, m, d, g) AS (VALUES {}){lock}
              UPDATE hosts SET cores_used = cores_used + v.c, memory_used = memory_used + v.m,
                disk_used = disk_used + v.d, gpus_used = gpus_used + v.g
              FROM v
-             WHERE hosts.id = v.id AND v.n > 0 AND hosts.status = 'available'
+             WHERE hosts.id = v.id AND v.n > 0{locked} AND hosts.status = 'available'
                AND cores_used + v.c <= cores_total AND memory_used + v.m <= memory_total
                AND disk_used + v.d <= disk_total AND gpus_used + v.g <= gpus_total",
             crate::batch::values_list(1, rows.len(), 6, &casts)
@@ -281,6 +290,25 @@ async fn hosts_fetch(mut q: crate::exec::Q<'_, '_>, ids: Vec<&str>) -> Result<Ve
     }
     let rows = q.fetch_all().await?;
     rows.iter().map(host).collect()
+}
+
+/// For a statement updating the hosts of a VALUES list `v(n, id, ...)` (`n` 0 for padding):
+/// on PostgreSQL, a CTE that locks them in id order, and the condition joining the update to
+/// it. Every statement that updates several hosts locks them in id order, as a batch of
+/// launches does (`launches::statement`); in the order of a join's plan instead, a release
+/// holding one host and a launch holding another could each wait for the other's, a
+/// deadlock PostgreSQL breaks only after a second, by failing one of them. SQLite has one
+/// writer at a time: nothing.
+pub(crate) fn in_id_order(backend: Backend) -> (&'static str, &'static str) {
+    match backend {
+        Backend::Postgres => (
+            ", locked AS MATERIALIZED (
+               SELECT hosts.id FROM hosts JOIN v ON hosts.id = v.id AND v.n > 0
+               ORDER BY hosts.id FOR NO KEY UPDATE OF hosts)",
+            " AND hosts.id IN (SELECT id FROM locked)",
+        ),
+        Backend::Sqlite => ("", ""),
+    }
 }
 
 /// PostgreSQL's casts for a VALUES row of a host's share: `n`, id, cores, memory, disk, GPUs.

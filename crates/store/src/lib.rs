@@ -484,3 +484,5 @@ mod claims_tests;
 mod contract_tests;
 #[cfg(test)]
 mod launches_tests;
+#[cfg(test)]
+mod lock_order_tests;

@@ -1,0 +1,139 @@
+//! PostgreSQL (when `LOBSTER_TEST_POSTGRES_URL` is set): statements that update several
+//! hosts lock them in id order, as a batch of launches does. Each test holds one host in
+//! another transaction, lets the statement wait for it, and checks that a host after it
+//! in the statement's own order but later by id is not held meanwhile: locked in any
+//! other order, a launch holding the first host would wait for the second while the
+//! statement waits for the first (a deadlock PostgreSQL breaks after a second by failing
+//! one of them).
+
+use crate::contract_tests::{res, stores};
+use crate::*;
+use lobster_core::capacity::Resources;
+use lobster_core::fleet::Fleet;
+use std::future::Future;
+
+/// Before `px1` by id; after it in the table (the demo fleet lists px1 first).
+const FIRST: &str = "phl-gpu-01";
+const LATER: &str = "px1";
+
+/// Runs `statement` while another transaction holds `FIRST`; once the statement waits for
+/// it, `LATER` must be free. Then the holder lets go and the statement must succeed.
+async fn waits_holding_nothing_after<F, Fut>(store: &Store, statement: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<(), lobster_core::Error>> + Send + 'static,
+{
+    let mut holder = store.begin().await.unwrap();
+    let pid = holder
+        .q("SELECT pg_backend_pid()::bigint AS pid")
+        .fetch_one()
+        .await
+        .unwrap();
+    let pid = get_i64(&pid, "pid").unwrap();
+    holder
+        .q("SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(FIRST)
+        .fetch_all()
+        .await
+        .unwrap();
+    let run = tokio::spawn(statement(store.clone()));
+    blocked_by(store, pid).await;
+    let mut other = store.begin().await.unwrap();
+    let later = other
+        .q("SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(LATER)
+        .fetch_all()
+        .await
+        .map(|rows| rows.len());
+    other.rollback().await.unwrap();
+    holder.rollback().await.unwrap();
+    run.await.unwrap().unwrap();
+    assert!(
+        later.is_ok(),
+        "{LATER} was held while waiting for {FIRST}: {later:?}"
+    );
+}
+
+/// Returns once some statement waits for a lock the backend `pid` holds (polled: the
+/// waiting itself is the event to see).
+async fn blocked_by(store: &Store, pid: i64) {
+    for _ in 0..4000 {
+        let mut tx = store.begin().await.unwrap();
+        let row = tx
+            .q("SELECT count(*)::bigint AS n FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))")
+            .bind(pid)
+            .fetch_one()
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        if get_i64(&row, "n").unwrap() > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the statement never waited for the held host");
+}
+
+/// The shares of `LATER` and `FIRST`, in that order (neither id order nor the reverse can
+/// be left to the caller).
+fn shares(cores: i64) -> Vec<(String, Resources)> {
+    vec![(LATER.into(), res(cores)), (FIRST.into(), res(cores))]
+}
+
+async fn postgres_with_fleet() -> Vec<Store> {
+    let mut out = Vec::new();
+    for (store, _dir) in stores().await {
+        if store.backend() == Backend::Postgres {
+            store.fleet_sync(&Fleet::demo()).await.unwrap();
+            out.push(store);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn releasing_several_hosts_locks_them_in_id_order() {
+    for store in postgres_with_fleet().await {
+        let mut tx = store.begin().await.unwrap();
+        tx.hosts_reserve(&shares(2)).await.unwrap();
+        tx.commit().await.unwrap();
+        waits_holding_nothing_after(&store, |s| async move {
+            let mut tx = s.begin().await?;
+            tx.hosts_release(&shares(1)).await?;
+            tx.commit().await
+        })
+        .await;
+        let used: Vec<i64> = store
+            .host_list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|h| h.id == FIRST || h.id == LATER)
+            .map(|h| h.used.cores)
+            .collect();
+        assert_eq!(used, [1, 1]);
+    }
+}
+
+#[tokio::test]
+async fn reserving_on_several_hosts_locks_them_in_id_order() {
+    for store in postgres_with_fleet().await {
+        waits_holding_nothing_after(&store, |s| async move {
+            let mut tx = s.begin().await?;
+            tx.hosts_reserve(&shares(3)).await?;
+            tx.commit().await
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn fleet_sync_locks_the_hosts_in_id_order() {
+    for store in postgres_with_fleet().await {
+        waits_holding_nothing_after(
+            &store,
+            |s| async move { s.fleet_sync(&Fleet::demo()).await },
+        )
+        .await;
+    }
+}
