@@ -4,7 +4,7 @@
 //! time; so, as for launches (`launches.rs`), PostgreSQL writes it as one.
 
 use crate::batch::{casts, numbered, values_list, Statement, Val};
-use crate::instances::{row, CLAIMED};
+use crate::instances::{claimable_in_id_order, row, CLAIMABLE, CLAIMED};
 use crate::{get_str, tasks, Backend, Claim, InstanceRow, Lease, Store};
 use lobster_core::Error;
 
@@ -146,14 +146,13 @@ fn claim_queue_statement<'a>(
         ]);
     }
     let (status, attempts, owner, until) = tasks::leased_as(Backend::Postgres, lease, "$4", "$5");
+    let (lock, locked) = claimable_in_id_order(Backend::Postgres);
     let sql = format!(
-        "WITH v(n, id, account_id, team_id, task_id, status, operation) AS (VALUES {v}),
+        "WITH v(n, id, account_id, team_id, task_id, status, operation) AS (VALUES {v}){lock},
          claimed AS (
            UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1::bigint
            FROM v
-           WHERE instances.id = v.id AND v.n > 0 AND instances.account_id = v.account_id
-             AND (v.team_id IS NULL OR instances.team_id = v.team_id)
-             AND instances.status = 'rented' AND instances.active_task_id IS NULL
+           WHERE {CLAIMABLE}{locked}
            RETURNING {CLAIMED}, v.operation AS operation),
          p AS MATERIALIZED (
            SELECT c.*, {PARAMS_SQL} AS task_params, $4::text AS lease_owner_, $5::bigint AS lease_until_

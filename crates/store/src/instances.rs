@@ -4,7 +4,7 @@
 
 use crate::batch::{Statement, Val};
 use crate::cache::visible;
-use crate::{db_err, Cells, Store, Tx};
+use crate::{db_err, Backend, Cells, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
 use std::sync::Arc;
@@ -60,6 +60,32 @@ pub struct InstanceRow {
     pub updated_at: i64,
     pub ready_at: Option<i64>,
     pub deleted_at: Option<i64>,
+}
+
+/// The instance of a claim in `v(n, id, account_id, team_id, ...)` (`n` 0 for padding) when
+/// the claim's scope may see it and it is settled (`rented`, no task).
+pub(crate) const CLAIMABLE: &str =
+    "instances.id = v.id AND v.n > 0 AND instances.account_id = v.account_id
+               AND (v.team_id IS NULL OR instances.team_id = v.team_id)
+               AND instances.status = 'rented' AND instances.active_task_id IS NULL";
+
+/// For a statement claiming the instances of `v` (`CLAIMABLE`): on PostgreSQL, a CTE that
+/// locks them in id order and the condition joining the update to it. In the order of the
+/// update's join (the claims' order), two servers' batches claiming the same instances in
+/// different orders could each hold one the other waits for (as with hosts:
+/// `hosts::in_id_order`). SQLite has one writer at a time: nothing.
+pub(crate) fn claimable_in_id_order(backend: Backend) -> (String, &'static str) {
+    match backend {
+        Backend::Postgres => (
+            format!(
+                ", locking AS MATERIALIZED (
+               SELECT instances.id FROM instances JOIN v ON {CLAIMABLE}
+               ORDER BY instances.id FOR NO KEY UPDATE OF instances)"
+            ),
+            " AND instances.id IN (SELECT id FROM locking)",
+        ),
+        Backend::Sqlite => (String::new(), ""),
+    }
 }
 
 /// One instance taken for a task (`Tx::instances_claim`).
@@ -488,13 +514,12 @@ impl Tx {
         }
         let rows = crate::batch::numbered(claims);
         let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", ""]);
+        let (lock, locked) = claimable_in_id_order(self.backend);
         let sql = format!(
-            "WITH v(n, id, account_id, team_id, task_id, status) AS (VALUES {})
+            "WITH v(n, id, account_id, team_id, task_id, status) AS (VALUES {}){lock}
              UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1
              FROM v
-             WHERE instances.id = v.id AND v.n > 0 AND instances.account_id = v.account_id
-               AND (v.team_id IS NULL OR instances.team_id = v.team_id)
-               AND instances.status = 'rented' AND instances.active_task_id IS NULL
+             WHERE {CLAIMABLE}{locked}
              RETURNING {CLAIMED}",
             crate::batch::values_list(2, rows.len(), 6, &casts)
         );

@@ -1,12 +1,12 @@
 //! PostgreSQL (when `LOBSTER_TEST_POSTGRES_URL` is set): statements that update several
-//! hosts lock them in id order, as a batch of launches does. Each test holds one host in
-//! another transaction, lets the statement wait for it, and checks that a host after it
-//! in the statement's own order but later by id is not held meanwhile: locked in any
-//! other order, a launch holding the first host would wait for the second while the
-//! statement waits for the first (a deadlock PostgreSQL breaks after a second by failing
-//! one of them).
+//! hosts lock them in id order, as a batch of launches does, and batches of claims lock
+//! their instances in id order. Each test holds one row in another transaction, lets the
+//! statement wait for it, and checks that a row before it in the statement's own order
+//! (and in the table) but later by id is not held meanwhile: locked in any other order, a
+//! writer holding the first row would wait for the second while the statement waits for
+//! the first (a deadlock PostgreSQL breaks after a second by failing one of them).
 
-use crate::contract_tests::{res, stores};
+use crate::contract_tests::{res, sample_instance, stores};
 use crate::*;
 use lobster_core::capacity::Resources;
 use lobster_core::fleet::Fleet;
@@ -16,9 +16,31 @@ use std::future::Future;
 const FIRST: &str = "phl-gpu-01";
 const LATER: &str = "px1";
 
+/// Two rows of a table: the one held, first by id, and one later by id.
+struct Rows {
+    table: &'static str,
+    first: &'static str,
+    later: &'static str,
+}
+
+const HOSTS: Rows = Rows {
+    table: "hosts",
+    first: FIRST,
+    later: LATER,
+};
+
 /// Runs `statement` while another transaction holds `FIRST`; once the statement waits for
 /// it, `LATER` must be free. Then the holder lets go and the statement must succeed.
 async fn waits_holding_nothing_after<F, Fut>(store: &Store, statement: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<(), lobster_core::Error>> + Send + 'static,
+{
+    waits_holding_nothing_after_in(store, &HOSTS, statement).await
+}
+
+/// As `waits_holding_nothing_after`, for the rows `rows`.
+async fn waits_holding_nothing_after_in<F, Fut>(store: &Store, rows: &Rows, statement: F)
 where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = Result<(), lobster_core::Error>> + Send + 'static,
@@ -30,18 +52,17 @@ where
         .await
         .unwrap();
     let pid = get_i64(&pid, "pid").unwrap();
-    holder
-        .q("SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(FIRST)
-        .fetch_all()
-        .await
-        .unwrap();
+    let lock = format!(
+        "SELECT id FROM {} WHERE id = $1 FOR NO KEY UPDATE",
+        rows.table
+    );
+    holder.q(&lock).bind(rows.first).fetch_all().await.unwrap();
     let run = tokio::spawn(statement(store.clone()));
     blocked_by(store, pid).await;
     let mut other = store.begin().await.unwrap();
     let later = other
-        .q("SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
-        .bind(LATER)
+        .q(&format!("{lock} NOWAIT"))
+        .bind(rows.later)
         .fetch_all()
         .await
         .map(|rows| rows.len());
@@ -50,7 +71,9 @@ where
     run.await.unwrap().unwrap();
     assert!(
         later.is_ok(),
-        "{LATER} was held while waiting for {FIRST}: {later:?}"
+        "{} was held while waiting for {}: {later:?}",
+        rows.later,
+        rows.first
     );
 }
 
@@ -134,6 +157,77 @@ async fn fleet_sync_locks_the_hosts_in_id_order() {
             &store,
             |s| async move { s.fleet_sync(&Fleet::demo()).await },
         )
+        .await;
+    }
+}
+
+/// `i1` and `i2`, rented, of account a1: `i2` first in the table.
+const INSTANCES: Rows = Rows {
+    table: "instances",
+    first: "i1",
+    later: "i2",
+};
+
+async fn rented_instances(store: &Store) {
+    store.account_create("a1", "acme", 0).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    for (k, id) in [INSTANCES.later, INSTANCES.first].iter().enumerate() {
+        let row = InstanceRow {
+            name: format!("web-{k}"),
+            ..sample_instance(id, "a1")
+        };
+        tx.instance_insert(&row).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// Claims of `i2` then `i1` (the order neither id order nor the table's would give).
+fn claims() -> Vec<Claim> {
+    [(INSTANCES.later, "k2"), (INSTANCES.first, "k1")]
+        .iter()
+        .map(|(id, task)| Claim {
+            scope: Scope {
+                account_id: "a1".into(),
+                team_id: None,
+            },
+            id: (*id).into(),
+            task_id: (*task).into(),
+            new_status: "terminating".into(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_claims_locks_its_instances_in_id_order() {
+    for store in postgres_with_fleet().await {
+        rented_instances(&store).await;
+        waits_holding_nothing_after_in(&store, &INSTANCES, |s| async move {
+            let mut tx = s.begin().await?;
+            let got = tx.instances_claim(&claims(), 9).await?;
+            assert!(got.iter().all(Option::is_some), "{got:?}");
+            tx.commit().await
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn claims_queued_in_one_statement_lock_their_instances_in_id_order() {
+    for store in postgres_with_fleet().await {
+        rented_instances(&store).await;
+        waits_holding_nothing_after_in(&store, &INSTANCES, |s| async move {
+            let claims = claims();
+            let with: Vec<ClaimFor> = claims
+                .iter()
+                .map(|claim| ClaimFor {
+                    claim,
+                    operation: "delete_instance",
+                })
+                .collect();
+            let got = s.instances_claim_queue(&with, "Queued", 3, None, 9).await?;
+            assert!(got.iter().all(Option::is_some), "{got:?}");
+            Ok(())
+        })
         .await;
     }
 }
