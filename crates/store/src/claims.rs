@@ -146,13 +146,13 @@ fn claim_queue_statement<'a>(
         ]);
     }
     let (status, attempts, owner, until) = tasks::leased_as(Backend::Postgres, lease, "$4", "$5");
-    let (lock, locked) = claimable_in_id_order(Backend::Postgres);
+    let (lock, claims_v) = claimable_in_id_order(Backend::Postgres);
     let sql = format!(
         "WITH v(n, id, account_id, team_id, task_id, status, operation) AS (VALUES {v}){lock},
          claimed AS (
            UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1::bigint
-           FROM v
-           WHERE {CLAIMABLE}{locked}
+           FROM {claims_v}
+           WHERE {CLAIMABLE}
            RETURNING {CLAIMED}, v.operation AS operation),
          p AS MATERIALIZED (
            SELECT c.*, {PARAMS_SQL} AS task_params, $4::text AS lease_owner_, $5::bigint AS lease_until_

@@ -69,22 +69,23 @@ pub(crate) const CLAIMABLE: &str =
                AND (v.team_id IS NULL OR instances.team_id = v.team_id)
                AND instances.status = 'rented' AND instances.active_task_id IS NULL";
 
-/// For a statement claiming the instances of `v` (`CLAIMABLE`): on PostgreSQL, a CTE that
-/// locks them in id order and the condition joining the update to it. In the order of the
-/// update's join (the claims' order), two servers' batches claiming the same instances in
-/// different orders could each hold one the other waits for (as with hosts:
-/// `hosts::in_id_order`). SQLite has one writer at a time: nothing.
+/// For a statement claiming the instances of `v` (`CLAIMABLE`): a CTE to add after `v`, and
+/// the claims for the update to join (as `v`). On PostgreSQL the CTE locks the instances in
+/// id order, and the update joins its rows: in the order of the update's own join (the
+/// claims' order), two servers' batches claiming the same instances in different orders
+/// could each hold one the other waits for (as with hosts: `hosts::in_id_order`). SQLite
+/// has one writer at a time: no CTE, the claims themselves.
 pub(crate) fn claimable_in_id_order(backend: Backend) -> (String, &'static str) {
     match backend {
         Backend::Postgres => (
             format!(
                 ", locking AS MATERIALIZED (
-               SELECT instances.id FROM instances JOIN v ON {CLAIMABLE}
+               SELECT v.* FROM instances JOIN v ON {CLAIMABLE}
                ORDER BY instances.id FOR NO KEY UPDATE OF instances)"
             ),
-            " AND instances.id IN (SELECT id FROM locking)",
+            "locking v",
         ),
-        Backend::Sqlite => (String::new(), ""),
+        Backend::Sqlite => (String::new(), "v"),
     }
 }
 
@@ -514,12 +515,12 @@ impl Tx {
         }
         let rows = crate::batch::numbered(claims);
         let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", ""]);
-        let (lock, locked) = claimable_in_id_order(self.backend);
+        let (lock, claims_v) = claimable_in_id_order(self.backend);
         let sql = format!(
             "WITH v(n, id, account_id, team_id, task_id, status) AS (VALUES {}){lock}
              UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1
-             FROM v
-             WHERE {CLAIMABLE}{locked}
+             FROM {claims_v}
+             WHERE {CLAIMABLE}
              RETURNING {CLAIMED}",
             crate::batch::values_list(2, rows.len(), 6, &casts)
         );
