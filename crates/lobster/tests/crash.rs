@@ -340,6 +340,17 @@ async fn check_invariants(store: &Store, world: &SimWorld) -> String {
     )
 }
 
+/// The workload's seed: `LOBSTER_CRASH_SEED` when set (to explore other interleavings; a
+/// failure names its seed), else CI's fixed one.
+fn seed(default: u64) -> u64 {
+    let seed = std::env::var("LOBSTER_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    eprintln!("crash harness: seed {seed}");
+    seed
+}
+
 #[tokio::test]
 #[ignore = "slow: run by .ci/run"]
 async fn sqlite_survives_kill_9() {
@@ -349,7 +360,7 @@ async fn sqlite_survives_kill_9() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    run(&url, 1, rounds, 7).await;
+    run(&url, 1, rounds, seed(7)).await;
 }
 
 #[tokio::test]
@@ -364,7 +375,7 @@ async fn postgres_with_two_servers_survives_kill_9() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    run(&url, 2, rounds, 11).await;
+    run(&url, 2, rounds, seed(11)).await;
 }
 
 /// A URL whose connections use a new, empty schema of the database at `base`.
