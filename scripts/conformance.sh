@@ -39,4 +39,4 @@ done
   --header "X-API-Key: $key" \
   --checks all --exclude-checks positive_data_acceptance \
   --phases examples,fuzzing,stateful \
-  --max-time "${CONFORMANCE_SECONDS:-60}" --workers 2 --seed 1
+  --max-time "${CONFORMANCE_SECONDS:-60}" --workers 2 --seed "${CONFORMANCE_SEED:-1}"

@@ -178,7 +178,9 @@ enum Outcome {
 /// (`v`, with each one's MAC), tasks (`t`), hosts' additions (`h`). Every write is gated
 /// on `ok`, computed once, after the hosts are locked in id order (`FOR NO KEY UPDATE`, as a
 /// single launch locks its host, re-checks their room on their latest versions) and the addresses locked (`SKIP LOCKED`: those another launch
-/// holds are passed over).
+/// holds are passed over). The instances are inserted in name order, so that two servers'
+/// batches naming the same instances wait for each other's names in one order, never each
+/// holding one the other waits for.
 fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
     let inst = numbered(b.instances);
     let task = numbered(b.tasks);
@@ -251,7 +253,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
            INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
            SELECT address, id, 'net0', 1, $4::bigint FROM a),
          inserted AS (
-           INSERT INTO instances ({icols}) SELECT {ivals} FROM a),
+           INSERT INTO instances ({icols}) SELECT {ivals} FROM a ORDER BY a.account_id, a.name),
          created AS (
            INSERT INTO tasks {tinserted}
            SELECT t.id, t.account_id, t.team_id, t.instance_id, t.operation, {status},

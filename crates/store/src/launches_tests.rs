@@ -318,3 +318,51 @@ async fn a_batch_whose_answer_was_lost_is_found_written() {
         assert_eq!(cpu_cores_used(&store).await, 4);
     }
 }
+
+/// A batch inserts its instances in name order: two servers' batches (on different hosts)
+/// naming the same instances in different orders would otherwise each hold a name the
+/// other waits for. Here another transaction holds web-a, uncommitted, while a batch of
+/// web-b then web-a waits for it: web-b must not be held meanwhile.
+#[tokio::test]
+async fn a_batch_inserts_its_instances_in_name_order() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.50".into()];
+        store.fleet_sync(&fleet).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let named = |id: &str, name: &str| InstanceRow {
+            name: name.into(),
+            ..sample_instance(id, "a1")
+        };
+        let mut holder = store.begin().await.unwrap();
+        let pid = holder
+            .q("SELECT pg_backend_pid()::bigint AS pid")
+            .fetch_one()
+            .await
+            .unwrap();
+        let pid = get_i64(&pid, "pid").unwrap();
+        holder.instance_insert(&named("h1", "web-a")).await.unwrap();
+        let s = store.clone();
+        let run = tokio::spawn(async move {
+            let batch = [launch("vm2", "web-b", 2), launch("vm1", "web-a", 2)];
+            write(&s, &batch, None, &on_cpu_host(4)).await
+        });
+        crate::lock_order_tests::blocked_by(&store, pid).await;
+        // A lock wait, not a slow statement, is what the timeout catches.
+        let mut check = store.begin().await.unwrap();
+        check
+            .q("SET LOCAL lock_timeout = '200ms'")
+            .execute()
+            .await
+            .unwrap();
+        let web_b = check.instance_insert(&named("c1", "web-b")).await;
+        check.rollback().await.unwrap();
+        holder.rollback().await.unwrap();
+        let got = run.await.unwrap().unwrap();
+        assert!(web_b.is_ok(), "web-b was held: {web_b:?}");
+        assert!(matches!(got, LaunchesWritten::Written(_)), "{got:?}");
+    }
+}

@@ -79,7 +79,7 @@ where
 
 /// Returns once some statement waits for a lock the backend `pid` holds (polled: the
 /// waiting itself is the event to see).
-async fn blocked_by(store: &Store, pid: i64) {
+pub(crate) async fn blocked_by(store: &Store, pid: i64) {
     for _ in 0..4000 {
         let mut tx = store.begin().await.unwrap();
         let row = tx
