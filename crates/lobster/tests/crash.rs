@@ -255,6 +255,16 @@ async fn check_invariants(store: &Store, world: &SimWorld) -> String {
             i.id,
             i.active_task_id
         );
+        // The live-name index counts an instance live until its end sets deleted_at.
+        let is_live = matches!(i.status.as_str(), "creating" | "rented" | "terminating");
+        assert_eq!(
+            i.deleted_at.is_none(),
+            is_live,
+            "instance {} is {} with deleted_at {:?}",
+            i.id,
+            i.status,
+            i.deleted_at
+        );
     }
     // Reserved capacity equals the sum over live instances, host by host.
     let mut want: HashMap<String, (i64, i64, i64, i64)> = HashMap::new();

@@ -554,7 +554,7 @@ impl Tx {
         let r = self
             .q(
                 "SELECT 1 AS x FROM instances WHERE account_id = $1 AND name = $2 AND id <> $3
-               AND status IN ('creating', 'rented', 'terminating') LIMIT 1",
+               AND deleted_at IS NULL LIMIT 1",
             )
             .bind(account_id)
             .bind(name)

@@ -16,7 +16,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../migrations/0008_task_partial_indexes.sql"),
     ),
+    (
+        9,
+        include_str!("../migrations/0009_live_name_by_deleted_at.sql"),
+    ),
 ];
+
+/// PostgreSQL's own additions to a migration, run after it in its transaction.
+const POSTGRES_ONLY: &[(i64, &str)] = &[(
+    9,
+    // Room on each page for a HOT update of the rows inserted there (a create's end and a
+    // command's claim rewrite the instance soon after its insert, on the same page).
+    "ALTER TABLE instances SET (fillfactor = 80)",
+)];
 
 pub(crate) async fn run(store: &Store) -> Result<(), Error> {
     for (version, sql) in MIGRATIONS {
@@ -43,7 +55,12 @@ pub(crate) async fn run(store: &Store) -> Result<(), Error> {
         if done.is_some() {
             continue;
         }
-        for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let own = POSTGRES_ONLY
+            .iter()
+            .filter(|(v, _)| *v == *version && store.backend() == Backend::Postgres)
+            .map(|(_, sql)| *sql);
+        let stmts = sql.split(';').chain(own).map(str::trim);
+        for stmt in stmts.filter(|s| !s.is_empty()) {
             sqlx::query(stmt)
                 .execute(tx.conn()?)
                 .await

@@ -104,7 +104,8 @@ async fn a_failed_create_releases_its_capacity_and_ip() {
     let alice = app.tenant("alice").await;
     let free = app.host_free("tiny-1").await;
     app.sim.fail_next(Op::Start, 1, FailWhen::Before, false);
-    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "web-1"});
+    let vm = expect(alice.launch_body(body.clone()).await, StatusCode::OK).await;
     let (id, task) = (
         vm["vm_uuid"].as_str().unwrap(),
         vm["task_id"].as_str().unwrap(),
@@ -123,8 +124,8 @@ async fn a_failed_create_releases_its_capacity_and_ip() {
     assert_eq!(app.host_free("tiny-1").await, free);
     assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
     assert_eq!(app.sim.vm_count(), 0, "the half-built VM was cleaned up");
-    // The room is usable again, with the same address.
-    let again = alice.launch("v1_cpu_small", "us-east-1").await;
+    // The room is usable again, with the same address, and the name is free.
+    let again = expect(alice.launch_body(body).await, StatusCode::OK).await;
     assert_eq!(again["assigned_ip"], vm["assigned_ip"]);
 }
 

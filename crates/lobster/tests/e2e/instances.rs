@@ -327,11 +327,19 @@ async fn launching_with_a_name_in_use_is_409_and_reserves_nothing() {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "web-1"});
-    expect(alice.launch_body(body.clone()).await, StatusCode::OK).await;
+    let vm = expect(alice.launch_body(body.clone()).await, StatusCode::OK).await;
     let free = app.host_free("wil-cpu-03").await;
-    let b = expect(alice.launch_body(body).await, StatusCode::CONFLICT).await;
+    let b = expect(alice.launch_body(body.clone()).await, StatusCode::CONFLICT).await;
     assert_eq!(b["error"], "resource_conflict");
     assert_eq!(app.host_free("wil-cpu-03").await, free);
+    // Still in use while it is being deleted; free once it is gone.
+    app.drain().await;
+    let first = vm["vm_uuid"].as_str().unwrap();
+    let deleting = alice.delete(&format!("/api/v1/instances/{first}")).await;
+    assert_eq!(deleting.status(), StatusCode::OK);
+    expect(alice.launch_body(body.clone()).await, StatusCode::CONFLICT).await;
+    app.drain().await;
+    expect(alice.launch_body(body).await, StatusCode::OK).await;
 }
 
 #[tokio::test]
