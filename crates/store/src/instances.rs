@@ -453,14 +453,21 @@ impl Tx {
         Ok(())
     }
 
-    /// Reads a live instance inside the transaction (for decisions the write depends on).
+    /// Reads a live instance inside the transaction, for decisions the write depends on, and
+    /// holds it to commit: on PostgreSQL another transaction deciding on the same instance
+    /// (two address assignments picking the next interface, a rename and a delete's claim)
+    /// waits, then reads what this one wrote. (SQLite runs one writer at a time.)
     pub async fn instance_get(
         &mut self,
         scope: &Scope,
         id: &str,
     ) -> Result<Option<InstanceRow>, Error> {
         let (cond, binds) = scoped(scope, 2);
-        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}");
+        let lock = match self.backend {
+            Backend::Postgres => " FOR NO KEY UPDATE OF i",
+            Backend::Sqlite => "",
+        };
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id = $1 AND {cond} AND {LIVE}{lock}");
         let mut q = self.q(&sql).bind(id);
         for b in binds {
             q = q.bind(b);

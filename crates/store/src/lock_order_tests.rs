@@ -231,3 +231,30 @@ async fn claims_queued_in_one_statement_lock_their_instances_in_id_order() {
         .await;
     }
 }
+
+/// An instance read for a decision inside a transaction is held to its commit: another
+/// transaction's lock on it waits (two address assignments would otherwise both pick the
+/// same next interface).
+#[tokio::test]
+async fn an_instance_read_for_a_write_is_held_to_commit() {
+    for store in postgres_with_fleet().await {
+        rented_instances(&store).await;
+        let scope = Scope {
+            account_id: "a1".into(),
+            team_id: None,
+        };
+        let mut reader = store.begin().await.unwrap();
+        let got = reader.instance_get(&scope, INSTANCES.first).await.unwrap();
+        assert!(got.is_some());
+        let mut other = store.begin().await.unwrap();
+        let held = other
+            .q("SELECT id FROM instances WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+            .bind(INSTANCES.first)
+            .fetch_all()
+            .await
+            .map(|rows| rows.len());
+        other.rollback().await.unwrap();
+        reader.rollback().await.unwrap();
+        assert!(held.is_err(), "the instance was not held: {held:?}");
+    }
+}
