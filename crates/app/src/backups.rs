@@ -240,6 +240,15 @@ impl App {
         let now = self.now();
         let task_id = ids::new_task_id();
         let mut tx = self.store.begin().await?;
+        // Checked again, and held, in the transaction that queues the restore: a delete of
+        // the backup (a tenant's, or retention's pruning) either came first or now sees the
+        // restore and is refused.
+        if !tx.backup_hold_available(volid).await? {
+            return Err(Error::conflict(
+                "task_in_progress",
+                format!("Backup {volid} is not available"),
+            ));
+        }
         let inst = self
             .claim_for_backup(&mut tx, caller, id, &task_id, "restore")
             .await?;
@@ -310,6 +319,14 @@ impl App {
             return Err(Error::conflict(
                 "task_in_progress",
                 format!("Backup {volid} {why}"),
+            ));
+        }
+        // After the transition, which waits for a restore queueing it (PostgreSQL), so that
+        // restore is seen here.
+        if tx.backup_restores_queued(volid).await? {
+            return Err(Error::conflict(
+                "task_in_progress",
+                format!("Backup {volid} is being restored"),
             ));
         }
         let inst = self

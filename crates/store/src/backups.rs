@@ -2,7 +2,7 @@
 //! show work in progress; it becomes `available` when the task finishes, `deleting` while a
 //! delete task runs, and `deleted` (or `failed`) at the end — rows are kept for history.
 
-use crate::{db_err, get_i64, get_opt_str, get_str, Scope, Store, Tx};
+use crate::{db_err, get_i64, get_opt_str, get_str, Backend, Scope, Store, Tx};
 use lobster_core::Error;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +153,36 @@ impl Tx {
             .execute()
             .await?;
         Ok(())
+    }
+
+    /// True when the backup is `available`, and then held so to commit: on PostgreSQL a
+    /// delete's transition of it waits for this transaction, and then sees the restore it
+    /// queued (`backup_restores_queued`). (SQLite runs one writer at a time.)
+    pub async fn backup_hold_available(&mut self, volid: &str) -> Result<bool, Error> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let sql =
+            format!("SELECT 1 AS x FROM backups WHERE volid = $1 AND status = 'available'{lock}");
+        Ok(self.q(&sql).bind(volid).fetch_optional().await?.is_some())
+    }
+
+    /// True when a restore of the backup is queued or running (its task not yet finished).
+    pub async fn backup_restores_queued(&mut self, volid: &str) -> Result<bool, Error> {
+        let rows = self
+            .q("SELECT params FROM tasks WHERE operation = 'restore_backup'
+                 AND status IN ('PENDING', 'PROCESSING')")
+            .fetch_all()
+            .await?;
+        for r in &rows {
+            let params: serde_json::Value =
+                serde_json::from_str(&get_str(r, "params")?).unwrap_or_default();
+            if params["volid"].as_str() == Some(volid) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Moves a backup from one state to another (with the task now responsible for it);

@@ -258,3 +258,42 @@ async fn an_instance_read_for_a_write_is_held_to_commit() {
         assert!(held.is_err(), "the instance was not held: {held:?}");
     }
 }
+
+/// A restore queued from a backup holds the backup `available` to its commit: a delete's
+/// transition of it waits, and then sees the restore's task.
+#[tokio::test]
+async fn a_backup_held_for_a_restore_waits_out_its_delete() {
+    for store in postgres_with_fleet().await {
+        rented_instances(&store).await;
+        let backup = BackupRow {
+            volid: "local:backup/v1".into(),
+            account_id: "a1".into(),
+            instance_id: INSTANCES.first.into(),
+            instance_name: "web-1".into(),
+            storage: "local".into(),
+            size_bytes: 1,
+            format: "vma.zst".into(),
+            notes: None,
+            status: "available".into(),
+            task_id: None,
+            origin: "manual".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.backup_insert(&backup).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut restore = store.begin().await.unwrap();
+        assert!(restore.backup_hold_available(&backup.volid).await.unwrap());
+        let mut delete = store.begin().await.unwrap();
+        let held = delete
+            .q("SELECT volid FROM backups WHERE volid = $1 FOR NO KEY UPDATE NOWAIT")
+            .bind(&backup.volid)
+            .fetch_all()
+            .await
+            .map(|rows| rows.len());
+        delete.rollback().await.unwrap();
+        restore.rollback().await.unwrap();
+        assert!(held.is_err(), "the backup was not held: {held:?}");
+    }
+}

@@ -159,6 +159,15 @@ async fn restore_replaces_the_disk_and_starts_the_instance() {
         b["message"],
         "Cannot start backup: restore is already in progress for this instance"
     );
+    // The backup being restored cannot be deleted (nor pruned) until the restore is done.
+    let d = expect(
+        alice
+            .delete(&format!("/api/v1/backups?volid={volid}"))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert_eq!(d["message"], format!("Backup {volid} is being restored"));
     app.drain().await;
     let i = alice.instance(&id).await;
     assert_eq!(i["power_status"], "running");
@@ -168,6 +177,10 @@ async fn restore_replaces_the_disk_and_starts_the_instance() {
         .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
         .await["restore_in_progress"]
         .is_null());
+    let d = alice
+        .delete(&format!("/api/v1/backups?volid={volid}"))
+        .await;
+    assert_eq!(d.status(), StatusCode::OK);
 }
 
 #[tokio::test]
