@@ -386,10 +386,30 @@ async fn launch_batch(turn: Turn, batch: Vec<Queued>) -> Vec<Written> {
         .await
 }
 
+/// Times a lone launch is tried when PostgreSQL fails it only for bad luck (a deadlock it
+/// broke by failing this transaction: nothing of it was written).
+const LAUNCH_TRIES: usize = 3;
+
 impl Turn {
     /// One launch in a transaction of its own; its error is its answer (409 when no
-    /// candidate has room or the region has no free address).
+    /// candidate has room or the region has no free address). A lone launch inserts its
+    /// instance (and its name) before it waits for a host, so a batch on another server
+    /// holding that host and writing the same name can deadlock with it; then it is tried
+    /// again rather than answered 503.
     async fn launch_one(&self, q: Box<Queued>) -> Written {
+        let mut tries = 1;
+        loop {
+            match self.launch_one_try(&q).await {
+                Err(Error::Unavailable(_)) if tries < LAUNCH_TRIES => tries += 1,
+                Ok(Some(instance)) => return Ok((instance, q)),
+                Ok(None) => return Err(q.plan.conflict),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One try of `launch_one`: the instance written, or None when no candidate had room.
+    async fn launch_one_try(&self, q: &Queued) -> Result<Option<InstanceRow>, Error> {
         let (caller, p, task_id) = (&q.caller, &q.plan, &q.task_id);
         let now = self.now;
         let mut tx = self.store.begin().await?;
@@ -416,7 +436,7 @@ impl Turn {
         // other for exactly the statements between this one and COMMIT (measured: with three
         // statements after it, 240 launches/s; see docs/benchmarks.md).
         let Some(ci) = reserve_first_fit(&mut tx, p).await? else {
-            return Err(q.plan.conflict);
+            return Ok(None);
         };
         if ci != 0 {
             instance.host_id = p.hosts[ci].clone();
@@ -432,7 +452,7 @@ impl Turn {
         }
         tx.commit().await?;
         self.hand_over(lease, vec![(task, instance.clone())]);
-        Ok((instance, q))
+        Ok(Some(instance))
     }
 }
 
@@ -562,13 +582,19 @@ async fn take_addresses(
 /// Index of the candidate host now reserved, or None when none has room. The first pass
 /// passes over hosts whose row another launch holds until its commit (PostgreSQL), so
 /// concurrent launches spread over the next-best hosts instead of queueing for the best one;
-/// the second waits, so a launch is refused only when no candidate has room.
+/// the second waits, so a launch is refused only when no candidate has room. It first locks
+/// every candidate in id order, as every writer of several hosts does: waiting on each in
+/// turn, in the candidates' order, it would keep each one it found full locked (PostgreSQL
+/// keeps the lock an update waited for even when the row no longer matches) while waiting
+/// for the next.
 async fn reserve_first_fit(tx: &mut Tx, p: &Plan) -> Result<Option<usize>, Error> {
     for (i, h) in p.hosts.iter().enumerate() {
         if tx.host_reserve_unless_busy(h, &p.resources).await? {
             return Ok(Some(i));
         }
     }
+    let ids: Vec<&str> = p.hosts.iter().map(String::as_str).collect();
+    tx.hosts_lock(&ids).await?;
     for (i, h) in p.hosts.iter().enumerate() {
         if tx.host_reserve(h, &p.resources).await? {
             return Ok(Some(i));

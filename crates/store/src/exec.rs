@@ -126,16 +126,22 @@ pub(crate) enum Target<'t> {
 }
 
 /// A failed statement: whether it broke a unique constraint (callers turn that into 409s),
-/// and what the database said.
+/// whether it was only unlucky (`crate::is_transient`), and what the database said.
 #[derive(Debug)]
 pub(crate) struct Fail {
     pub(crate) unique: bool,
+    transient: bool,
     message: String,
+    /// An error that was not the database's, passed through as it was.
+    passed: Option<Error>,
 }
 
 impl From<Fail> for Error {
     fn from(f: Fail) -> Error {
-        Error::Internal(format!("database: {}", f.message))
+        match f.passed {
+            Some(e) => e,
+            None => crate::db_error(f.transient, &f.message),
+        }
     }
 }
 
@@ -143,7 +149,9 @@ impl From<sqlx::Error> for Fail {
     fn from(e: sqlx::Error) -> Fail {
         Fail {
             unique: crate::is_unique_violation(&e),
+            transient: crate::is_transient(&e),
             message: e.to_string(),
+            passed: None,
         }
     }
 }
@@ -156,7 +164,9 @@ impl From<rusqlite::Error> for Fail {
         ) && e.to_string().contains("UNIQUE");
         Fail {
             unique,
+            transient: false,
             message: e.to_string(),
+            passed: None,
         }
     }
 }
@@ -240,7 +250,9 @@ impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
         Fail {
             unique: false,
+            transient: false,
             message: e.to_string(),
+            passed: Some(e),
         }
     }
 }

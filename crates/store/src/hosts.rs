@@ -234,6 +234,17 @@ impl Tx {
         hosts_fetch(self.q(&sql), ids).await
     }
 
+    /// Locks the hosts `ids` in id order to commit (PostgreSQL; SQLite runs one writer at a
+    /// time: nothing).
+    pub async fn hosts_lock(&mut self, ids: &[&str]) -> Result<(), Error> {
+        if ids.is_empty() || self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let (sql, ids) = hosts_by_ids(ids);
+        hosts_fetch(self.q(&format!("{sql} FOR NO KEY UPDATE")), ids).await?;
+        Ok(())
+    }
+
     /// Adds each shape to its host (one entry per host), in one statement. Checked all the
     /// same: an error, and nothing reserved, unless every host still had room and took new
     /// placements.

@@ -114,7 +114,27 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
-    Error::Internal(format!("database: {e}"))
+    db_error(is_transient(&e), &e.to_string())
+}
+
+/// A statement PostgreSQL failed only for bad luck: a deadlock it broke by failing this
+/// transaction (`40P01`), or a serialization failure (`40001`). Nothing of the transaction
+/// was written, and the same request may well succeed at once.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
+/// The error of a failed statement: a transient one is `Unavailable` (503: try again), any
+/// other `Internal` (500).
+pub(crate) fn db_error(transient: bool, message: &str) -> Error {
+    if transient {
+        Error::Unavailable(format!("database: {message}; try again"))
+    } else {
+        Error::Internal(format!("database: {message}"))
+    }
 }
 
 /// The batch statements' own connections on PostgreSQL. Their callers (the group commits of

@@ -297,3 +297,73 @@ async fn a_backup_held_for_a_restore_waits_out_its_delete() {
         assert!(held.is_err(), "the backup was not held: {held:?}");
     }
 }
+
+/// A deadlock PostgreSQL breaks by failing one transaction is answered as `Unavailable`
+/// (503: nothing was written, try again), not as an internal error.
+#[tokio::test]
+async fn a_deadlock_is_answered_as_unavailable() {
+    for store in postgres_with_fleet().await {
+        let lock = "SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE";
+        let mut one = store.begin().await.unwrap();
+        let pid = one
+            .q("SELECT pg_backend_pid()::bigint AS pid")
+            .fetch_one()
+            .await
+            .unwrap();
+        let pid = get_i64(&pid, "pid").unwrap();
+        one.q(lock).bind(FIRST).fetch_all().await.unwrap();
+        let mut two = store.begin().await.unwrap();
+        two.q(lock).bind(LATER).fetch_all().await.unwrap();
+        let waits = tokio::spawn(async move {
+            let got = one.q(lock).bind(LATER).fetch_all().await.map(|_| ());
+            let _ = one.rollback().await;
+            got
+        });
+        blocked_by_pid_waiting(&store, pid).await;
+        let second = two.q(lock).bind(FIRST).fetch_all().await.map(|_| ());
+        let _ = two.rollback().await;
+        let first = waits.await.unwrap();
+        let failed: Vec<_> = [first, second]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(
+            matches!(failed[0], lobster_core::Error::Unavailable(_)),
+            "{failed:?}"
+        );
+    }
+}
+
+/// Returns once the backend `pid` waits for a lock.
+async fn blocked_by_pid_waiting(store: &Store, pid: i64) {
+    for _ in 0..4000 {
+        let mut tx = store.begin().await.unwrap();
+        let row = tx
+            .q("SELECT count(*)::bigint AS n FROM pg_stat_activity WHERE pid = $1::int AND wait_event_type = 'Lock'")
+            .bind(pid)
+            .fetch_one()
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        if get_i64(&row, "n").unwrap() > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the transaction never waited");
+}
+
+/// A lone launch that found every candidate busy locks them all, in id order, before it
+/// reserves on one (`Tx::hosts_lock`).
+#[tokio::test]
+async fn a_lone_launch_waiting_for_its_candidates_locks_them_in_id_order() {
+    for store in postgres_with_fleet().await {
+        waits_holding_nothing_after(&store, |s| async move {
+            let mut tx = s.begin().await?;
+            tx.hosts_lock(&[LATER, FIRST]).await?;
+            tx.commit().await
+        })
+        .await;
+    }
+}
