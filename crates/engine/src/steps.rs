@@ -372,6 +372,9 @@ impl Engine {
                 // serves a failed create, and stays correct for a delete.
                 (TaskKind::CreateInstance, false) | (TaskKind::DeleteInstance, true) => {
                     let end = if ok { "deleted" } else { "failed" };
+                    // The host first, as a batch of launches (which may be writing this
+                    // name again) locks it before it waits for the name.
+                    tx.hosts_lock(&[inst.host_id.as_str()]).await?;
                     // instance_end is true exactly once, so capacity is released exactly once.
                     if tx.instance_end(id, t, end, now).await? {
                         tx.host_release(&inst.host_id, &inst.resources).await?;

@@ -36,6 +36,7 @@ impl Store {
             .iter()
             .filter(|d| finished.contains(&d.task_id))
             .collect();
+        tx.hosts_of_lock(&mine).await?;
         let ended = tx.instances_ended(&mine, now).await?;
         let mut by_host: BTreeMap<String, Resources> = BTreeMap::new();
         for (_, host, r) in &ended {
@@ -55,6 +56,28 @@ impl Store {
 }
 
 impl Tx {
+    /// Locks the hosts of the instances of `items`, in id order (PostgreSQL), before their
+    /// instances end: a batch of launches locks its hosts, then inserts names, and waits for
+    /// an ending instance's name until that transaction commits; were the hosts locked after
+    /// the instances, such a batch holding one of them would deadlock with this end.
+    async fn hosts_of_lock(&mut self, items: &[&Deleted]) -> Result<(), Error> {
+        if items.is_empty() || self.backend != crate::Backend::Postgres {
+            return Ok(());
+        }
+        let ids: Vec<&str> = items.iter().map(|d| d.instance_id.as_str()).collect();
+        let ids = padded(&ids);
+        let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
+        let sql = format!(
+            "SELECT id FROM hosts WHERE id IN (SELECT host_id FROM instances WHERE id IN ({}))
+             ORDER BY id FOR NO KEY UPDATE",
+            marks.join(", ")
+        );
+        let vals: Vec<Val> = ids.iter().map(|id| Val::from(**id)).collect();
+        self.fetch(&Statement::new(self.backend, &sql, vals))
+            .await?;
+        Ok(())
+    }
+
     /// The tasks among `items` this worker still held, now COMPLETED.
     async fn tasks_finished(
         &mut self,

@@ -6,7 +6,7 @@
 //! writer holding the first row would wait for the second while the statement waits for
 //! the first (a deadlock PostgreSQL breaks after a second by failing one of them).
 
-use crate::contract_tests::{res, sample_instance, stores};
+use crate::contract_tests::{new_task, res, sample_instance, stores};
 use crate::*;
 use lobster_core::capacity::Resources;
 use lobster_core::fleet::Fleet;
@@ -365,5 +365,66 @@ async fn a_lone_launch_waiting_for_its_candidates_locks_them_in_id_order() {
             tx.commit().await
         })
         .await;
+    }
+}
+
+/// The end of a delete locks its instance's host before it ends the instance: a batch of
+/// launches holding the host and writing the same name again waits for the ending
+/// instance's name, so the other order could deadlock. While the host is held elsewhere,
+/// the end waits without having touched the instance.
+#[tokio::test]
+async fn a_delete_end_locks_the_host_before_the_instance() {
+    for store in postgres_with_fleet().await {
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let row = InstanceRow {
+            status: "terminating".into(),
+            active_task_id: Some("t-d1".into()),
+            ip_address: None,
+            ..sample_instance("d1", "a1")
+        };
+        tx.instance_insert(&row).await.unwrap();
+        assert!(tx.host_reserve("wil-cpu-03", &res(2)).await.unwrap());
+        tx.task_insert(&NewTask {
+            instance_id: Some("d1".into()),
+            operation: "delete_instance".into(),
+            ..new_task("t-d1", 1)
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        store.task_claim("w1", 9, 60_000).await.unwrap().unwrap();
+        let mut holder = store.begin().await.unwrap();
+        let pid = holder
+            .q("SELECT pg_backend_pid()::bigint AS pid")
+            .fetch_one()
+            .await
+            .unwrap();
+        let pid = get_i64(&pid, "pid").unwrap();
+        holder
+            .q("SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE")
+            .bind("wil-cpu-03")
+            .fetch_all()
+            .await
+            .unwrap();
+        let s = store.clone();
+        let end = tokio::spawn(async move {
+            let items = [Deleted {
+                task_id: "t-d1".into(),
+                instance_id: "d1".into(),
+            }];
+            s.task_finish_deleted("w1", "VM deleted", 5, &items).await
+        });
+        blocked_by(&store, pid).await;
+        let mut other = store.begin().await.unwrap();
+        let instance = other
+            .q("SELECT id FROM instances WHERE id = 'd1' FOR NO KEY UPDATE NOWAIT")
+            .fetch_all()
+            .await
+            .map(|rows| rows.len());
+        other.rollback().await.unwrap();
+        holder.rollback().await.unwrap();
+        assert_eq!(end.await.unwrap().unwrap(), [true]);
+        assert!(instance.is_ok(), "the instance was held: {instance:?}");
     }
 }
