@@ -338,12 +338,7 @@ async fn a_batch_inserts_its_instances_in_name_order() {
             ..sample_instance(id, "a1")
         };
         let mut holder = store.begin().await.unwrap();
-        let pid = holder
-            .q("SELECT pg_backend_pid()::bigint AS pid")
-            .fetch_one()
-            .await
-            .unwrap();
-        let pid = get_i64(&pid, "pid").unwrap();
+        let pid = crate::lock_order_tests::backend_pid(&mut holder).await;
         holder.instance_insert(&named("h1", "web-a")).await.unwrap();
         let s = store.clone();
         let run = tokio::spawn(async move {

@@ -46,12 +46,7 @@ where
     Fut: Future<Output = Result<(), lobster_core::Error>> + Send + 'static,
 {
     let mut holder = store.begin().await.unwrap();
-    let pid = holder
-        .q("SELECT pg_backend_pid()::bigint AS pid")
-        .fetch_one()
-        .await
-        .unwrap();
-    let pid = get_i64(&pid, "pid").unwrap();
+    let pid = backend_pid(&mut holder).await;
     let lock = format!(
         "SELECT id FROM {} WHERE id = $1 FOR NO KEY UPDATE",
         rows.table
@@ -59,14 +54,7 @@ where
     holder.q(&lock).bind(rows.first).fetch_all().await.unwrap();
     let run = tokio::spawn(statement(store.clone()));
     blocked_by(store, pid).await;
-    let mut other = store.begin().await.unwrap();
-    let later = other
-        .q(&format!("{lock} NOWAIT"))
-        .bind(rows.later)
-        .fetch_all()
-        .await
-        .map(|rows| rows.len());
-    other.rollback().await.unwrap();
+    let later = lockable_now(store, rows.table, "id", rows.later).await;
     holder.rollback().await.unwrap();
     run.await.unwrap().unwrap();
     assert!(
@@ -75,6 +63,31 @@ where
         rows.later,
         rows.first
     );
+}
+
+/// Whether another transaction could lock the row of `table` whose `key` is `value` at
+/// once (an error when some transaction holds it).
+async fn lockable_now(
+    store: &Store,
+    table: &str,
+    key: &str,
+    value: &str,
+) -> Result<usize, lobster_core::Error> {
+    let mut tx = store.begin().await.unwrap();
+    let sql = format!("SELECT {key} FROM {table} WHERE {key} = $1 FOR NO KEY UPDATE NOWAIT");
+    let got = tx.q(&sql).bind(value).fetch_all().await.map(|r| r.len());
+    tx.rollback().await.unwrap();
+    got
+}
+
+/// The server process of the transaction `tx` (whose locks `blocked_by` watches).
+pub(crate) async fn backend_pid(tx: &mut Tx) -> i64 {
+    let row = tx
+        .q("SELECT pg_backend_pid()::bigint AS pid")
+        .fetch_one()
+        .await
+        .unwrap();
+    get_i64(&row, "pid").unwrap()
 }
 
 /// Returns once some statement waits for a lock the backend `pid` holds (polled: the
@@ -94,7 +107,7 @@ pub(crate) async fn blocked_by(store: &Store, pid: i64) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    panic!("the statement never waited for the held host");
+    panic!("nothing ever waited for the locks of {pid}");
 }
 
 /// The shares of `LATER` and `FIRST`, in that order (neither id order nor the reverse can
@@ -246,14 +259,7 @@ async fn an_instance_read_for_a_write_is_held_to_commit() {
         let mut reader = store.begin().await.unwrap();
         let got = reader.instance_get(&scope, INSTANCES.first).await.unwrap();
         assert!(got.is_some());
-        let mut other = store.begin().await.unwrap();
-        let held = other
-            .q("SELECT id FROM instances WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
-            .bind(INSTANCES.first)
-            .fetch_all()
-            .await
-            .map(|rows| rows.len());
-        other.rollback().await.unwrap();
+        let held = lockable_now(&store, "instances", "id", INSTANCES.first).await;
         reader.rollback().await.unwrap();
         assert!(held.is_err(), "the instance was not held: {held:?}");
     }
@@ -285,14 +291,7 @@ async fn a_backup_held_for_a_restore_waits_out_its_delete() {
         tx.commit().await.unwrap();
         let mut restore = store.begin().await.unwrap();
         assert!(restore.backup_hold_available(&backup.volid).await.unwrap());
-        let mut delete = store.begin().await.unwrap();
-        let held = delete
-            .q("SELECT volid FROM backups WHERE volid = $1 FOR NO KEY UPDATE NOWAIT")
-            .bind(&backup.volid)
-            .fetch_all()
-            .await
-            .map(|rows| rows.len());
-        delete.rollback().await.unwrap();
+        let held = lockable_now(&store, "backups", "volid", &backup.volid).await;
         restore.rollback().await.unwrap();
         assert!(held.is_err(), "the backup was not held: {held:?}");
     }
@@ -305,21 +304,16 @@ async fn a_deadlock_is_answered_as_unavailable() {
     for store in postgres_with_fleet().await {
         let lock = "SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE";
         let mut one = store.begin().await.unwrap();
-        let pid = one
-            .q("SELECT pg_backend_pid()::bigint AS pid")
-            .fetch_one()
-            .await
-            .unwrap();
-        let pid = get_i64(&pid, "pid").unwrap();
         one.q(lock).bind(FIRST).fetch_all().await.unwrap();
         let mut two = store.begin().await.unwrap();
+        let pid = backend_pid(&mut two).await;
         two.q(lock).bind(LATER).fetch_all().await.unwrap();
         let waits = tokio::spawn(async move {
             let got = one.q(lock).bind(LATER).fetch_all().await.map(|_| ());
             let _ = one.rollback().await;
             got
         });
-        blocked_by_pid_waiting(&store, pid).await;
+        blocked_by(&store, pid).await;
         let second = two.q(lock).bind(FIRST).fetch_all().await.map(|_| ());
         let _ = two.rollback().await;
         let first = waits.await.unwrap();
@@ -333,25 +327,6 @@ async fn a_deadlock_is_answered_as_unavailable() {
             "{failed:?}"
         );
     }
-}
-
-/// Returns once the backend `pid` waits for a lock.
-async fn blocked_by_pid_waiting(store: &Store, pid: i64) {
-    for _ in 0..4000 {
-        let mut tx = store.begin().await.unwrap();
-        let row = tx
-            .q("SELECT count(*)::bigint AS n FROM pg_stat_activity WHERE pid = $1::int AND wait_event_type = 'Lock'")
-            .bind(pid)
-            .fetch_one()
-            .await
-            .unwrap();
-        tx.rollback().await.unwrap();
-        if get_i64(&row, "n").unwrap() > 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("the transaction never waited");
 }
 
 /// A lone launch that found every candidate busy locks them all, in id order, before it
@@ -395,12 +370,7 @@ async fn a_delete_end_locks_the_host_before_the_instance() {
         tx.commit().await.unwrap();
         store.task_claim("w1", 9, 60_000).await.unwrap().unwrap();
         let mut holder = store.begin().await.unwrap();
-        let pid = holder
-            .q("SELECT pg_backend_pid()::bigint AS pid")
-            .fetch_one()
-            .await
-            .unwrap();
-        let pid = get_i64(&pid, "pid").unwrap();
+        let pid = backend_pid(&mut holder).await;
         holder
             .q("SELECT id FROM hosts WHERE id = $1 FOR NO KEY UPDATE")
             .bind("wil-cpu-03")
@@ -416,13 +386,7 @@ async fn a_delete_end_locks_the_host_before_the_instance() {
             s.task_finish_deleted("w1", "VM deleted", 5, &items).await
         });
         blocked_by(&store, pid).await;
-        let mut other = store.begin().await.unwrap();
-        let instance = other
-            .q("SELECT id FROM instances WHERE id = 'd1' FOR NO KEY UPDATE NOWAIT")
-            .fetch_all()
-            .await
-            .map(|rows| rows.len());
-        other.rollback().await.unwrap();
+        let instance = lockable_now(&store, "instances", "id", "d1").await;
         holder.rollback().await.unwrap();
         assert_eq!(end.await.unwrap().unwrap(), [true]);
         assert!(instance.is_ok(), "the instance was held: {instance:?}");
