@@ -54,18 +54,43 @@ impl Store {
         r.as_ref().map(row).transpose()
     }
 
-    /// Creates or replaces the schedule; true when it was created.
+    /// Creates or replaces the schedule; true when it was created. The insert itself tells
+    /// (a read before it could not: two PUTs at once would both have answered "created").
     pub async fn schedule_put(&self, s: &ScheduleRow) -> Result<bool, Error> {
-        let existed = self.schedule_get(&s.instance_id).await?.is_some();
-        self.q(
-            "INSERT INTO backup_schedules (instance_id, account_id, enabled, frequency, hour_utc, minute_utc, day_of_week,
-               day_of_month, retention_count, next_run_at, last_run_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11, $11)
-             ON CONFLICT (instance_id) DO UPDATE SET enabled = excluded.enabled, frequency = excluded.frequency,
-               hour_utc = excluded.hour_utc, minute_utc = excluded.minute_utc, day_of_week = excluded.day_of_week,
-               day_of_month = excluded.day_of_month, retention_count = excluded.retention_count,
-               next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
-        )
+        // A schedule deleted between the insert that found it and the update is inserted
+        // again: at most once more each time someone deletes it meanwhile.
+        loop {
+            let created = self
+                .schedule_bind(
+                    "INSERT INTO backup_schedules (instance_id, account_id, enabled, frequency, hour_utc,
+                       minute_utc, day_of_week, day_of_month, retention_count, next_run_at, last_run_at,
+                       created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11, $11)
+                     ON CONFLICT (instance_id) DO NOTHING",
+                    s,
+                )
+                .await?;
+            if created == 1 {
+                return Ok(true);
+            }
+            let updated = self
+                .schedule_bind(
+                    "UPDATE backup_schedules SET account_id = $2, enabled = $3, frequency = $4,
+                       hour_utc = $5, minute_utc = $6, day_of_week = $7, day_of_month = $8,
+                       retention_count = $9, next_run_at = $10, updated_at = $11
+                     WHERE instance_id = $1",
+                    s,
+                )
+                .await?;
+            if updated == 1 {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Runs `sql` with the schedule's columns bound as `schedule_put` numbers them.
+    async fn schedule_bind(&self, sql: &str, s: &ScheduleRow) -> Result<u64, Error> {
+        self.q(sql)
             .bind(&s.instance_id)
             .bind(&s.account_id)
             .bind(s.enabled as i64)
@@ -78,8 +103,7 @@ impl Store {
             .bind(s.next_run_at)
             .bind(s.updated_at)
             .execute()
-            .await?;
-        Ok(!existed)
+            .await
     }
 
     pub async fn schedule_delete(&self, instance_id: &str) -> Result<bool, Error> {

@@ -240,3 +240,28 @@ async fn a_busy_instance_skips_the_occurrence_without_failing() {
         "the schedule moved on to the next occurrence"
     );
 }
+
+/// Eight PUTs of a new schedule at once: exactly one answers "created", the others
+/// "updated" (each answer is what its own write did).
+#[tokio::test]
+async fn concurrent_puts_create_the_schedule_once() {
+    let app = TestApp::spawn().await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let puts: Vec<_> = (0..8)
+        .map(|k| {
+            let (a, p) = (alice.clone(), path(&id));
+            let body = json!({"frequency": "daily", "hour_utc": k, "retention_count": 2});
+            tokio::spawn(async move { expect(a.post(&p, body).await, StatusCode::OK).await })
+        })
+        .collect();
+    let mut created = 0;
+    for put in puts {
+        match put.await.unwrap()["message"].as_str() {
+            Some("Backup schedule created") => created += 1,
+            Some("Backup schedule updated") => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+}
