@@ -110,6 +110,11 @@ fn augment(doc: &mut Value) {
                 add("400", "Invalid request parameters");
                 add("409", "Resource conflict");
             }
+            if method != "get" || path.ends_with("/console") {
+                // A write PostgreSQL failed to break a deadlock (nothing was written), or a
+                // hypervisor that does not answer (console).
+                add("503", "Service unavailable; try again");
+            }
             add("422", "Validation Error");
         }
     }
