@@ -103,7 +103,16 @@ async fn random_op(
     known: &mut Vec<String>,
 ) {
     let ops = [
-        "launch", "launch", "reboot", "shutdown", "power-on", "backup", "delete",
+        "launch",
+        "launch",
+        "reboot",
+        "shutdown",
+        "power-on",
+        "backup",
+        "delete",
+        "assign-ip",
+        "restore",
+        "delete-backup",
     ];
     let op = ops[rng.gen_range(0..ops.len())];
     if op == "launch" || known.is_empty() {
@@ -153,6 +162,34 @@ async fn random_op(
                 Some(json!({})),
             )
             .await;
+        }
+        "assign-ip" => {
+            let path = format!("/api/v1/instances/{id}/ips");
+            call(c, base, reqwest::Method::POST, &path, Some(json!({}))).await;
+        }
+        "restore" | "delete-backup" => {
+            let path = format!("/api/v1/instances/{id}/backups");
+            let Some((200, list)) = call(c, base, reqwest::Method::GET, &path, None).await else {
+                return;
+            };
+            let volids: Vec<&str> = list["backups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b["volid"].as_str())
+                .collect();
+            if volids.is_empty() {
+                return;
+            }
+            let volid = volids[rng.gen_range(0..volids.len())];
+            if op == "restore" {
+                let body = json!({ "backup_volid": volid });
+                let path = format!("/api/v1/instances/{id}/restore");
+                call(c, base, reqwest::Method::POST, &path, Some(body)).await;
+            } else {
+                let path = format!("/api/v1/backups?volid={volid}");
+                call(c, base, reqwest::Method::DELETE, &path, None).await;
+            }
         }
         power => {
             call(
@@ -300,6 +337,26 @@ async fn check_invariants(store: &Store, world: &SimWorld) -> String {
             i.id
         );
     }
+    // Each live instance's addresses are on distinct interfaces, no more than allowed.
+    for i in &live {
+        let ips = store.ip_list(&i.id).await.unwrap();
+        let mut names: Vec<&str> = ips.iter().map(|ip| ip.interface_name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            ips.len(),
+            "{} has twin interfaces: {ips:?}",
+            i.id
+        );
+        let most = lobster_app::ips::MAX_IPS;
+        assert!(ips.len() <= most, "{} holds {} addresses", i.id, ips.len());
+    }
+    // No restore lost its backup to a delete (a backup being restored cannot be deleted).
+    for t in tasks.iter().filter(|t| t.operation == "restore_backup") {
+        let message = t.message.as_deref().unwrap_or_default();
+        assert!(!message.contains("no backup"), "restore {} {message}", t.id);
+    }
     // No backup is left half-made or half-deleted.
     let backups = store.backup_all().await.unwrap();
     for b in &backups {
@@ -341,9 +398,12 @@ async fn check_invariants(store: &Store, world: &SimWorld) -> String {
         );
     }
     let failed = tasks.iter().filter(|t| t.status == "FAILED").count();
+    let of = |op: &str| tasks.iter().filter(|t| t.operation == op).count();
     format!(
-        "{} tasks ({failed} failed), {} instances ({} live), {} backups: invariants hold",
+        "{} tasks ({failed} failed; {} restores, {} address changes), {} instances ({} live), {} backups: invariants hold",
         tasks.len(),
+        of("restore_backup"),
+        of("sync_ips"),
         instances.len(),
         live.len(),
         backups.len()
