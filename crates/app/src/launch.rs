@@ -583,10 +583,10 @@ async fn take_addresses(
 /// passes over hosts whose row another launch holds until its commit (PostgreSQL), so
 /// concurrent launches spread over the next-best hosts instead of queueing for the best one;
 /// the second waits, so a launch is refused only when no candidate has room. It first locks
-/// every candidate in id order, as every writer of several hosts does: waiting on each in
-/// turn, in the candidates' order, it would keep each one it found full locked (PostgreSQL
-/// keeps the lock an update waited for even when the row no longer matches) while waiting
-/// for the next.
+/// the candidates with room in id order, as every writer of several hosts does: waiting on
+/// each in turn, in the candidates' order, it would keep each one it found full locked
+/// (PostgreSQL keeps the lock an update waited for even when the row no longer matches)
+/// while waiting for the next.
 async fn reserve_first_fit(tx: &mut Tx, p: &Plan) -> Result<Option<usize>, Error> {
     for (i, h) in p.hosts.iter().enumerate() {
         if tx.host_reserve_unless_busy(h, &p.resources).await? {
@@ -594,7 +594,7 @@ async fn reserve_first_fit(tx: &mut Tx, p: &Plan) -> Result<Option<usize>, Error
         }
     }
     let ids: Vec<&str> = p.hosts.iter().map(String::as_str).collect();
-    tx.hosts_lock(&ids).await?;
+    tx.hosts_lock_with_room(&ids, &p.resources).await?;
     for (i, h) in p.hosts.iter().enumerate() {
         if tx.host_reserve(h, &p.resources).await? {
             return Ok(Some(i));

@@ -5,5 +5,7 @@
 -- deleted_at, only an instance's end moves index entries.
 UPDATE instances SET deleted_at = updated_at
     WHERE deleted_at IS NULL AND status NOT IN ('creating', 'rented', 'terminating');
+UPDATE instances SET deleted_at = NULL
+    WHERE deleted_at IS NOT NULL AND status IN ('creating', 'rented', 'terminating');
 DROP INDEX instances_live_name;
 CREATE UNIQUE INDEX instances_live_name ON instances (account_id, name) WHERE deleted_at IS NULL

@@ -245,6 +245,33 @@ impl Tx {
         Ok(())
     }
 
+    /// Locks, in id order, those of the hosts `ids` that have room for `r` (PostgreSQL;
+    /// SQLite: nothing). A host another transaction holds is waited for, and kept locked
+    /// even if it has no room once that one commits (still in id order); a host without room
+    /// as of now is neither waited for nor locked.
+    pub async fn hosts_lock_with_room(&mut self, ids: &[&str], r: &Resources) -> Result<(), Error> {
+        if ids.is_empty() || self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let ids = crate::batch::padded(ids);
+        let marks: Vec<String> = (5..5 + ids.len()).map(|k| format!("${k}")).collect();
+        let sql = format!(
+            "SELECT id FROM hosts WHERE id IN ({}) AND {HAS_ROOM} ORDER BY id FOR NO KEY UPDATE",
+            marks.join(", ")
+        );
+        let mut q = self
+            .q(&sql)
+            .bind(r.cores)
+            .bind(r.memory_gb)
+            .bind(r.disk_gb)
+            .bind(r.gpus);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.fetch_all().await?;
+        Ok(())
+    }
+
     /// Adds each shape to its host (one entry per host), in one statement. Checked all the
     /// same: an error, and nothing reserved, unless every host still had room and took new
     /// placements.

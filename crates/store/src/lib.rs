@@ -131,7 +131,10 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
 /// other `Internal` (500).
 pub(crate) fn db_error(transient: bool, message: &str) -> Error {
     if transient {
-        Error::Unavailable(format!("database: {message}; try again"))
+        // Logged here, where the database's words are: the client is told only to retry. A
+        // deadlock means some writer broke the lock order; it should not pass unseen.
+        tracing::warn!("database: {message} (answered 503)");
+        Error::Unavailable("the database was busy; nothing was written, try again".into())
     } else {
         Error::Internal(format!("database: {message}"))
     }

@@ -271,21 +271,7 @@ async fn an_instance_read_for_a_write_is_held_to_commit() {
 async fn a_backup_held_for_a_restore_waits_out_its_delete() {
     for store in postgres_with_fleet().await {
         rented_instances(&store).await;
-        let backup = BackupRow {
-            volid: "local:backup/v1".into(),
-            account_id: "a1".into(),
-            instance_id: INSTANCES.first.into(),
-            instance_name: "web-1".into(),
-            storage: "local".into(),
-            size_bytes: 1,
-            format: "vma.zst".into(),
-            notes: None,
-            status: "available".into(),
-            task_id: None,
-            origin: "manual".into(),
-            created_at: 0,
-            updated_at: 0,
-        };
+        let backup = backup_row("local:backup/v1");
         let mut tx = store.begin().await.unwrap();
         tx.backup_insert(&backup).await.unwrap();
         tx.commit().await.unwrap();
@@ -329,17 +315,31 @@ async fn a_deadlock_is_answered_as_unavailable() {
     }
 }
 
-/// A lone launch that found every candidate busy locks them all, in id order, before it
-/// reserves on one (`Tx::hosts_lock`).
+/// A lone launch that found every candidate busy locks those with room, in id order,
+/// before it reserves on one (`Tx::hosts_lock_with_room`); a full one it neither waits for
+/// nor holds.
 #[tokio::test]
 async fn a_lone_launch_waiting_for_its_candidates_locks_them_in_id_order() {
     for store in postgres_with_fleet().await {
         waits_holding_nothing_after(&store, |s| async move {
             let mut tx = s.begin().await?;
-            tx.hosts_lock(&[LATER, FIRST]).await?;
+            tx.hosts_lock_with_room(&[LATER, FIRST], &res(1)).await?;
             tx.commit().await
         })
         .await;
+        // FIRST (96 cores) has no room for 100: held elsewhere, it is passed over.
+        let mut holder = store.begin().await.unwrap();
+        holder.hosts_lock(&[FIRST]).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        // Bounded: waiting for FIRST would wait for this test's own holder, for good.
+        let bound = std::time::Duration::from_secs(30);
+        let big = res(100);
+        let locked = tx.hosts_lock_with_room(&[LATER, FIRST], &big);
+        let locked = tokio::time::timeout(bound, locked).await;
+        locked.expect("waited for a full host").unwrap();
+        assert!(lockable_now(&store, "hosts", "id", LATER).await.is_err());
+        tx.rollback().await.unwrap();
+        holder.rollback().await.unwrap();
     }
 }
 
@@ -390,5 +390,63 @@ async fn a_delete_end_locks_the_host_before_the_instance() {
         holder.rollback().await.unwrap();
         assert_eq!(end.await.unwrap().unwrap(), [true]);
         assert!(instance.is_ok(), "the instance was held: {instance:?}");
+    }
+}
+
+/// The other side of a restore's hold: a delete's transition of the backup waits for the
+/// restore's transaction and, once it commits, sees the restore's task.
+#[tokio::test]
+async fn a_delete_waiting_on_a_restore_sees_its_task() {
+    for store in postgres_with_fleet().await {
+        rented_instances(&store).await;
+        let volid = "local:backup/v2";
+        let mut tx = store.begin().await.unwrap();
+        tx.backup_insert(&backup_row(volid)).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut restore = store.begin().await.unwrap();
+        let pid = backend_pid(&mut restore).await;
+        assert!(restore.backup_hold_available(volid).await.unwrap());
+        let s = store.clone();
+        let delete = tokio::spawn(async move {
+            let mut tx = s.begin().await.unwrap();
+            let moved = tx
+                .backup_transition(volid, "available", "deleting", Some("t-del"), 9)
+                .await
+                .unwrap();
+            let queued = tx.backup_restores_queued(volid).await.unwrap();
+            tx.rollback().await.unwrap();
+            (moved, queued)
+        });
+        blocked_by(&store, pid).await;
+        restore
+            .task_insert(&NewTask {
+                instance_id: Some(INSTANCES.first.into()),
+                operation: "restore_backup".into(),
+                params: serde_json::json!({ "volid": volid }).to_string(),
+                ..new_task("t-restore", 8)
+            })
+            .await
+            .unwrap();
+        restore.commit().await.unwrap();
+        assert_eq!(delete.await.unwrap(), (true, true));
+    }
+}
+
+/// An available backup of `i1`.
+fn backup_row(volid: &str) -> BackupRow {
+    BackupRow {
+        volid: volid.into(),
+        account_id: "a1".into(),
+        instance_id: INSTANCES.first.into(),
+        instance_name: "web-1".into(),
+        storage: "local".into(),
+        size_bytes: 1,
+        format: "vma.zst".into(),
+        notes: None,
+        status: "available".into(),
+        task_id: None,
+        origin: "manual".into(),
+        created_at: 0,
+        updated_at: 0,
     }
 }
