@@ -134,12 +134,27 @@ impl App {
         id: &str,
         origin: &str,
     ) -> Result<BackupQueued, Error> {
+        let mut tx = self.store.begin().await?;
+        let queued = self.backup_take_in(&mut tx, caller, id, origin).await?;
+        tx.commit().await?;
+        self.wake_workers();
+        Ok(queued)
+    }
+
+    /// `backup_take` inside the caller's transaction (which the caller commits, then wakes
+    /// the workers).
+    pub(crate) async fn backup_take_in(
+        &self,
+        tx: &mut lobster_store::Tx,
+        caller: &Caller,
+        id: &str,
+        origin: &str,
+    ) -> Result<BackupQueued, Error> {
         caller.require(Permission::InstanceWrite)?;
         let now = self.now();
         let task_id = ids::new_task_id();
-        let mut tx = self.store.begin().await?;
         let inst = self
-            .claim_for_backup(&mut tx, caller, id, &task_id, "backup")
+            .claim_for_backup(tx, caller, id, &task_id, "backup")
             .await?;
         let storage = storage_for(&inst.region);
         let volid = format!(
@@ -165,8 +180,6 @@ impl App {
         .await?;
         tx.task_insert(&self.backup_task(TaskKind::Backup, &inst, &task_id, &volid, &storage, now))
             .await?;
-        tx.commit().await?;
-        self.wake_workers();
         Ok(BackupQueued {
             task_id,
             instance: inst,

@@ -128,24 +128,25 @@ impl App {
                 continue;
             };
             let next = s.next_after(Timestamp(now)).millis();
-            if !self
-                .store
-                .schedule_claim(&row.instance_id, expected, next, now)
-                .await?
-            {
-                continue; // another server took this occurrence
-            }
-            match self
-                .backup_take(
-                    &system_caller(&row.account_id),
-                    &row.instance_id,
-                    "schedule",
-                )
-                .await
-            {
-                Ok(_) => started += 1,
+            let occurrence = (expected, next, now);
+            match self.schedule_fire(&row, occurrence).await {
+                Ok(true) => started += 1,
+                Ok(false) => {} // another server took this occurrence
+                // The instance cannot be backed up now (busy, gone): this occurrence is
+                // skipped, as a missed one would be.
+                Err(
+                    e
+                    @ (Error::Conflict { .. } | Error::BadRequest { .. } | Error::NotFound { .. }),
+                ) => {
+                    tracing::warn!(instance = %row.instance_id, "scheduled backup skipped: {e}");
+                    self.store
+                        .schedule_claim(&row.instance_id, expected, next, now)
+                        .await?;
+                }
+                // Anything else (the database) left the occurrence due: the next tick tries
+                // it again.
                 Err(e) => {
-                    tracing::warn!(instance = %row.instance_id, "scheduled backup skipped: {e}")
+                    tracing::warn!(instance = %row.instance_id, "scheduled backup not taken yet: {e}")
                 }
             }
         }
@@ -153,6 +154,29 @@ impl App {
             self.schedule_prune(&row).await?;
         }
         Ok(started)
+    }
+
+    /// Claims the schedule's occurrence `(expected, next, now)` and queues its backup in one
+    /// transaction, so that a failure or a crash between the two cannot consume the
+    /// occurrence without a backup. False when another server took it first.
+    async fn schedule_fire(
+        &self,
+        row: &ScheduleRow,
+        (expected, next, now): (i64, i64, i64),
+    ) -> Result<bool, Error> {
+        let mut tx = self.store.begin().await?;
+        if !tx
+            .schedule_claim(&row.instance_id, expected, next, now)
+            .await?
+        {
+            return Ok(false);
+        }
+        let caller = system_caller(&row.account_id);
+        self.backup_take_in(&mut tx, &caller, &row.instance_id, "schedule")
+            .await?;
+        tx.commit().await?;
+        self.wake_workers();
+        Ok(true)
     }
 
     async fn schedule_prune(&self, row: &ScheduleRow) -> Result<(), Error> {

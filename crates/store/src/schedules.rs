@@ -1,7 +1,7 @@
 //! Backup schedules, one per instance. Firing is claimed by moving `next_run_at` forward with
 //! a conditional UPDATE, so with several servers each occurrence fires exactly once.
 
-use crate::{db_err, get_i64, get_opt_i64, get_str, Store};
+use crate::{db_err, get_i64, get_opt_i64, get_str, Store, Tx};
 use lobster_core::Error;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,9 +146,33 @@ impl Store {
         next: i64,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = self.q(
-            "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2 WHERE instance_id = $3 AND next_run_at = $4",
-        )
+        let r = self
+            .q(SCHEDULE_CLAIM)
+            .bind(next)
+            .bind(now)
+            .bind(instance_id)
+            .bind(expected)
+            .execute()
+            .await?;
+        Ok(r == 1)
+    }
+}
+
+/// `$1` the next run, `$2` now, `$3` the instance, `$4` the run expected.
+const SCHEDULE_CLAIM: &str = "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2
+     WHERE instance_id = $3 AND next_run_at = $4";
+
+impl Tx {
+    /// `Store::schedule_claim` inside a transaction (with the backup it fires).
+    pub async fn schedule_claim(
+        &mut self,
+        instance_id: &str,
+        expected: i64,
+        next: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let r = self
+            .q(SCHEDULE_CLAIM)
             .bind(next)
             .bind(now)
             .bind(instance_id)

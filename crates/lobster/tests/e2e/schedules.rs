@@ -265,3 +265,48 @@ async fn concurrent_puts_create_the_schedule_once() {
     }
     assert_eq!(created, 1);
 }
+
+/// Makes the database refuse (or accept again) every new backup row, as a failing database
+/// would, from a connection of the test's own.
+async fn refuse_backups(url: &str, refuse: bool) {
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(url).await.unwrap();
+    let postgres = url.starts_with("postgres");
+    let statements: &[&str] = match (postgres, refuse) {
+        (false, true) => &["CREATE TRIGGER refuse_backups BEFORE INSERT ON backups
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+        (false, false) => &["DROP TRIGGER refuse_backups"],
+        (true, true) => &[
+            "CREATE FUNCTION refuse_backup() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER refuse_backups BEFORE INSERT ON backups
+             FOR EACH ROW EXECUTE FUNCTION refuse_backup()",
+        ],
+        (true, false) => &["DROP TRIGGER refuse_backups ON backups"],
+    };
+    for s in statements {
+        sqlx::query(s).execute(&db).await.unwrap();
+    }
+    db.close().await;
+}
+
+/// An occurrence whose backup the database failed to queue stays due: the occurrence is
+/// claimed in the transaction that queues its backup, so the next tick takes it.
+#[tokio::test]
+async fn an_occurrence_the_database_failed_to_queue_stays_due() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let daily = json!({"frequency": "daily", "hour_utc": 3});
+    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
+    to_next_firing(&app, &alice, &id).await;
+    refuse_backups(&app.url, true).await;
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
+    refuse_backups(&app.url, false).await;
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 1);
+    app.drain().await;
+    let l = alice
+        .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
+        .await;
+    assert_eq!(l["total"], 1);
+}
