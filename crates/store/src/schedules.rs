@@ -146,21 +146,28 @@ impl Store {
         next: i64,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = self
-            .q(SCHEDULE_CLAIM)
-            .bind(next)
-            .bind(now)
-            .bind(instance_id)
-            .bind(expected)
+        let q = self.q(SCHEDULE_CLAIM);
+        Ok(claim_bound(q, instance_id, expected, next, now)
             .execute()
-            .await?;
-        Ok(r == 1)
+            .await?
+            == 1)
     }
 }
 
 /// `$1` the next run, `$2` now, `$3` the instance, `$4` the run expected.
 const SCHEDULE_CLAIM: &str = "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2
      WHERE instance_id = $3 AND next_run_at = $4";
+
+/// `SCHEDULE_CLAIM` with its values bound.
+fn claim_bound<'t, 'a>(
+    q: crate::exec::Q<'t, 'a>,
+    instance_id: &'a str,
+    expected: i64,
+    next: i64,
+    now: i64,
+) -> crate::exec::Q<'t, 'a> {
+    q.bind(next).bind(now).bind(instance_id).bind(expected)
+}
 
 impl Tx {
     /// `Store::schedule_claim` inside a transaction (with the backup it fires).
@@ -171,14 +178,10 @@ impl Tx {
         next: i64,
         now: i64,
     ) -> Result<bool, Error> {
-        let r = self
-            .q(SCHEDULE_CLAIM)
-            .bind(next)
-            .bind(now)
-            .bind(instance_id)
-            .bind(expected)
+        let q = self.q(SCHEDULE_CLAIM);
+        Ok(claim_bound(q, instance_id, expected, next, now)
             .execute()
-            .await?;
-        Ok(r == 1)
+            .await?
+            == 1)
     }
 }
