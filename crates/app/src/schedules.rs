@@ -139,9 +139,10 @@ impl App {
                     @ (Error::Conflict { .. } | Error::BadRequest { .. } | Error::NotFound { .. }),
                 ) => {
                     tracing::warn!(instance = %row.instance_id, "scheduled backup skipped: {e}");
-                    self.store
-                        .schedule_claim(&row.instance_id, expected, next, now)
+                    let mut tx = self.store.begin().await?;
+                    tx.schedule_claim(&row.instance_id, expected, next, now)
                         .await?;
+                    tx.commit().await?;
                 }
                 // Anything else (the database) left the occurrence due: the next tick tries
                 // it again.

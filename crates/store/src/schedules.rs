@@ -137,40 +137,11 @@ impl Store {
             .map_err(db_err)?;
         rows.iter().map(row).collect()
     }
-
-    /// Takes this occurrence: true for exactly one caller per `expected` value.
-    pub async fn schedule_claim(
-        &self,
-        instance_id: &str,
-        expected: i64,
-        next: i64,
-        now: i64,
-    ) -> Result<bool, Error> {
-        let q = self.q(SCHEDULE_CLAIM);
-        Ok(claim_bound(q, instance_id, expected, next, now)
-            .execute()
-            .await?
-            == 1)
-    }
-}
-
-/// `$1` the next run, `$2` now, `$3` the instance, `$4` the run expected.
-const SCHEDULE_CLAIM: &str = "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2
-     WHERE instance_id = $3 AND next_run_at = $4";
-
-/// `SCHEDULE_CLAIM` with its values bound.
-fn claim_bound<'t, 'a>(
-    q: crate::exec::Q<'t, 'a>,
-    instance_id: &'a str,
-    expected: i64,
-    next: i64,
-    now: i64,
-) -> crate::exec::Q<'t, 'a> {
-    q.bind(next).bind(now).bind(instance_id).bind(expected)
 }
 
 impl Tx {
-    /// `Store::schedule_claim` inside a transaction (with the backup it fires).
+    /// Takes this occurrence: true for exactly one caller per `expected` value. In the
+    /// transaction that queues its backup, so the two commit together.
     pub async fn schedule_claim(
         &mut self,
         instance_id: &str,
@@ -178,10 +149,17 @@ impl Tx {
         next: i64,
         now: i64,
     ) -> Result<bool, Error> {
-        let q = self.q(SCHEDULE_CLAIM);
-        Ok(claim_bound(q, instance_id, expected, next, now)
+        let r = self
+            .q(
+                "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2
+                 WHERE instance_id = $3 AND next_run_at = $4",
+            )
+            .bind(next)
+            .bind(now)
+            .bind(instance_id)
+            .bind(expected)
             .execute()
-            .await?
-            == 1)
+            .await?;
+        Ok(r == 1)
     }
 }
