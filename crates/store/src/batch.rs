@@ -24,6 +24,12 @@ pub(crate) fn numbered<T>(items: &[T]) -> Vec<(i64, &T)> {
         .collect()
 }
 
+/// `n` placeholders for an `IN (...)` list, numbered from `$first`: "$first, $first+1, ...".
+pub(crate) fn marks(first: usize, n: usize) -> String {
+    let m: Vec<String> = (first..first + n).map(|k| format!("${k}")).collect();
+    m.join(", ")
+}
+
 /// `n` rows of `width` placeholders for a VALUES list, numbered from `$first`, each cell
 /// followed by its cast (PostgreSQL types a bare parameter in VALUES as text).
 pub(crate) fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) -> String {

@@ -66,11 +66,10 @@ impl Tx {
         }
         let ids: Vec<&str> = items.iter().map(|d| d.instance_id.as_str()).collect();
         let ids = padded(&ids);
-        let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
         let sql = format!(
             "SELECT id FROM hosts WHERE id IN (SELECT host_id FROM instances WHERE id IN ({}))
              ORDER BY id FOR NO KEY UPDATE",
-            marks.join(", ")
+            crate::batch::marks(1, ids.len())
         );
         let vals: Vec<Val> = ids.iter().map(|id| Val::from(**id)).collect();
         self.fetch(&Statement::new(self.backend, &sql, vals))
@@ -191,12 +190,7 @@ impl Tx {
         }
         self.ips_freed();
         let ids = padded(ids);
-        let marks = |first: usize| -> String {
-            let m: Vec<String> = (first..first + ids.len())
-                .map(|k| format!("${k}"))
-                .collect();
-            m.join(", ")
-        };
+        let marks = |first: usize| crate::batch::marks(first, ids.len());
         let history = format!(
             "UPDATE ip_history SET released_at = $1 WHERE released_at IS NULL AND instance_id IN ({})",
             marks(2)

@@ -254,10 +254,9 @@ impl Tx {
             return Ok(());
         }
         let ids = crate::batch::padded(ids);
-        let marks: Vec<String> = (5..5 + ids.len()).map(|k| format!("${k}")).collect();
         let sql = format!(
             "SELECT id FROM hosts WHERE id IN ({}) AND {HAS_ROOM} ORDER BY id FOR NO KEY UPDATE",
-            marks.join(", ")
+            crate::batch::marks(5, ids.len())
         );
         let mut q = self
             .q(&sql)
@@ -314,10 +313,9 @@ impl Tx {
 /// serve every count), and the ids to bind.
 fn hosts_by_ids<'a>(ids: &[&'a str]) -> (String, Vec<&'a str>) {
     let ids: Vec<&str> = crate::batch::padded(ids).into_iter().copied().collect();
-    let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
     let sql = format!(
         "SELECT {COLS} FROM hosts WHERE id IN ({}) ORDER BY id",
-        marks.join(", ")
+        crate::batch::marks(1, ids.len())
     );
     (sql, ids)
 }

@@ -344,8 +344,8 @@ impl Store {
             return Ok(out);
         }
         let ids = crate::batch::padded(ids);
-        let marks: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
-        let sql = format!("SELECT {COLS} {FROM} WHERE i.id IN ({})", marks.join(", "));
+        let marks = crate::batch::marks(1, ids.len());
+        let sql = format!("SELECT {COLS} {FROM} WHERE i.id IN ({marks})");
         let mut q = sqlx::query(&sql);
         for id in ids {
             q = q.bind(*id);
