@@ -509,10 +509,15 @@ async fn deletes(args: &Args, addr: SocketAddr, ids: Vec<String>) -> Stat {
 
 /// Drops the schema `fresh_schema` made for `url` (a filled one holds 100,000 instances and
 /// 262,000 addresses: left behind, every later run's PostgreSQL works around it).
+/// `LOBSTER_BENCH_KEEP_SCHEMA=1` keeps it, to look at its tables and plans afterwards.
 async fn drop_schema(base: &str, url: &str) {
     let Some(schema) = url.rsplit("search_path%3D").next() else {
         return;
     };
+    if std::env::var_os("LOBSTER_BENCH_KEEP_SCHEMA").is_some() {
+        eprintln!("kept schema {schema} (LOBSTER_BENCH_KEEP_SCHEMA)");
+        return;
+    }
     let pool = sqlx::AnyPool::connect(base).await.expect("PostgreSQL");
     if let Err(e) = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&pool)
