@@ -12,6 +12,7 @@ mod firewall;
 mod history;
 mod instances;
 mod ips;
+mod isolation;
 mod launch;
 mod launch_custom;
 mod migrate;
