@@ -2,18 +2,6 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn backup(app: &TestApp, t: &Tenant, id: &str) -> String {
-    let b = expect(
-        t.post(&format!("/api/v1/instances/{id}/backup"), json!({}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    app.clock.advance_ms(1000);
-    app.drain().await;
-    b["volid"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn a_backup_runs_alone_while_the_instance_keeps_running() {
     let app = TestApp::spawn().await;

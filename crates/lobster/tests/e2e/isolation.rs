@@ -456,14 +456,7 @@ async fn furnish(app: &TestApp, h: &Holder<'_>, id: &str, task: &str, hour: i64)
         )
         .await;
     }
-    let b = expect(
-        t.post(&format!("/api/v1/instances/{id}/backup"), json!({}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    app.clock.advance_ms(1000);
-    app.drain().await;
+    let backup_volid = backup(app, t, id).await;
     let ip = expect(
         t.post(&format!("/api/v1/instances/{id}/ips"), json!({}))
             .await,
@@ -493,7 +486,7 @@ async fn furnish(app: &TestApp, h: &Holder<'_>, id: &str, task: &str, hour: i64)
         instance: id.into(),
         task: task.into(),
         team: h.team.into(),
-        backup: b["volid"].as_str().expect("volid").into(),
+        backup: backup_volid,
         ip: ip["ip"]["ip_address"].as_str().expect("ip").into(),
     }
 }

@@ -339,3 +339,16 @@ pub async fn until(what: &str, f: impl Fn() -> bool) {
         .await
         .unwrap_or_else(|_| panic!("never: {what}"));
 }
+
+/// A backup of instance `id` taken by `t` and run to its end; its volid.
+pub async fn backup(app: &TestApp, t: &Tenant, id: &str) -> String {
+    let b = expect(
+        t.post(&format!("/api/v1/instances/{id}/backup"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    app.clock.advance_ms(1000);
+    app.drain().await;
+    b["volid"].as_str().unwrap().to_string()
+}
