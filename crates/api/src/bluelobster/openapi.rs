@@ -1,6 +1,7 @@
 //! The served OpenAPI document: the Blue Lobster contract as shipped, plus what this server
-//! adds (the staff `/resources` endpoint, the rename body, and the status codes it can also
-//! answer). Built once at first use; a superset of `bluelobster-openapi.json` by construction.
+//! adds (the staff `/resources` endpoint, the rename, team and restore bodies, and the status
+//! codes it can also answer). Built once at first use; a superset of
+//! `bluelobster-openapi.json` by construction.
 
 use axum::Json;
 use serde_json::{json, Value};
@@ -76,6 +77,18 @@ fn augment(doc: &mut Value) {
         "required": true,
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RenameRequest" } } }
     });
+    // The contract's prose asks for `backup_volid` in the body, its operation declares no
+    // body: a client generated from the document could not send it. Not required as a body:
+    // without one the answer is the contract's 400 `missing_backup_volid`.
+    doc["components"]["schemas"]["RestoreRequest"] = json!({
+        "type": "object",
+        "required": ["backup_volid"],
+        "properties": { "backup_volid": { "type": "string", "description": "Volume ID of the backup to restore (from list backups)" } }
+    });
+    doc["paths"]["/api/v1/instances/{instance_id}/restore"]["post"]["requestBody"] = json!({
+        "required": false,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RestoreRequest" } } }
+    });
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
@@ -118,6 +131,34 @@ fn augment(doc: &mut Value) {
             add("422", "Validation Error");
         }
     }
+
+    /// The bodies the server reads where the contract's operation declares none (its prose
+    /// names them) are described, so that a client generated from the served document sends
+    /// them.
+    #[test]
+    fn served_document_describes_the_bodies_the_contract_only_names_in_prose() {
+        let served = served();
+        let body = |path: &str, method: &str| {
+            let r = &served["paths"][path][method]["requestBody"]["content"]["application/json"]
+                ["schema"]["$ref"];
+            let name = r
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}: no body"));
+            served["components"]["schemas"][name.trim_start_matches("#/components/schemas/")]
+                .clone()
+        };
+        let restore = body("/api/v1/instances/{instance_id}/restore", "post");
+        assert_eq!(restore["required"], json!(["backup_volid"]));
+        assert_eq!(restore["properties"]["backup_volid"]["type"], "string");
+        assert_eq!(
+            body("/api/v1/instances/{instance_id}/rename", "put")["required"],
+            json!(["name"])
+        );
+        assert_eq!(
+            body("/api/v1/instances/{instance_id}/team", "put")["required"],
+            json!(["team_id"])
+        );
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +193,33 @@ mod tests {
                 "schema {name}"
             );
         }
+    }
+
+    /// The bodies the server reads where the contract's operation declares none (its prose
+    /// names them) are described, so that a client generated from the served document sends
+    /// them.
+    #[test]
+    fn served_document_describes_the_bodies_the_contract_only_names_in_prose() {
+        let served = served();
+        let body = |path: &str, method: &str| {
+            let r = &served["paths"][path][method]["requestBody"]["content"]["application/json"]
+                ["schema"]["$ref"];
+            let name = r
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}: no body"));
+            served["components"]["schemas"][name.trim_start_matches("#/components/schemas/")]
+                .clone()
+        };
+        let restore = body("/api/v1/instances/{instance_id}/restore", "post");
+        assert_eq!(restore["required"], json!(["backup_volid"]));
+        assert_eq!(restore["properties"]["backup_volid"]["type"], "string");
+        assert_eq!(
+            body("/api/v1/instances/{instance_id}/rename", "put")["required"],
+            json!(["name"])
+        );
+        assert_eq!(
+            body("/api/v1/instances/{instance_id}/team", "put")["required"],
+            json!(["team_id"])
+        );
     }
 }

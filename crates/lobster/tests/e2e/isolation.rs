@@ -176,15 +176,6 @@ fn fill_for(name: &str, path: &str) -> Fill {
     }
 }
 
-/// Bodies the document does not describe but the handlers read (the reference's forms).
-/// Without them the call is a 400 before any ownership check and would prove nothing.
-fn undocumented_body(method: &str, path: &str) -> &'static [(&'static str, Kind)] {
-    match (method, path) {
-        ("post", "/api/v1/instances/{instance_id}/restore") => &[("backup_volid", Kind::Backup)],
-        _ => &[],
-    }
-}
-
 /// A valid value for a required body field that names no resource.
 fn body_value(name: &str, schema: &Value, hour: i64, now: Timestamp) -> Value {
     match name {
@@ -359,14 +350,6 @@ fn operations(doc: &Value, hour: i64, now: Timestamp) -> (Vec<Op>, usize, usize)
                 }
                 Some(b)
             };
-            for (name, kind) in undocumented_body(m, path) {
-                body.get_or_insert_with(Map::new);
-                slots.push(Slot {
-                    at: At::Body,
-                    name: (*name).into(),
-                    kind: *kind,
-                });
-            }
             ops.push(Op {
                 method: m.to_uppercase().parse().expect("method"),
                 path: path.clone(),
@@ -1220,8 +1203,8 @@ fn conclude(report: &Report, who: &str) {
     );
     // Each operation was accepted with the prober's own ids in one phase at least (but those
     // its role may not use, refused alike for its own): its refusal with Alice's was for
-    // ownership, not for the request. When this was written none needed an invalid body: the
-    // restore body is one the document does not describe (see `undocumented_body`), and the
+    // ownership, not for the request. When this was written none needed an invalid body (the
+    // served document describes the restore body the contract names only in prose); the
     // console is accepted only while running (its stopped-phase control is a 400
     // `invalid_state`; the probe with Alice's id is a 404 in both phases).
     assert!(
