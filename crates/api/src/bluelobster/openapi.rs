@@ -131,34 +131,6 @@ fn augment(doc: &mut Value) {
             add("422", "Validation Error");
         }
     }
-
-    /// The bodies the server reads where the contract's operation declares none (its prose
-    /// names them) are described, so that a client generated from the served document sends
-    /// them.
-    #[test]
-    fn served_document_describes_the_bodies_the_contract_only_names_in_prose() {
-        let served = served();
-        let body = |path: &str, method: &str| {
-            let r = &served["paths"][path][method]["requestBody"]["content"]["application/json"]
-                ["schema"]["$ref"];
-            let name = r
-                .as_str()
-                .unwrap_or_else(|| panic!("{method} {path}: no body"));
-            served["components"]["schemas"][name.trim_start_matches("#/components/schemas/")]
-                .clone()
-        };
-        let restore = body("/api/v1/instances/{instance_id}/restore", "post");
-        assert_eq!(restore["required"], json!(["backup_volid"]));
-        assert_eq!(restore["properties"]["backup_volid"]["type"], "string");
-        assert_eq!(
-            body("/api/v1/instances/{instance_id}/rename", "put")["required"],
-            json!(["name"])
-        );
-        assert_eq!(
-            body("/api/v1/instances/{instance_id}/team", "put")["required"],
-            json!(["team_id"])
-        );
-    }
 }
 
 #[cfg(test)]

@@ -329,7 +329,7 @@ fn operations(doc: &Value, hour: i64, now: Timestamp) -> (Vec<Op>, usize, usize)
                 in_query += 1;
             }
             let schema = op["requestBody"]["content"]["application/json"]["schema"].clone();
-            let mut body = if schema.is_null() {
+            let body = if schema.is_null() {
                 (m == "post" || m == "put" || m == "patch").then(Map::new)
             } else {
                 let s = resolve(doc, &schema);
