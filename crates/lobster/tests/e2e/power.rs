@@ -67,6 +67,49 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
     }
 }
 
+/// The contract documents no error for powering on a running instance or shutting down a
+/// stopped one ("Instance must be in stopped state" is a best practice): each is queued, its
+/// task completes, and the power state is what was asked (docs/compatibility.md).
+#[tokio::test]
+async fn power_on_while_running_and_shutdown_while_stopped_complete_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let host = alice.instance(&id).await["host_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (op, settled) in [
+        ("power-on", "running"),
+        ("shutdown", "stopped"),
+        ("shutdown", "stopped"),
+        ("force-shutdown", "stopped"),
+        ("power-on", "running"),
+    ] {
+        let b = expect(
+            alice
+                .post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(app.drain().await, 1, "{op}");
+        let t = alice
+            .get_json(
+                &format!("/api/v1/tasks/{}", b["task_id"].as_str().unwrap()),
+                StatusCode::OK,
+            )
+            .await;
+        assert_eq!(t["status"], "COMPLETED", "{op}: {t}");
+        assert_eq!(alice.instance(&id).await["power_status"], settled, "{op}");
+        assert_eq!(
+            app.sim.vm(&host, &id).unwrap().power.as_str(),
+            settled,
+            "{op}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_second_operation_while_one_runs_is_409() {
     let app = TestApp::spawn().await;
