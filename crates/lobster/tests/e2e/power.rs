@@ -2,8 +2,8 @@ use crate::support::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-#[tokio::test]
-async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
+/// An app, tenant alice, a running instance of hers and its host.
+async fn running_instance() -> (TestApp, Tenant, String, String) {
     let app = TestApp::spawn().await;
     let alice = app.tenant("alice").await;
     let id = app.running(&alice, "v1_cpu_small").await;
@@ -11,6 +11,12 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
         .as_str()
         .unwrap()
         .to_string();
+    (app, alice, id, host)
+}
+
+#[tokio::test]
+async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
+    let (app, alice, id, host) = running_instance().await;
     let steps = [
         (
             "shutdown",
@@ -72,13 +78,7 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
 /// task completes, and the power state is what was asked (docs/compatibility.md).
 #[tokio::test]
 async fn power_on_while_running_and_shutdown_while_stopped_complete_and_change_nothing() {
-    let app = TestApp::spawn().await;
-    let alice = app.tenant("alice").await;
-    let id = app.running(&alice, "v1_cpu_small").await;
-    let host = alice.instance(&id).await["host_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (app, alice, id, host) = running_instance().await;
     for (op, settled) in [
         ("power-on", "running"),
         ("shutdown", "stopped"),
