@@ -286,3 +286,107 @@ async fn power_on_a_terminating_instance_is_409() {
     .await;
     assert_eq!(b["error"], "operation_in_progress");
 }
+
+/// The 409's code: the contract's backup and restore endpoints say `task_in_progress`, the
+/// power endpoints and delete `operation_in_progress`.
+fn refusal(op: &str) -> &'static str {
+    match op {
+        "backup" | "restore" => "task_in_progress",
+        _ => "operation_in_progress",
+    }
+}
+
+/// DESIGN invariant 3 over every pair of the instance's task-making operations: while one
+/// is queued, each other one (and itself again) is refused with 409, nothing more is queued,
+/// and once the first has run the instance takes commands again.
+#[tokio::test]
+async fn while_any_operation_is_queued_every_other_one_is_409_and_queues_nothing() {
+    let (app, alice, id, _) = running_instance().await;
+    let volid = backup(&app, &alice, &id).await;
+    let ops: Vec<(&str, Method, String, serde_json::Value)> = vec![
+        (
+            "reboot",
+            Method::POST,
+            format!("/api/v1/instances/{id}/reboot"),
+            json!({}),
+        ),
+        (
+            "shutdown",
+            Method::POST,
+            format!("/api/v1/instances/{id}/shutdown"),
+            json!({}),
+        ),
+        (
+            "force-shutdown",
+            Method::POST,
+            format!("/api/v1/instances/{id}/force-shutdown"),
+            json!({}),
+        ),
+        (
+            "power-on",
+            Method::POST,
+            format!("/api/v1/instances/{id}/power-on"),
+            json!({}),
+        ),
+        (
+            "power-cycle",
+            Method::POST,
+            format!("/api/v1/instances/{id}/power-cycle"),
+            json!({}),
+        ),
+        (
+            "backup",
+            Method::POST,
+            format!("/api/v1/instances/{id}/backup"),
+            json!({}),
+        ),
+        (
+            "restore",
+            Method::POST,
+            format!("/api/v1/instances/{id}/restore"),
+            json!({"backup_volid": volid}),
+        ),
+    ];
+    for (first, m, path, body) in &ops {
+        let r = alice.call(m.clone(), path, Some(body.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK, "{first} first");
+        for (second, m2, path2, body2) in &ops {
+            let b = expect(
+                alice.call(m2.clone(), path2, Some(body2.clone())).await,
+                StatusCode::CONFLICT,
+            )
+            .await;
+            assert_eq!(b["error"], refusal(second), "{second} while {first}: {b}");
+        }
+        let del = expect(
+            alice.delete(&format!("/api/v1/instances/{id}")).await,
+            StatusCode::CONFLICT,
+        )
+        .await;
+        assert_eq!(
+            del["error"], "operation_in_progress",
+            "delete while {first}"
+        );
+        assert_eq!(app.drain().await, 1, "only {first} was queued");
+        assert_eq!(
+            alice.instance(&id).await["status"],
+            "rented",
+            "after {first}"
+        );
+    }
+    // A delete, queued first, holds the instance against everything else too.
+    expect(
+        alice.delete(&format!("/api/v1/instances/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    for (second, m2, path2, body2) in &ops {
+        let b = expect(
+            alice.call(m2.clone(), path2, Some(body2.clone())).await,
+            StatusCode::CONFLICT,
+        )
+        .await;
+        assert_eq!(b["error"], refusal(second), "{second} while deleting: {b}");
+    }
+    assert_eq!(app.drain().await, 1, "only the delete was queued");
+}
