@@ -20,3 +20,4 @@ mod power;
 mod schedules;
 mod tasks;
 mod teams;
+mod timestamps;
