@@ -14,6 +14,16 @@ async fn running_instance() -> (TestApp, Tenant, String, String) {
     (app, alice, id, host)
 }
 
+/// `op` (a power endpoint) on instance `id`, answered with `status`; the answer's body.
+async fn power(t: &Tenant, id: &str, op: &str, status: StatusCode) -> serde_json::Value {
+    expect(
+        t.post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
+            .await,
+        status,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
     let (app, alice, id, host) = running_instance().await;
@@ -45,13 +55,7 @@ async fn each_power_operation_queues_a_task_and_settles_the_power_status() {
         ),
     ];
     for (op, msg, after, operation) in steps {
-        let b = expect(
-            alice
-                .post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
-                .await,
-            StatusCode::OK,
-        )
-        .await;
+        let b = power(&alice, &id, op, StatusCode::OK).await;
         assert_eq!(b["status"], "PENDING", "{op}");
         assert_eq!(b["message"], msg);
         assert_eq!(b["instance_id"], json!(id));
@@ -86,13 +90,7 @@ async fn power_on_while_running_and_shutdown_while_stopped_complete_and_change_n
         ("force-shutdown", "stopped"),
         ("power-on", "running"),
     ] {
-        let b = expect(
-            alice
-                .post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
-                .await,
-            StatusCode::OK,
-        )
-        .await;
+        let b = power(&alice, &id, op, StatusCode::OK).await;
         assert_eq!(app.drain().await, 1, "{op}");
         let t = alice
             .get_json(
@@ -123,13 +121,7 @@ async fn a_second_operation_while_one_runs_is_409() {
         StatusCode::OK
     );
     for op in ["reboot", "shutdown", "power-on"] {
-        let b = expect(
-            alice
-                .post(&format!("/api/v1/instances/{id}/{op}"), json!({}))
-                .await,
-            StatusCode::CONFLICT,
-        )
-        .await;
+        let b = power(&alice, &id, op, StatusCode::CONFLICT).await;
         assert_eq!(
             b,
             json!({"error": "operation_in_progress", "message": "Another operation is in progress on this Instance"})
