@@ -716,8 +716,54 @@ async fn postgres_connections_plan_prepared_statements_once() {
                 .await
                 .unwrap();
             assert_eq!(mode, "force_generic_plan");
+            let seqscan: String = sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            assert_eq!(seqscan, "off");
         }
     }
+}
+
+/// PostgreSQL: the end of a batch of creates, planned while the tasks are few (a fresh
+/// start), still finds its tasks by primary key: a plan joining them to a scan of the whole
+/// table would be kept while the table grows (see `plan_once`).
+#[tokio::test]
+async fn ending_creates_planned_on_few_tasks_reads_no_whole_table() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        let plan = explain_finish_created(&store).await;
+        assert!(plan.contains("tasks_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+        assert!(!plan.contains("Seq Scan on instances"), "{plan}");
+    }
+}
+
+/// The plan, on a pooled connection, of the statement that ends 16 creates.
+async fn explain_finish_created(store: &Store) -> String {
+    let mut c = store.writer().acquire().await.unwrap();
+    let sql = crate::tasks::finish_created_pg_sql(16);
+    sqlx::raw_sql(&format!("PREPARE finish AS {sql}"))
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let mut args = vec!["'done'", "0", "'w'"];
+    for _ in 0..16 {
+        args.extend(["'t1'", "'i1'", "0"]);
+    }
+    let explain = format!("EXPLAIN EXECUTE finish({})", args.join(", "));
+    let rows = sqlx::raw_sql(&explain).fetch_all(&mut *c).await.unwrap();
+    sqlx::raw_sql("DEALLOCATE finish")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let plan: Vec<String> = rows
+        .iter()
+        .map(|r| sqlx::Row::get::<String, _>(r, 0))
+        .collect();
+    plan.join("\n")
 }
 
 /// PostgreSQL: the statement that ends a batch of creates finds its tasks by primary key,
@@ -742,23 +788,7 @@ async fn ending_creates_looks_their_tasks_up_by_id() {
         .await
         .unwrap();
         sqlx::query("ANALYZE tasks").execute(w).await.unwrap();
-        let mut c = w.acquire().await.unwrap();
-        let sql = crate::tasks::finish_created_pg_sql(16);
-        sqlx::raw_sql(&format!("PREPARE finish AS {sql}"))
-            .execute(&mut *c)
-            .await
-            .unwrap();
-        let mut args = vec!["'done'", "0", "'w'"];
-        for _ in 0..16 {
-            args.extend(["'t1'", "'i1'", "0"]);
-        }
-        let explain = format!("EXPLAIN EXECUTE finish({})", args.join(", "));
-        let rows = sqlx::raw_sql(&explain).fetch_all(&mut *c).await.unwrap();
-        let plan: Vec<String> = rows
-            .iter()
-            .map(|r| sqlx::Row::get::<String, _>(r, 0))
-            .collect();
-        let plan = plan.join("\n");
+        let plan = explain_finish_created(&store).await;
         assert!(plan.contains("tasks_pkey"), "{plan}");
         assert!(!plan.contains("tasks_leased"), "{plan}");
     }

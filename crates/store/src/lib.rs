@@ -178,10 +178,20 @@ async fn pg_pool(url: &str, n: u32) -> Result<AnyPool, Error> {
 /// planning afresh: a sixth of its CPU during a burst of launches. Every predicate that
 /// selects a partial index is written as a literal (`status = 'PENDING'`), so a plan made
 /// without the parameters' values still uses those indexes.
+///
+/// A plan made once must stay right while the tables grow under it, so these connections
+/// also plan without sequential scans where an index serves (`enable_seqscan = off`, which
+/// only prices a sequential scan out, still used where no index applies). Every statement
+/// Lobster runs reads rows by a key, an account or a partial index, and a scan's cost grows
+/// with its table while an index probe's does not; but a plan is made from the size a table
+/// has when it is made. Measured (docs/benchmarks.md, session 16): the end of a batch of
+/// creates, planned while the tasks were few, joined its rows to a sequential scan of all
+/// tasks, and kept that plan until the next analysis, which in a burst of launches from a
+/// fresh start was the whole burst: a sixth of PostgreSQL's CPU.
 async fn plan_once(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .map(|_| ())
+        .await?;
+    conn.execute("SET enable_seqscan = off").await.map(|_| ())
 }
 
 impl Store {
