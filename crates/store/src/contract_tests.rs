@@ -212,8 +212,8 @@ async fn take_one(store: &Store, id: &str) -> Option<String> {
 }
 
 /// A server searches a region's free addresses from just past the last one it took (see
-/// `ips::IpHints`): an address another server frees below that is still taken once the
-/// addresses above run out, and one this server frees is taken first.
+/// `ips::IpHints`): an address another server frees is still taken once the addresses
+/// never used run out, and so is one this server frees.
 #[tokio::test]
 async fn free_addresses_are_searched_past_the_last_taken_and_none_is_missed() {
     for (a, b, _d) in server_pairs().await {
@@ -232,14 +232,14 @@ async fn free_addresses_are_searched_past_the_last_taken_and_none_is_missed() {
         tx.ip_release_all("vm0", 2).await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(take_one(&a, "vm2").await.as_deref(), Some("10.9.0.3"));
-        // …and, with one address left past it, searches the region again from its start.
+        // …and takes the freed address once the last one never used is taken.
         let mut tx = a.begin().await.unwrap();
         let got = tx
             .ips_allocate("us-east-1", &[claim("vm3"), claim("vm4")], 3)
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(got, ["10.9.0.1", "10.9.0.4"]);
+        assert_eq!(got, ["10.9.0.4", "10.9.0.1"]);
         assert_eq!(take_one(&a, "vm5").await, None, "the pool is exhausted");
         // What this server frees is the next it takes.
         let mut tx = a.begin().await.unwrap();
@@ -251,10 +251,50 @@ async fn free_addresses_are_searched_past_the_last_taken_and_none_is_missed() {
     }
 }
 
+/// Released addresses are given out last, the longest free first: an address freed by one
+/// tenant's delete does not go to the next launch while addresses never used (or freed
+/// earlier) remain. Within one second of releases, in pool order.
+#[tokio::test]
+async fn released_addresses_are_taken_last_and_the_longest_free_first() {
+    for (store, _d) in stores().await {
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.5".into()];
+        store.fleet_sync(&fleet).await.unwrap();
+        let release = |id: &'static str, at: i64| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.ip_release_all(id, at).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        let take = |id: &'static str| take_one(&store, id);
+        assert_eq!(take("vm0").await.as_deref(), Some("10.9.0.1"));
+        assert_eq!(take("vm1").await.as_deref(), Some("10.9.0.2"));
+        assert_eq!(take("vm2").await.as_deref(), Some("10.9.0.3"));
+        release("vm1", 2_000).await;
+        release("vm0", 5_000).await;
+        // Never used first…
+        assert_eq!(take("vm3").await.as_deref(), Some("10.9.0.4"));
+        assert_eq!(take("vm4").await.as_deref(), Some("10.9.0.5"));
+        // …then by time of release: .2 (at 2 s) before .1 (at 5 s), whatever their places.
+        assert_eq!(take("vm5").await.as_deref(), Some("10.9.0.2"));
+        release("vm4", 7_000).await;
+        release("vm3", 7_500).await;
+        release("vm5", 9_000).await;
+        assert_eq!(take("vm6").await.as_deref(), Some("10.9.0.1"));
+        // .4 and .5 were freed in the same second: in pool order. Then .2, freed a second time.
+        assert_eq!(take("vm7").await.as_deref(), Some("10.9.0.4"));
+        assert_eq!(take("vm8").await.as_deref(), Some("10.9.0.5"));
+        assert_eq!(take("vm9").await.as_deref(), Some("10.9.0.2"));
+        assert_eq!(take("vm10").await, None, "the pool is exhausted");
+    }
+}
+
 /// A take that could not see an address a concurrent transaction was freeing (PostgreSQL:
 /// locked, so skipped) and commits after it does not move the search past that address.
 #[tokio::test]
-async fn a_take_beside_an_uncommitted_release_leaves_the_freed_address_first() {
+async fn a_take_beside_an_uncommitted_release_does_not_skip_the_freed_address() {
     for (store, _d) in stores().await {
         if store.backend() != Backend::Postgres {
             continue; // SQLite runs one write transaction at a time: they cannot overlap.
@@ -274,7 +314,9 @@ async fn a_take_beside_an_uncommitted_release_leaves_the_freed_address_first() {
         assert_eq!(got.as_deref(), Some("10.9.0.3"));
         release.commit().await.unwrap();
         take.commit().await.unwrap();
-        assert_eq!(take_one(&store, "vm3").await.as_deref(), Some("10.9.0.1"));
+        // The freed address is at the back, and is found once the last never used is taken.
+        assert_eq!(take_one(&store, "vm3").await.as_deref(), Some("10.9.0.4"));
+        assert_eq!(take_one(&store, "vm4").await.as_deref(), Some("10.9.0.1"));
     }
 }
 
@@ -1328,8 +1370,11 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
             .filter(|h| h.released_at.is_none())
             .collect();
         assert_eq!(open.len(), 1);
-        // The next search starts from the pool's start again, not past d3's address.
-        assert_eq!(take_one(&store, "d9").await, Some(addresses[0].clone()));
+        // The addresses given back wait at the back of the pool: the next launch gets the
+        // address after d3's, never used.
+        let after_d3: std::net::Ipv4Addr = addresses[2].parse().unwrap();
+        let next = std::net::Ipv4Addr::from(u32::from(after_d3) + 1).to_string();
+        assert_eq!(take_one(&store, "d9").await, Some(next));
         // Written again (a retry whose answer was lost): nothing more is given back.
         let again = store
             .task_finish_deleted("w1", "VM deleted successfully", 6, &items[..2])

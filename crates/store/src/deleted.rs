@@ -195,16 +195,13 @@ impl Tx {
             "UPDATE ip_history SET released_at = $1 WHERE released_at IS NULL AND instance_id IN ({})",
             marks(2)
         );
-        let free = format!(
-            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
-               mac_address = NULL, is_primary = 0
-             WHERE instance_id IN ({})",
-            marks(1)
-        );
+        let free = crate::ips::freeing(1, &format!("instance_id IN ({})", marks(2)));
         let of: Vec<Val> = ids.iter().map(|id| Val::from(**id)).collect();
         let mut at: Vec<Val> = vec![now.into()];
         at.extend(of.iter().cloned());
-        for (sql, vals) in [(history, at), (free, of)] {
+        let mut back: Vec<Val> = vec![crate::ips::released_seq_base(now).into()];
+        back.extend(of);
+        for (sql, vals) in [(history, at), (free, back)] {
             let st = Statement::new(self.backend, &sql, vals);
             self.run(&st).await?;
         }

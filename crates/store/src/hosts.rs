@@ -121,6 +121,15 @@ impl Store {
             for pool in &r.ip_pools {
                 addrs.extend(lobster_core::ip::parse_pool(pool).map_err(Error::Internal)?);
             }
+            // A place in the pools must stay below every released address's `seq`.
+            if addrs.len() as i64 >= crate::ips::POOL_SPAN {
+                return Err(Error::Internal(format!(
+                    "region {} has {} pool addresses; at most {} are supported",
+                    r.name,
+                    addrs.len(),
+                    crate::ips::POOL_SPAN - 1
+                )));
+            }
             // Many rows per statement: a /15 pool is 130,000 addresses, synced on every start.
             for (n, chunk) in addrs.chunks(500).enumerate() {
                 let values: Vec<String> = (0..chunk.len())

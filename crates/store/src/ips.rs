@@ -1,5 +1,13 @@
 //! Public IPv4 addresses: regional pools, and which interface of which instance holds each.
 //! Allocation is a conditional UPDATE, so two transactions can never take the same address.
+//!
+//! Which free address a launch gets: the free address of its region with the lowest `seq`.
+//! An address's `seq` starts as its place in the region's pools, so a fresh pool is given out
+//! in order; a released address goes to the back of that queue (`RELEASED_SEQ`), behind every
+//! address never used and every address released before it. Why: an address given straight
+//! back out (as the lowest free one would be) reaches the next launch, often another tenant's,
+//! while DNS records, allowlists and the peers' connections of its last holder still point at
+//! it. Taken last, it is reused only when no address has been free for longer.
 
 use crate::batch::{Statement, Val};
 use crate::{db_err, get_i64, get_opt_i64, get_opt_str, get_str, Backend, Store, Tx};
@@ -49,7 +57,7 @@ fn row(r: &impl crate::exec::Named) -> Result<IpRow, Error> {
 /// search that finds too few past it searches again from the start, so an address freed
 /// below it (by another server, or by a transaction that rolled back) is still taken once
 /// the addresses above are; this server's own releases and fleet syncs reset it, so here
-/// the lowest free address is taken first, as before.
+/// the free address with the lowest `seq` is taken first, as without hints.
 #[derive(Default)]
 pub(crate) struct IpHints(Mutex<Hints>);
 
@@ -148,6 +156,30 @@ impl TxHints {
     }
 }
 
+/// Released addresses' `seq`: the release's second times `POOL_SPAN`, plus the address's place
+/// in its pools (kept as the remainder, a second release included). Every such `seq` is above
+/// every pool place, and later releases come after earlier ones (within a second, in pool
+/// order). `$R` is `released_seq_base` of the release's time.
+pub(crate) const RELEASED_SEQ: &str = "seq = $R + seq % 268435456";
+
+/// More addresses than any region can hold (`ip_pools_sync` refuses more): 2^28.
+pub(crate) const POOL_SPAN: i64 = 268_435_456;
+
+/// What `RELEASED_SEQ` adds for a release at `now` (milliseconds).
+pub(crate) fn released_seq_base(now: i64) -> i64 {
+    (now.div_euclid(1000).max(0) + 1).saturating_mul(POOL_SPAN)
+}
+
+/// The statement that frees addresses, with the release's base as parameter `$n`.
+pub(crate) fn freeing(n: usize, condition: &str) -> String {
+    format!(
+        "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
+           mac_address = NULL, is_primary = 0, {}
+         WHERE {condition}",
+        RELEASED_SEQ.replace("$R", &format!("${n}"))
+    )
+}
+
 const COLS: &str = "address, instance_id, interface_name, mac_address, is_primary, assigned_at";
 const ORDER: &str = "ORDER BY is_primary DESC, interface_name, address";
 
@@ -191,9 +223,9 @@ impl Store {
 }
 
 impl Tx {
-    /// Takes the lowest free address of the region; None when the pool is exhausted. The
-    /// outer `instance_id IS NULL` re-check makes a lost race a retry, never a double
-    /// assignment.
+    /// Takes the region's first free address (see the module's note on order); None when
+    /// the pool is exhausted. The outer `instance_id IS NULL` re-check makes a lost race a
+    /// retry, never a double assignment.
     pub async fn ip_allocate(
         &mut self,
         region: &str,
@@ -304,13 +336,11 @@ impl Tx {
         self.ips_freed();
         self.ip_history_close(instance_id, Some(address), now)
             .await?;
-        let r = self.q(
-            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
-               mac_address = NULL, is_primary = 0
-             WHERE instance_id = $1 AND address = $2",
-        )
+        let r = self
+            .q(&freeing(3, "instance_id = $1 AND address = $2"))
             .bind(instance_id)
             .bind(address)
+            .bind(released_seq_base(now))
             .execute()
             .await?;
         Ok(r == 1)
@@ -320,14 +350,11 @@ impl Tx {
     pub async fn ip_release_all(&mut self, instance_id: &str, now: i64) -> Result<(), Error> {
         self.ips_freed();
         self.ip_history_close(instance_id, None, now).await?;
-        self.q(
-            "UPDATE ip_addresses SET instance_id = NULL, assigned_at = NULL, interface_name = NULL,
-               mac_address = NULL, is_primary = 0
-             WHERE instance_id = $1",
-        )
-        .bind(instance_id)
-        .execute()
-        .await?;
+        self.q(&freeing(2, "instance_id = $1"))
+            .bind(instance_id)
+            .bind(released_seq_base(now))
+            .execute()
+            .await?;
         Ok(())
     }
 
@@ -396,7 +423,7 @@ impl Store {
 }
 
 impl Tx {
-    /// Takes the lowest free addresses of the region for `claims`, in order: the addresses
+    /// Takes the region's first free addresses for `claims`, in order: the addresses
     /// of the first k claims, k fewer than all when the pool has fewer free (or, on
     /// PostgreSQL, not locked by another transaction; the caller retries those one by one).
     /// Each address is metered from here, as with `ip_allocate`.

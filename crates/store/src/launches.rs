@@ -5,7 +5,7 @@
 //! COMMIT), and on a loaded machine each costs about as much as the statement it carries:
 //! the batch is bound by them, not by the database's work (docs/benchmarks.md, session 12).
 //! Here the batch is placed on hosts read just before (`Store::hosts_read`), and one
-//! statement locks those hosts and re-checks their room, takes the region's lowest free
+//! statement locks those hosts and re-checks their room, takes the region's first free
 //! addresses, and writes the addresses, their history, the instances, the tasks and the
 //! reservations — each of those only when every host still had room and every launch got an
 //! address, so that the statement writes all of the batch or none of it.

@@ -268,8 +268,9 @@ async fn batches_written_at_once_by_two_servers_never_overbook_a_host() {
 }
 
 /// A server's address search starts past the last address it took; when too few are free
-/// past there (another server freed one below), the statement searches again from the
-/// pool's start instead of refusing.
+/// past there (another server added one below: released addresses go to the back, so it
+/// takes a pool's growth), the statement searches again from the pool's start instead of
+/// refusing.
 #[tokio::test]
 async fn a_batch_short_of_addresses_past_the_hint_searches_the_whole_pool() {
     for (a, b, _d) in server_pairs().await {
@@ -286,15 +287,15 @@ async fn a_batch_short_of_addresses_past_the_hint_searches_the_whole_pool() {
             got,
             LaunchesWritten::Written(vec!["10.9.0.1".into(), "10.9.0.2".into()])
         );
-        // The other server frees vm0's address: a's hint still points past 10.9.0.2.
-        let mut tx = b.begin().await.unwrap();
-        tx.ip_release_all("vm0", 8).await.unwrap();
-        tx.commit().await.unwrap();
+        // The other server adds an address first in the pools: a's hint still points past
+        // 10.9.0.2.
+        fleet.regions[0].ip_pools = vec!["10.9.0.9-10.9.0.9".into(), "10.9.0.1-10.9.0.3".into()];
+        b.fleet_sync(&fleet).await.unwrap();
         let next = [launch("vm2", "web-2", 1), launch("vm3", "web-3", 1)];
         let got = write(&a, &next, None, &on_cpu_host(2)).await.unwrap();
         assert_eq!(
             got,
-            LaunchesWritten::Written(vec!["10.9.0.1".into(), "10.9.0.3".into()])
+            LaunchesWritten::Written(vec!["10.9.0.9".into(), "10.9.0.3".into()])
         );
     }
 }

@@ -124,9 +124,11 @@ async fn a_failed_create_releases_its_capacity_and_ip() {
     assert_eq!(app.host_free("tiny-1").await, free);
     assert!(app.app.store().ip_assignments().await.unwrap().is_empty());
     assert_eq!(app.sim.vm_count(), 0, "the half-built VM was cleaned up");
-    // The room is usable again, with the same address, and the name is free.
+    // The room is usable again and the name is free; the address is back in the pool, at
+    // its back (see `released_addresses_are_taken_last_and_the_longest_free_first`).
     let again = expect(alice.launch_body(body).await, StatusCode::OK).await;
-    assert_eq!(again["assigned_ip"], vm["assigned_ip"]);
+    assert_eq!(again["name"], vm["name"]);
+    assert_ne!(again["assigned_ip"], vm["assigned_ip"]);
 }
 
 #[tokio::test]
