@@ -293,12 +293,22 @@ async fn bench_lobster(
     wait_idle(&store).await;
     // 100 deletes take a few tens of milliseconds: a rate from them is mostly noise. The
     // same again with 2,000 (moto's 100 take seconds already).
-    let gone: Vec<String> = launched.into_iter().take(2_000).collect();
+    let mut launched = launched.into_iter();
+    let gone: Vec<String> = launched.by_ref().take(2_000).collect();
     let n_gone = gone.len() as u64;
     let s = deletes(args, addr, gone).await;
     r.add(target, "delete accepted (2,000)", &s);
     wait_idle(&store).await;
+    // A cloud's steady state: launches and deletes interleaved, each delete giving an
+    // address back while launches take them; at the size `--big` fills to, if any.
+    let old: Vec<String> = launched.take(CHURN as usize / 2).collect();
+    if args.big <= 10_000 {
+        let s = churn(args, addr, old.clone()).await;
+        r.add(target, "churn (launch + delete)", &s);
+        wait_idle(&store).await;
+    }
     if args.big > 10_000 {
+        // The churn launched as many as it deleted.
         let more = args.big - 10_000 + ids.len() as u64 + n_gone;
         let t0 = Instant::now();
         let (accepted, _, _, _) = launches(args, &p, &store, more).await;
@@ -335,6 +345,8 @@ async fn bench_lobster(
             "{target}: RSS after GET one at {held} instances: {:.0} MiB",
             p.rss_mib()
         ));
+        let s = churn(args, addr, old).await;
+        r.add(target, "churn (launch + delete)", &s);
     }
     p.stop().await;
 }
@@ -495,6 +507,23 @@ async fn fresh_schema(base: &str) -> String {
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Requests of the churn workload: half launches, half deletes of older instances.
+const CHURN: u64 = 6_000;
+
+/// Launches and deletes alternately (a delete of each of `old`, a launch beside each), as
+/// fast as they are accepted.
+async fn churn(args: &Args, addr: SocketAddr, old: Vec<String>) -> Stat {
+    let n = 2 * old.len() as u64;
+    drive(addr, args.connections, Budget::Count(n), false, move |i| {
+        if i % 2 == 0 {
+            return launch(addr);
+        }
+        let path = format!("/api/v1/instances/{}", old[(i / 2) as usize]);
+        request(addr, "DELETE", &path, Some(KEY), Bytes::new(), None)
+    })
+    .await
 }
 
 /// Deletes each of `ids` once, as fast as they are accepted.
