@@ -188,7 +188,6 @@ impl Tx {
         if ids.is_empty() {
             return Ok(());
         }
-        self.ips_freed();
         let ids = padded(ids);
         let marks = |first: usize| crate::batch::marks(first, ids.len());
         let history = format!(

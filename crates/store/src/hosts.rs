@@ -115,7 +115,7 @@ impl Store {
     async fn ip_pools_sync(&self, fleet: &Fleet) -> Result<(), Error> {
         let mut tx = self.begin().await?;
         // New addresses may sort before the hints.
-        tx.ips_freed();
+        tx.ips_added();
         for r in &fleet.regions {
             let mut addrs = Vec::new();
             for pool in &r.ip_pools {
