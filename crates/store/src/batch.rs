@@ -52,20 +52,6 @@ pub(crate) fn casts<'a>(backend: crate::Backend, pg: &[&'a str]) -> Vec<&'a str>
     }
 }
 
-/// `col` among the keys `keys` (a subquery) selects, for a batch statement that joins a
-/// table to its `VALUES` rows: written so that PostgreSQL reaches those rows by index however
-/// small the table was when the statement was planned. A join alone leaves the planner free
-/// to read the whole table and match it against the rows (by a scan, or by walking a whole
-/// index when scans are off), which is what it picks while the table is small, and each
-/// connection keeps that plan while the table grows (`plan_once`); `= ANY(ARRAY(keys))` is
-/// an index condition. SQLite plans a statement each time it prepares it: `IN (keys)`.
-pub(crate) fn keyed(backend: crate::Backend, col: &str, keys: &str) -> String {
-    match backend {
-        crate::Backend::Postgres => format!("{col} = ANY(ARRAY({keys}))"),
-        crate::Backend::Sqlite => format!("{col} IN ({keys})"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! time; so, as for launches (`launches.rs`), PostgreSQL writes it as one.
 
 use crate::batch::{casts, numbered, values_list, Statement, Val};
-use crate::instances::{claimable_in_id_order, claims_keyed, row, CLAIMABLE, CLAIMED};
+use crate::instances::{claimable_in_id_order, row, CLAIMABLE, CLAIMED};
 use crate::{get_str, tasks, Backend, Claim, InstanceRow, Lease, Store};
 use lobster_core::Error;
 
@@ -126,6 +126,7 @@ fn claim_queue_statement<'a>(
     now: i64,
 ) -> Statement<'a> {
     let rows = numbered(claims);
+    let cast = casts(Backend::Postgres, &["::bigint", "", "", "", "", "", ""]);
     let mut vals: Vec<Val> = vec![
         now.into(),
         message.into(),
@@ -144,21 +145,14 @@ fn claim_queue_statement<'a>(
             c.operation.into(),
         ]);
     }
-    Statement::new(Backend::Postgres, &claim_queue_sql(rows.len(), lease), vals)
-}
-
-/// The statement of `claim_queue_statement`, for `rows` (numbered) claims.
-pub(crate) fn claim_queue_sql(rows: usize, lease: Option<&Lease>) -> String {
-    let cast = casts(Backend::Postgres, &["::bigint", "", "", "", "", "", ""]);
     let (status, attempts, owner, until) = tasks::leased_as(Backend::Postgres, lease, "$4", "$5");
     let (lock, claims_v) = claimable_in_id_order(Backend::Postgres);
-    let keyed = claims_keyed(Backend::Postgres);
-    format!(
+    let sql = format!(
         "WITH v(n, id, account_id, team_id, task_id, status, operation) AS (VALUES {v}){lock},
          claimed AS (
            UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1::bigint
            FROM {claims_v}
-           WHERE {CLAIMABLE} AND {keyed}
+           WHERE {CLAIMABLE}
            RETURNING {CLAIMED}, v.operation AS operation),
          p AS MATERIALIZED (
            SELECT c.*, {PARAMS_SQL} AS task_params, $4::text AS lease_owner_, $5::bigint AS lease_until_
@@ -169,7 +163,8 @@ pub(crate) fn claim_queue_sql(rows: usize, lease: Option<&Lease>) -> String {
              $2, {attempts}, $3::bigint, {owner}, {until}, $1::bigint, $1::bigint, $1::bigint
            FROM p)
          SELECT * FROM p",
-        v = values_list(6, rows, cast.len(), &cast),
+        v = values_list(6, rows.len(), cast.len(), &cast),
         inserted = tasks::INSERTED,
-    )
+    );
+    Statement::new(Backend::Postgres, &sql, vals)
 }

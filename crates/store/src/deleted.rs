@@ -2,8 +2,8 @@
 //! Written one by one, a delete's end was seven statements on the one path every delete
 //! takes (task, instance, host, address history, addresses, and the transaction's two ends).
 
-use crate::batch::{keyed, numbered, padded, values_list, Statement, Val};
-use crate::{get_i64, get_str, Backend, Store, Tx};
+use crate::batch::{numbered, padded, values_list, Statement, Val};
+use crate::{get_i64, get_str, Store, Tx};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
 use std::collections::{BTreeMap, HashSet};
@@ -86,7 +86,21 @@ impl Tx {
         items: &[Deleted],
     ) -> Result<HashSet<String>, Error> {
         let rows = numbered(items);
-        let sql = tasks_finished_sql(self.backend, rows.len());
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", ""]);
+        let sql = format!(
+            concat!(
+                "WITH v(n, task_id, instance_id) AS (VALUES {})
+             UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
+               lease_owner = NULL, lease_until = NULL
+             FROM v
+             WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = $3
+               AND ",
+                processing!("tasks."),
+                "
+             RETURNING tasks.id"
+            ),
+            values_list(4, rows.len(), 3, &casts)
+        );
         let mut vals: Vec<Val> = vec![message.into(), now.into(), worker.into()];
         for (n, d) in &rows {
             vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
@@ -110,7 +124,18 @@ impl Tx {
             self.wrote_instance(&d.instance_id);
         }
         let rows = numbered(items);
-        let sql = instances_ended_sql(self.backend, rows.len());
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", ""]);
+        let sql = format!(
+            "WITH v(n, task_id, instance_id) AS (VALUES {})
+             UPDATE instances SET status = 'deleted', active_task_id = NULL, password = NULL,
+               deleted_at = $1, updated_at = $1
+             FROM v
+             WHERE instances.id = v.instance_id AND v.n > 0 AND instances.active_task_id = v.task_id
+               AND instances.status IN ('creating', 'terminating')
+             RETURNING instances.id, instances.host_id, instances.cores, instances.memory_gb,
+               instances.disk_gb, instances.gpus",
+            values_list(2, rows.len(), 3, &casts)
+        );
         let mut vals: Vec<Val> = vec![now.into()];
         for (n, d) in &rows {
             vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
@@ -181,47 +206,4 @@ impl Tx {
         }
         Ok(())
     }
-}
-
-/// The statement that completes `rows` (numbered) delete tasks still held by worker `$3`.
-pub(crate) fn tasks_finished_sql(backend: Backend, rows: usize) -> String {
-    let casts = crate::batch::casts(backend, &["::bigint", "", ""]);
-    let keyed = keyed(backend, "tasks.id", "SELECT task_id FROM v WHERE n > 0");
-    format!(
-        concat!(
-            "WITH v(n, task_id, instance_id) AS (VALUES {})
-             UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
-               lease_owner = NULL, lease_until = NULL
-             FROM v
-             WHERE tasks.id = v.task_id AND v.n > 0 AND {} AND tasks.lease_owner = $3
-               AND ",
-            processing!("tasks."),
-            "
-             RETURNING tasks.id"
-        ),
-        values_list(4, rows, 3, &casts),
-        keyed
-    )
-}
-
-/// The statement that ends the instances of `rows` (numbered) finished delete tasks.
-pub(crate) fn instances_ended_sql(backend: Backend, rows: usize) -> String {
-    let casts = crate::batch::casts(backend, &["::bigint", "", ""]);
-    let keyed = keyed(
-        backend,
-        "instances.id",
-        "SELECT instance_id FROM v WHERE n > 0",
-    );
-    format!(
-        "WITH v(n, task_id, instance_id) AS (VALUES {})
-         UPDATE instances SET status = 'deleted', active_task_id = NULL, password = NULL,
-           deleted_at = $1, updated_at = $1
-         FROM v
-         WHERE instances.id = v.instance_id AND v.n > 0 AND {keyed}
-           AND instances.active_task_id = v.task_id
-           AND instances.status IN ('creating', 'terminating')
-         RETURNING instances.id, instances.host_id, instances.cores, instances.memory_gb,
-           instances.disk_gb, instances.gpus",
-        values_list(2, rows, 3, &casts)
-    )
 }

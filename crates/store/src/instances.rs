@@ -76,24 +76,17 @@ pub(crate) const CLAIMABLE: &str =
 /// could each hold one the other waits for (as with hosts: `hosts::in_id_order`). SQLite
 /// has one writer at a time: no CTE, the claims themselves.
 pub(crate) fn claimable_in_id_order(backend: Backend) -> (String, &'static str) {
-    let keyed = claims_keyed(backend);
     match backend {
         Backend::Postgres => (
             format!(
                 ", locking AS MATERIALIZED (
-               SELECT v.* FROM instances JOIN v ON {CLAIMABLE} AND {keyed}
+               SELECT v.* FROM instances JOIN v ON {CLAIMABLE}
                ORDER BY instances.id FOR NO KEY UPDATE OF instances)"
             ),
             "locking v",
         ),
         Backend::Sqlite => (String::new(), "v"),
     }
-}
-
-/// The claimed instances named by id beside the join, so found by index (`batch::keyed`):
-/// `v` here is always the claims' `VALUES`, also where the update joins `locking v`.
-pub(crate) fn claims_keyed(backend: Backend) -> String {
-    crate::batch::keyed(backend, "instances.id", "SELECT id FROM v WHERE n > 0")
 }
 
 /// One instance taken for a task (`Tx::instances_claim`).
@@ -528,7 +521,16 @@ impl Tx {
             self.wrote_instance(&c.id);
         }
         let rows = crate::batch::numbered(claims);
-        let sql = instances_claim_sql(self.backend, rows.len());
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", ""]);
+        let (lock, claims_v) = claimable_in_id_order(self.backend);
+        let sql = format!(
+            "WITH v(n, id, account_id, team_id, task_id, status) AS (VALUES {}){lock}
+             UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1
+             FROM {claims_v}
+             WHERE {CLAIMABLE}
+             RETURNING {CLAIMED}",
+            crate::batch::values_list(2, rows.len(), 6, &casts)
+        );
         let mut vals: Vec<Val> = vec![now.into()];
         for (n, c) in &rows {
             vals.extend([
@@ -717,19 +719,4 @@ impl Tx {
              WHERE id = $3 AND active_task_id = $4";
         self.task_guarded(sql, Some(status), now, id, task_id).await
     }
-}
-
-/// The statement that claims the instances of `rows` (numbered) claims (`Tx::instances_claim`).
-pub(crate) fn instances_claim_sql(backend: Backend, rows: usize) -> String {
-    let casts = crate::batch::casts(backend, &["::bigint", "", "", "", "", ""]);
-    let (lock, claims_v) = claimable_in_id_order(backend);
-    let keyed = claims_keyed(backend);
-    format!(
-        "WITH v(n, id, account_id, team_id, task_id, status) AS (VALUES {}){lock}
-         UPDATE instances SET active_task_id = v.task_id, status = v.status, updated_at = $1
-         FROM {claims_v}
-         WHERE {CLAIMABLE} AND {keyed}
-         RETURNING {CLAIMED}",
-        crate::batch::values_list(2, rows, 6, &casts)
-    )
 }

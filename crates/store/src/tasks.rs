@@ -207,16 +207,14 @@ fn created_statement<'q>(
     Statement::new(backend, sql, vals)
 }
 
-/// The statement that ends `rows` create tasks on PostgreSQL (see `task_finish_created`). Its
-/// tasks are named by `id = ANY(...)` beside the join, so found by index: see `batch::keyed`.
+/// The statement that ends `rows` create tasks on PostgreSQL (see `task_finish_created`).
 pub(crate) fn finish_created_pg_sql(rows: usize) -> String {
     format!(
         concat!("WITH v(task_id, instance_id, fwv) AS (VALUES {}),
               t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                       lease_owner = NULL, lease_until = NULL
                     FROM v
-                    WHERE tasks.id = v.task_id AND tasks.id = ANY(ARRAY(SELECT task_id FROM v))
-                      AND tasks.instance_id = v.instance_id
+                    WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
                       AND tasks.lease_owner = $3 AND ", processing!("tasks."), "
                       AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
                     RETURNING tasks.id, tasks.instance_id),
