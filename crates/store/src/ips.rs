@@ -163,7 +163,7 @@ impl TxHints {
 /// Released addresses' `seq`: the release's second times `POOL_SPAN`, plus the address's place
 /// in its pools (kept as the remainder, a second release included). Every such `seq` is above
 /// every pool place, and later releases come after earlier ones (within a second, in pool
-/// order). `$R` is `released_seq_base` of the release's time.
+/// order). `$R` is `released_seq_base` of the release's time. It fits a BIGINT until 3058.
 pub(crate) const RELEASED_SEQ: &str = "seq = $R + seq % 268435456";
 
 /// More addresses than any region can hold (`ip_pools_sync` refuses more): 2^28.
@@ -519,5 +519,31 @@ impl Tx {
             }
         }
         Ok(addresses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `RELEASED_SEQ` computes, in Rust.
+    fn released(seq: i64, now: i64) -> i64 {
+        released_seq_base(now) + seq % POOL_SPAN
+    }
+
+    #[test]
+    fn released_addresses_sort_after_every_pool_place_and_by_second_of_release() {
+        let last_place = POOL_SPAN - 1;
+        assert!(released(1, 0) > last_place);
+        // A later second sorts later, whatever the places; within a second, by place.
+        assert!(released(last_place, 1_999) < released(1, 2_000));
+        assert!(released(3, 2_000) < released(4, 2_999));
+        // A second release keeps the place and moves on with time.
+        let once = released(7, 5_000);
+        assert_eq!(released(once, 9_000) % POOL_SPAN, 7);
+        assert!(released(once, 9_000) > once);
+        // No overflow for any clock before the year 3000 (2^63 / 2^28 seconds is 3058).
+        assert!(released(last_place, 32_503_679_999_000) < i64::MAX);
+        assert_eq!(RELEASED_SEQ, format!("seq = $R + seq % {POOL_SPAN}"));
     }
 }
