@@ -56,12 +56,12 @@ fn row(r: &impl crate::exec::Named) -> Result<IpRow, Error> {
 /// only, never trusted for correctness (taking an address stays a conditional update): a
 /// search that finds too few past it searches again from the start, so an address left free
 /// below it (passed over while another transaction held it, or added by another server's
-/// fleet sync) is still taken once the addresses above are. A release does not move it back: a released address's new
-/// `seq` puts it past every address taken so far (see `RELEASED_SEQ`), so a search from the
-/// region's start would only walk the dead entries of the addresses taken since the last
-/// vacuum before finding what the hint finds (measured: 9 % more launches and deletes
-/// interleaved, docs/benchmarks.md, session 16). A fleet sync, whose new addresses may sort
-/// anywhere, does reset it.
+/// fleet sync) is still taken once the addresses above are. A release does not move it
+/// back: a released address's new `seq` puts it past every address taken so far (see
+/// `RELEASED_SEQ`), so a search from the region's start would only walk the dead entries of
+/// the addresses taken since the last vacuum before finding what the hint finds (measured:
+/// 9 % more launches and deletes interleaved, docs/benchmarks.md, session 16). A fleet sync,
+/// whose new addresses may sort anywhere, does reset it.
 #[derive(Default)]
 pub(crate) struct IpHints(Mutex<Hints>);
 
