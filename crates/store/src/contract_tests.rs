@@ -159,9 +159,7 @@ async fn fleet_sync_is_idempotent_and_keeps_reservations() {
 #[tokio::test]
 async fn ip_allocation_is_unique_and_released() {
     for (store, _d) in stores().await {
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
-        store.fleet_sync(&fleet).await.unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.3").await;
         let mut tx = store.begin().await.unwrap();
         let mut got = vec![];
         for i in 0..4 {
@@ -204,6 +202,14 @@ pub(crate) async fn server_pairs() -> Vec<(Store, Store, Option<tempfile::TempDi
     out
 }
 
+/// The demo fleet with `pool` as its first region's only address pool, synced to `store`.
+pub(crate) async fn with_pool(store: &Store, pool: &str) -> Fleet {
+    let mut fleet = Fleet::demo();
+    fleet.regions[0].ip_pools = vec![pool.into()];
+    store.fleet_sync(&fleet).await.unwrap();
+    fleet
+}
+
 async fn take_one(store: &Store, id: &str) -> Option<String> {
     let mut tx = store.begin().await.unwrap();
     let got = tx.ip_allocate("us-east-1", &claim(id), 1).await.unwrap();
@@ -217,9 +223,7 @@ async fn take_one(store: &Store, id: &str) -> Option<String> {
 #[tokio::test]
 async fn free_addresses_are_searched_past_the_last_taken_and_none_is_missed() {
     for (a, b, _d) in server_pairs().await {
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.4".into()];
-        a.fleet_sync(&fleet).await.unwrap();
+        with_pool(&a, "10.9.0.1-10.9.0.4").await;
         let mut tx = a.begin().await.unwrap();
         let got = tx
             .ips_allocate("us-east-1", &[claim("vm0"), claim("vm1")], 1)
@@ -257,9 +261,7 @@ async fn free_addresses_are_searched_past_the_last_taken_and_none_is_missed() {
 #[tokio::test]
 async fn released_addresses_are_taken_last_and_the_longest_free_first() {
     for (store, _d) in stores().await {
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.5".into()];
-        store.fleet_sync(&fleet).await.unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.5").await;
         let release = |id: &'static str, at: i64| {
             let store = store.clone();
             async move {
@@ -299,9 +301,7 @@ async fn released_addresses_are_taken_last_and_the_longest_free_first() {
 #[tokio::test]
 async fn a_release_does_not_send_the_search_back_to_the_start() {
     for (a, b, _d) in server_pairs().await {
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.4".into()];
-        a.fleet_sync(&fleet).await.unwrap();
+        let mut fleet = with_pool(&a, "10.9.0.1-10.9.0.4").await;
         assert_eq!(take_one(&a, "vm0").await.as_deref(), Some("10.9.0.1"));
         assert_eq!(take_one(&a, "vm1").await.as_deref(), Some("10.9.0.2"));
         fleet.regions[0].ip_pools = vec!["10.9.0.9-10.9.0.9".into(), "10.9.0.1-10.9.0.4".into()];
@@ -326,9 +326,7 @@ async fn a_take_beside_an_uncommitted_release_does_not_skip_the_freed_address() 
         if store.backend() != Backend::Postgres {
             continue; // SQLite runs one write transaction at a time: they cannot overlap.
         }
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.4".into()];
-        store.fleet_sync(&fleet).await.unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.4").await;
         assert_eq!(take_one(&store, "vm0").await.as_deref(), Some("10.9.0.1"));
         assert_eq!(take_one(&store, "vm1").await.as_deref(), Some("10.9.0.2"));
         let mut release = store.begin().await.unwrap();
@@ -1155,9 +1153,7 @@ async fn batch_claims_take_the_earliest_due_tasks_once() {
 #[tokio::test]
 async fn batch_writes_round_trip_and_a_reservation_is_all_or_nothing() {
     for (store, _d) in stores().await {
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
-        store.fleet_sync(&fleet).await.unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.3").await;
         store.account_create("a1", "acme", 0).await.unwrap();
         let ids = ["vm0", "vm1", "vm2", "vm3"];
         let claims: Vec<IpClaim> = ids.iter().map(|id| claim(id)).collect();

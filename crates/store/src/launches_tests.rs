@@ -2,7 +2,9 @@
 //! of launches in one statement is written whole or not at all, and batches written at once
 //! by two servers never overbook a host.
 
-use crate::contract_tests::{cpu_cores_used, new_task, res, sample_instance, server_pairs, stores};
+use crate::contract_tests::{
+    cpu_cores_used, new_task, res, sample_instance, server_pairs, stores, with_pool,
+};
 use crate::launches::ADDRESS_TO_COME;
 use crate::*;
 use lobster_core::capacity::Resources;
@@ -108,9 +110,7 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
             );
             continue;
         }
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
-        store.fleet_sync(&fleet).await.unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.3").await;
         store.account_create("a1", "acme", 0).await.unwrap();
         let lease = Lease {
             owner: "w1".into(),
@@ -223,9 +223,7 @@ async fn batches_written_at_once_by_two_servers_never_overbook_a_host() {
         if a.backend() != Backend::Postgres {
             continue;
         }
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.200".into()];
-        a.fleet_sync(&fleet).await.unwrap();
+        with_pool(&a, "10.9.0.1-10.9.0.200").await;
         a.account_create("a1", "acme", 0).await.unwrap();
         let mut runs = tokio::task::JoinSet::new();
         for k in 0..12 {
@@ -277,9 +275,7 @@ async fn a_batch_short_of_addresses_past_the_hint_searches_the_whole_pool() {
         if a.backend() != Backend::Postgres {
             continue;
         }
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.3".into()];
-        a.fleet_sync(&fleet).await.unwrap();
+        let mut fleet = with_pool(&a, "10.9.0.1-10.9.0.3").await;
         a.account_create("a1", "acme", 0).await.unwrap();
         let first = [launch("vm0", "web-0", 1), launch("vm1", "web-1", 1)];
         let got = write(&a, &first, None, &on_cpu_host(2)).await.unwrap();
@@ -330,9 +326,7 @@ async fn a_batch_inserts_its_instances_in_name_order() {
         if store.backend() != Backend::Postgres {
             continue;
         }
-        let mut fleet = Fleet::demo();
-        fleet.regions[0].ip_pools = vec!["10.9.0.1-10.9.0.50".into()];
-        store.fleet_sync(&fleet).await.unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.50").await;
         store.account_create("a1", "acme", 0).await.unwrap();
         let named = |id: &str, name: &str| InstanceRow {
             name: name.into(),
