@@ -792,6 +792,32 @@ async fn postgres_connections_plan_prepared_statements_once() {
     }
 }
 
+/// PostgreSQL: instances carry no foreign key to accounts (each launch batch's rows would
+/// otherwise all take a share lock on their account's row, see migration 0010); SQLite
+/// keeps the key.
+#[tokio::test]
+async fn instances_carry_no_account_key_on_postgres() {
+    for (store, _d) in stores().await {
+        let orphan = sample_instance("i2", "no-such-account");
+        let mut tx = store.begin().await.unwrap();
+        let wrote = tx.instance_insert(&orphan).await;
+        match store.backend() {
+            Backend::Sqlite => assert!(wrote.is_err(), "SQLite keeps the key"),
+            Backend::Postgres => {
+                wrote.unwrap();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_constraint WHERE conrelid = 'instances'::regclass AND contype = 'f'",
+                )
+                .fetch_one(tx.conn().unwrap())
+                .await
+                .unwrap();
+                assert_eq!(n, 0, "instances carry no foreign key on PostgreSQL");
+            }
+        }
+        drop(tx);
+    }
+}
+
 /// PostgreSQL: the end of a batch of creates, planned while the tasks are few (a fresh
 /// start), still finds its tasks by primary key: a plan joining them to a scan of the whole
 /// table would be kept while the table grows (see `plan_once`).

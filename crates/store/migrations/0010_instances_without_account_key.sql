@@ -1,0 +1,7 @@
+-- PostgreSQL only (see POSTGRES_ONLY in migrate.rs): instances no longer carry a foreign key
+-- to accounts there. Accounts are never deleted, and every instance's account is that of the
+-- API key that launched it, which does reference accounts. The key on instances only cost
+-- each inserted row a lookup that locks its account's row (FOR KEY SHARE), so that every
+-- concurrent batch of launches of one account shared a lock on one row (a multixact).
+-- SQLite keeps the key: dropping it there means rebuilding the table, and it costs little
+-- on one writer.
