@@ -245,7 +245,7 @@ async fn bench_lobster(
         "{target}: started in {:.1} s (fleet sync of 262,000 addresses included)",
         started.elapsed().as_secs_f64()
     ));
-    let store = Store::connect(url).await.unwrap();
+    let store = Store::connect_uncached(url).await.unwrap();
     let addr = p.addr;
     // 100 instances, then reads.
     let (_, _, _, ids) = launches(args, &p, &store, 100).await;

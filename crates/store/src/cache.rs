@@ -14,6 +14,19 @@
 //!   the writing transaction takes a database-wide lock for its commit: pgbench measured
 //!   3,341 → 1,206 updates a second with it). Typically a write elsewhere is seen here within
 //!   a millisecond.
+//! - **Announcements go out only when another server listens.** Every listening server
+//!   says so on the channel (`h:<its id>`) when it starts listening and every `HELLO_EVERY`;
+//!   a server that has listened for `LISTENED_FOR` without hearing another's hello within
+//!   `PRESENT_FOR` is alone, and its invalidations are applied here but not sent (the
+//!   others answer a new server's first hello at once). Why: with one server (the common
+//!   deployment) each announcement was a transaction and two wake-ups in PostgreSQL with no
+//!   one to hear it, about a tenth of its CPU in a burst of launches (docs/benchmarks.md,
+//!   session 17). A server that starts listening keeps its cache off for `GRACE` after its
+//!   first hello, so that the others hear it before it keeps anything: a write they commit
+//!   after hearing it is announced, one committed before is in what it reads once on. A
+//!   server whose hellos stop (dead, or its announcing connection down) is taken for gone
+//!   after `PRESENT_FOR`; if it is in fact still serving, what it serves is bounded by `TTL`,
+//!   as below.
 //! - **Anything missed** (the writing server died between commit and notification, a
 //!   connection silently dead) is bounded by a time to live: an entry is at most `TTL` old.
 //! - While the listening connection is down the cache is off (every read goes to the
@@ -51,13 +64,24 @@ const MAX_KEYS: usize = 10_000;
 const RECENT: usize = 4_096;
 /// A PostgreSQL notification's payload must stay under 8,000 bytes.
 const PAYLOAD: usize = 7_000;
+/// How often a listening server says so on the channel (see the module comment).
+pub(crate) const HELLO_EVERY: Duration = Duration::from_secs(1);
+/// How long after another server's last hello it is taken to be there.
+const PRESENT_FOR: Duration = Duration::from_secs(3);
+/// How long a server listens before it may find itself alone: the others answer its first
+/// hello with theirs at once, and say hello every `HELLO_EVERY` anyway.
+const LISTENED_FOR: Duration = Duration::from_millis(1_500);
+/// How long a server that has just said hello waits before it keeps anything.
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
 
-/// What an invalidation names, on the wire: `i:<instance id>`, `k` (every key), `*`.
+/// What a notification names, on the wire: `i:<instance id>`, `k` (every key), `*`, or
+/// `h:<server id>` (a server listening, not an invalidation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Token {
     Instance(String),
     Keys,
     All,
+    Hello(String),
 }
 
 impl Token {
@@ -66,16 +90,18 @@ impl Token {
             Token::Instance(id) => format!("i:{id}"),
             Token::Keys => "k".into(),
             Token::All => "*".into(),
+            Token::Hello(id) => format!("h:{id}"),
         }
     }
 
     fn decode(s: &str) -> Token {
         match s {
             "k" => Token::Keys,
-            _ => match s.strip_prefix("i:") {
-                Some(id) => Token::Instance(id.to_string()),
+            _ => match (s.strip_prefix("i:"), s.strip_prefix("h:")) {
+                (Some(id), _) => Token::Instance(id.to_string()),
+                (_, Some(id)) => Token::Hello(id.to_string()),
                 // Unknown tokens (a newer server's) clear everything: safe.
-                None => Token::All,
+                _ => Token::All,
             },
         }
     }
@@ -133,6 +159,8 @@ impl State {
                 self.keys.clear();
                 self.keys_at = self.epoch;
             }
+            // Not an invalidation; `Cache::receive` takes hellos out before this.
+            Token::Hello(_) => {}
             Token::All => {
                 self.instances.clear();
                 self.lists.clear();
@@ -181,8 +209,31 @@ fn keep<K: std::hash::Hash + Eq, V>(
     map.insert(key, Entry { at, value });
 }
 
+/// Who listens on the channel, as this server knows it (see the module comment).
+#[derive(Default)]
+struct Presence {
+    /// Since when this server's listening connection is up (None while it is down).
+    listening_since: Option<Instant>,
+    /// Counts the starts and losses of the listening connection: a hello, or a switch on,
+    /// meant for one listening does not apply to the next.
+    generation: u64,
+    /// The generation whose cache is to come on (after `GRACE` from its first hello).
+    on_scheduled: Option<u64>,
+    /// When each other server's hello was last heard (those heard within `PRESENT_FOR`).
+    others: HashMap<String, Instant>,
+    /// When this server's first hello of the current generation went out, and when its
+    /// cache came on after it (tests check the grace between them).
+    hello_at: Option<Instant>,
+    on_at: Option<Instant>,
+}
+
 pub(crate) struct Cache {
     on: AtomicBool,
+    /// This server's id in its hellos (its own come back to it and are not another's).
+    id: String,
+    presence: Mutex<Presence>,
+    /// Asks the announcer for a hello now (the listening connection just came up).
+    pub(crate) hello_now: Notify,
     /// `TTL`, in milliseconds (tests lengthen it so that a slow machine cannot expire what
     /// they check is held).
     ttl_ms: AtomicU64,
@@ -204,6 +255,9 @@ pub(crate) struct Cache {
     pub(crate) listens: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) announced: AtomicU64,
+    /// Payloads sent to the channel, and tokens not sent because no other server listens.
+    pub(crate) sent: AtomicU64,
+    pub(crate) unsent: AtomicU64,
     pub(crate) changed: Notify,
 }
 
@@ -222,6 +276,9 @@ impl Cache {
     fn build(shared: bool, watch: Option<DbWatch>) -> Arc<Cache> {
         Arc::new(Cache {
             on: AtomicBool::new(!shared),
+            id: lobster_core::ids::new_uuid(),
+            presence: Mutex::new(Presence::default()),
+            hello_now: Notify::new(),
             ttl_ms: AtomicU64::new(TTL.as_millis() as u64),
             shared,
             watching: AtomicBool::new(watch.is_some()),
@@ -233,6 +290,8 @@ impl Cache {
             listens: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             announced: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
             changed: Notify::new(),
         })
     }
@@ -408,23 +467,111 @@ impl Cache {
         self.invalidate(vec![Token::Instance(id.to_string())], true);
     }
 
-    /// Applies a notification's payload from another server (or this one's, echoed).
+    /// Applies a notification's payload from another server (or this one's, echoed); a
+    /// hello from another server is noted, not applied.
     pub(crate) fn receive(&self, payload: &str) {
-        let tokens = payload.split(',').map(Token::decode).collect();
+        let (hellos, tokens): (Vec<Token>, Vec<Token>) = payload
+            .split(',')
+            .map(Token::decode)
+            .partition(|t| matches!(t, Token::Hello(_)));
+        for h in hellos {
+            let Token::Hello(id) = h else { continue };
+            if id == self.id {
+                continue;
+            }
+            let mut p = self.presence();
+            p.others.retain(|_, at| at.elapsed() < PRESENT_FOR);
+            // A server not heard from lately has just started listening: answer at once,
+            // so that it knows of this one before it may find itself alone.
+            if p.others.insert(id, Instant::now()).is_none() {
+                self.hello_now.notify_one();
+            }
+            drop(p);
+            self.changed.notify_waiters();
+        }
         self.invalidate(tokens, false);
+    }
+
+    fn presence(&self) -> MutexGuard<'_, Presence> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether no other server listens, as far as this one can tell: its own listening
+    /// connection has been up for `LISTENED_FOR` and has heard no other server's hello
+    /// within `PRESENT_FOR`. Without that connection it cannot tell, and is not alone.
+    pub(crate) fn alone(&self) -> bool {
+        let p = self.presence();
+        let listened = p
+            .listening_since
+            .is_some_and(|since| since.elapsed() >= LISTENED_FOR);
+        listened && p.others.values().all(|at| at.elapsed() >= PRESENT_FOR)
+    }
+
+    /// The hello to send now, with the generation it is for; None while not listening.
+    pub(crate) fn hello(&self) -> Option<(String, u64)> {
+        let p = self.presence();
+        p.listening_since?;
+        Some((Token::Hello(self.id.clone()).encode(), p.generation))
+    }
+
+    /// A hello for `generation` went out. Answers how long to wait before calling
+    /// `switch_on(generation)`, the first time only (the cache is not on yet).
+    pub(crate) fn said_hello(&self, generation: u64) -> Option<Duration> {
+        let mut p = self.presence();
+        if p.generation != generation || p.on_scheduled == Some(generation) {
+            return None;
+        }
+        p.on_scheduled = Some(generation);
+        p.hello_at = Some(Instant::now());
+        Some(GRACE)
+    }
+
+    /// As if the listening connection had been up for `d` already (for tests).
+    #[cfg(test)]
+    pub(crate) fn pretend_listening_for(&self, d: Duration) {
+        self.presence().listening_since = Instant::now().checked_sub(d);
+    }
+
+    /// When the cache came on after its first hello (for tests).
+    #[cfg(test)]
+    pub(crate) fn grace_kept(&self) -> Option<Duration> {
+        let p = self.presence();
+        Some(p.on_at?.duration_since(p.hello_at?))
     }
 
     /// The listening connection is down: nothing cached can be trusted to be invalidated.
     pub(crate) fn switch_off(&self) {
+        // Under the presence lock: a `switch_on` of the lost connection cannot come between.
+        let mut p = self.presence();
+        p.listening_since = None;
+        p.generation += 1;
         self.on.store(false, Ordering::Release);
         self.state().apply(&Token::All);
+        drop(p);
         self.changed.notify_waiters();
     }
 
-    /// The listening connection is up (again): start from empty.
-    pub(crate) fn switch_on(&self) {
+    /// The listening connection is up (again): say hello; the cache comes on `GRACE` after.
+    pub(crate) fn listening(&self) {
+        {
+            let mut p = self.presence();
+            p.listening_since = Some(Instant::now());
+            p.generation += 1;
+        }
+        self.hello_now.notify_one();
+    }
+
+    /// `GRACE` has passed since the first hello of `generation`: start from empty, if that
+    /// listening connection is still the one up.
+    pub(crate) fn switch_on(&self, generation: u64) {
+        let mut p = self.presence();
+        if p.generation != generation || p.listening_since.is_none() {
+            return;
+        }
+        p.on_at = Some(Instant::now());
         self.state().apply(&Token::All);
         self.on.store(true, Ordering::Release);
+        drop(p);
         self.listens.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
     }
@@ -633,6 +780,39 @@ mod tests {
         );
         drop(after);
         assert!(c.fills.lock().unwrap().is_empty());
+    }
+
+    /// Another server's first hello is answered at once (so that a server starting up learns
+    /// of the others before it may find itself alone) and makes this one not alone; a hello
+    /// heard again, or this server's own coming back, is not answered.
+    #[tokio::test]
+    async fn hellos_are_noted_and_a_new_servers_answered_at_once() {
+        let c = Cache::new(true);
+        let answered = |c: &Arc<Cache>| {
+            let c = c.clone();
+            async move {
+                tokio::time::timeout(Duration::ZERO, c.hello_now.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(!c.alone(), "not listening: cannot tell");
+        c.listening();
+        assert!(
+            answered(&c).await,
+            "the first hello of a listening connection"
+        );
+        assert!(!c.alone(), "not listened long enough");
+        c.pretend_listening_for(Duration::from_secs(3600));
+        assert!(c.alone());
+        c.receive(&Token::Hello(c.id.clone()).encode());
+        assert!(!answered(&c).await && c.alone(), "its own hello");
+        c.receive("h:other,i:x");
+        assert!(answered(&c).await, "a new server is answered");
+        assert!(!c.alone());
+        c.receive("h:other");
+        assert!(!answered(&c).await, "a known one is not");
+        assert_eq!(c.state().epoch, 1, "only the instance was invalidated");
     }
 
     #[test]

@@ -213,3 +213,64 @@ async fn a_lost_listening_connection_empties_the_cache() {
         "web-2"
     );
 }
+
+/// One server alone on a database sends no announcements (no one would hear them); once a
+/// second server says hello, the first announces again and the second's cache hears it.
+#[tokio::test]
+async fn a_server_announces_only_while_another_listens() {
+    let Ok(base) = std::env::var("LOBSTER_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let url = fresh_pg_schema(&base).await;
+    let a = Store::connect(&url).await.unwrap();
+    with_instance(&a, "i1").await;
+    until(&a, "on", |c| c.listens.load(Ordering::Acquire) >= 1).await;
+    a.cache().pretend_listening_for(Duration::from_secs(3600));
+    assert!(a.cache().alone(), "no other server has said hello");
+    let sent = a.cache().sent.load(Ordering::Acquire);
+    let unsent = a.cache().unsent.load(Ordering::Acquire);
+    let rename = |name: &'static str| {
+        let a = a.clone();
+        async move {
+            let mut tx = a.begin().await.unwrap();
+            tx.instance_rename("i1", name, 2_000).await.unwrap();
+            tx.commit().await.unwrap();
+            until(&a, "announced", |c| {
+                c.announced.load(Ordering::Acquire) == c.queued.load(Ordering::Acquire)
+            })
+            .await;
+        }
+    };
+    rename("web-2").await;
+    assert_eq!(a.cache().sent.load(Ordering::Acquire), sent, "sent alone");
+    assert!(a.cache().unsent.load(Ordering::Acquire) > unsent);
+
+    let b = Store::connect(&url).await.unwrap();
+    b.cache().set_ttl(Duration::from_secs(3600));
+    until(&a, "hears b", |c| !c.alone()).await;
+    until(&b, "on", |c| c.listens.load(Ordering::Acquire) >= 1).await;
+    let sc = scope("a1", None);
+    assert_eq!(
+        b.instance_get(&sc, "i1").await.unwrap().unwrap().name,
+        "web-2"
+    );
+    assert!(b.cache().instance("i1").is_some(), "b keeps its read");
+    rename("web-3").await;
+    assert!(a.cache().sent.load(Ordering::Acquire) > sent, "a announced");
+    until(&b, "i1 dropped", |c| c.instance("i1").is_none()).await;
+    assert_eq!(
+        b.instance_get(&sc, "i1").await.unwrap().unwrap().name,
+        "web-3"
+    );
+}
+
+/// A server that starts listening keeps nothing until the others have had `GRACE` to hear
+/// its hello (else a write they commit meanwhile, unannounced, could be served stale).
+#[tokio::test]
+async fn a_new_server_caches_only_after_its_hello_had_time_to_be_heard() {
+    let Some(s) = servers(1).await.and_then(|mut s| s.pop()) else {
+        return;
+    };
+    let kept = s.cache().grace_kept().expect("on after a hello");
+    assert!(kept >= super::cache::GRACE, "{kept:?}");
+}

@@ -198,6 +198,17 @@ impl Store {
     /// Opens (creating if needed) the database at `url` and runs migrations.
     /// `sqlite:///path/file.db` or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Store, Error> {
+        Store::open(url, true).await
+    }
+
+    /// As `connect`, for a tool that reads a PostgreSQL database beside the servers (the
+    /// bench): no read cache, so no listening connection, and no hello that would make every
+    /// server announce its writes to it (see `cache`). Its own writes are still announced.
+    pub async fn connect_uncached(url: &str) -> Result<Store, Error> {
+        Store::open(url, false).await
+    }
+
+    async fn open(url: &str, cached: bool) -> Result<Store, Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres") {
             Backend::Postgres
@@ -272,7 +283,8 @@ impl Store {
         let (fast, stop, channel) = match backend {
             Backend::Sqlite => (SqliteReads::open(url)?, None, None),
             Backend::Postgres => {
-                let (stop, channel) = notify::start(url, &store.write, store.cache.clone()).await?;
+                let (stop, channel) =
+                    notify::start(url, &store.write, store.cache.clone(), cached).await?;
                 (None, Some(Arc::new(stop)), Some(channel.into()))
             }
         };

@@ -1,11 +1,12 @@
 //! The two PostgreSQL tasks behind the read cache (see `cache`): one listens for other
 //! servers' invalidations, one announces this server's.
 
-use crate::cache::Cache;
+use crate::cache::{Cache, HELLO_EVERY};
 use crate::db_err;
 use lobster_core::Error;
 use sqlx::postgres::PgListener;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,20 +31,25 @@ async fn channel(pool: &AnyPool) -> Result<String, Error> {
     Ok(format!("lobster_cache:{schema}"))
 }
 
-/// Starts listening and announcing; returns their stop and the channel.
+/// Starts announcing and, when `listen`, listening (a store without a listening connection
+/// keeps its cache off for good: one for tools that read beside the servers); returns their
+/// stop and the channel.
 pub(crate) async fn start(
     url: &str,
     pool: &AnyPool,
     cache: Arc<Cache>,
+    listen_too: bool,
 ) -> Result<(Stop, String), Error> {
     let channel = channel(pool).await?;
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(listen(
-        url.to_string(),
-        channel.clone(),
-        cache.clone(),
-        rx.clone(),
-    ));
+    if listen_too {
+        tokio::spawn(listen(
+            url.to_string(),
+            channel.clone(),
+            cache.clone(),
+            rx.clone(),
+        ));
+    }
     tokio::spawn(announce(url.to_string(), channel.clone(), cache, rx));
     Ok((Stop(tx), channel))
 }
@@ -81,8 +87,9 @@ async fn listen_once(url: &str, channel: &str, cache: &Cache) {
         tracing::warn!("read cache: LISTEN failed: {e}");
         return;
     }
-    // Everything committed before LISTEN took effect is in the database; start from empty.
-    cache.switch_on();
+    // Everything committed before LISTEN took effect is in the database: the cache starts
+    // from empty, once the others have heard this server's hello (`Cache::listening`).
+    cache.listening();
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => cache.receive(n.payload()),
@@ -109,20 +116,54 @@ async fn announce(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<AnyConnection> = None;
+    let mut hellos = tokio::time::interval(HELLO_EVERY);
+    hellos.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = cache.outbox_ready.notified() => {}
+        let hello = tokio::select! {
+            _ = cache.outbox_ready.notified() => false,
+            _ = cache.hello_now.notified() => true,
+            _ = hellos.tick() => true,
             _ = stopped(&mut stop) => return,
+        };
+        if hello {
+            say_hello(&mut conn, &url, &channel, &cache).await;
         }
-        // Whatever queued while the last batch was being sent goes out together.
+        // Whatever queued while the last batch was being sent goes out together, unless no
+        // other server listens (see `Cache::alone`).
+        let alone = cache.alone();
         for (payload, n) in cache.take_outbox() {
-            if let Err(e) = send(&mut conn, &url, &channel, &payload).await {
+            if alone {
+                cache.unsent.fetch_add(n, Ordering::AcqRel);
+            } else if let Err(e) = send(&mut conn, &url, &channel, &payload).await {
                 // Other servers' entries for these rows now expire by TTL instead.
                 tracing::warn!("read cache: cannot announce invalidations: {e}");
                 conn = None;
+            } else {
+                cache.sent.fetch_add(1, Ordering::AcqRel);
             }
             cache.announced(n);
         }
+    }
+}
+
+/// Tells the others this server listens; after the first hello of a listening connection,
+/// its cache comes on once they have had `GRACE` to hear it.
+async fn say_hello(conn: &mut Option<AnyConnection>, url: &str, channel: &str, cache: &Arc<Cache>) {
+    let Some((payload, generation)) = cache.hello() else {
+        return;
+    };
+    if let Err(e) = send(conn, url, channel, &payload).await {
+        // The cache stays off (or others stop announcing to it, bounded by TTL).
+        tracing::warn!("read cache: cannot say hello: {e}");
+        *conn = None;
+        return;
+    }
+    if let Some(grace) = cache.said_hello(generation) {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            cache.switch_on(generation);
+        });
     }
 }
 
