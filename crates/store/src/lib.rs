@@ -378,6 +378,19 @@ impl Store {
         Ok(exec::fetch(target, st).await?)
     }
 
+    /// Resolves once reads may be served from memory: at once on SQLite; on PostgreSQL when
+    /// the listening connection is up and the others have had time to hear this server
+    /// (see `cache`), about a second after connecting. Never, for `connect_uncached`.
+    pub async fn read_cache_on(&self) {
+        loop {
+            let changed = self.cache.changed.notified();
+            if self.cache.is_on() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     pub(crate) fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
