@@ -24,6 +24,7 @@ mod batch;
 mod cache;
 mod checkpoint;
 pub mod claims;
+mod conns;
 pub mod console;
 pub mod copy;
 mod deleted;
@@ -72,11 +73,12 @@ pub struct Store {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
-    /// The one-statement batches (`fetch`). PostgreSQL: a pool of their own, so that each of
-    /// their few statement texts is prepared and planned on a few connections, not on every
-    /// connection of the main pool (the launch statement's plan costs about half its
-    /// execution; see `BATCH_CONNECTIONS`). SQLite: the write pool (unused: `local` writes).
-    batch: AnyPool,
+    /// The one-statement batches (`fetch`). PostgreSQL: connections of their own, so that
+    /// each of their few statement texts is prepared and planned on a few connections, not
+    /// on every connection of the main pool (the launch statement's plan costs about half
+    /// its execution; see `BATCH_CONNECTIONS`), and kept without sqlx's pool (see `conns`).
+    /// SQLite: none (`local` writes).
+    batch: Option<Arc<conns::Conns>>,
     /// SQLite only: the hot reads, in-process (see `sqlite_read`).
     fast: Option<Arc<SqliteReads>>,
     /// SQLite files only: the one write connection, in-process (see `exec`).
@@ -146,7 +148,7 @@ pub(crate) fn db_error(transient: bool, message: &str) -> Error {
 /// text is planned at most this many times (again after each refresh of statistics) instead
 /// of once on each of the main pool's sixteen. A statement waiting for a row lock holds its
 /// connection, but whoever holds the lock runs on the main pool.
-const BATCH_CONNECTIONS: u32 = 4;
+const BATCH_CONNECTIONS: usize = 4;
 
 /// A pool of `n` connections to PostgreSQL at `url`, each planning a statement once.
 async fn pg_pool(url: &str, n: u32) -> Result<AnyPool, Error> {
@@ -188,7 +190,7 @@ async fn pg_pool(url: &str, n: u32) -> Result<AnyPool, Error> {
 /// creates, planned while the tasks were few, joined its rows to a sequential scan of all
 /// tasks, and kept that plan until the next analysis, which in a burst of launches from a
 /// fresh start was the whole burst: a sixth of PostgreSQL's CPU.
-async fn plan_once(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn plan_once(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("SET plan_cache_mode = force_generic_plan")
         .await?;
     conn.execute("SET enable_seqscan = off").await.map(|_| ())
@@ -251,7 +253,7 @@ impl Store {
                 Store {
                     backend,
                     read,
-                    batch: write.clone(),
+                    batch: None,
                     write,
                     fast: None,
                     local: None,
@@ -263,7 +265,7 @@ impl Store {
             }
             Backend::Postgres => {
                 let pool = pg_pool(url, 16).await?;
-                let batch = pg_pool(url, BATCH_CONNECTIONS).await?;
+                let batch = Some(Arc::new(conns::Conns::new(url, BATCH_CONNECTIONS)));
                 Store {
                     backend,
                     read: pool.clone(),
@@ -371,9 +373,10 @@ impl Store {
 
     /// Runs a prepared batch statement outside a transaction; the rows it returned.
     pub(crate) async fn fetch(&self, st: &batch::Statement<'_>) -> Result<Vec<exec::Row>, Error> {
-        let target = match &self.local {
-            Some(w) => Target::Writer(w),
-            None => Target::Pool(&self.batch),
+        let target = match (&self.local, &self.batch) {
+            (Some(w), _) => Target::Writer(w),
+            (None, Some(conns)) => return Ok(conns.fetch(st).await?),
+            (None, None) => Target::Pool(&self.write),
         };
         Ok(exec::fetch(target, st).await?)
     }
@@ -405,7 +408,9 @@ impl Store {
         }
         self.write.close().await;
         self.read.close().await;
-        self.batch.close().await;
+        if let Some(b) = &self.batch {
+            b.close().await;
+        }
     }
 }
 
