@@ -105,7 +105,7 @@ mod tests {
     async fn one(c: &Conns, sql: &str) -> Result<i64, sqlx::Error> {
         let st = Statement::new(Backend::Postgres, sql, vec![]);
         let rows = c.fetch_all(&st).await?;
-        Ok(rows[0].try_get::<i64, _>(0)?)
+        rows[0].try_get::<i64, _>(0)
     }
 
     fn idle(c: &Conns) -> usize {
@@ -125,8 +125,7 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(idle(&c), 1, "a refusal leaves the connection ready");
-        let slow = one(&c, "SELECT pg_sleep(30)::text::bigint");
-        tokio::pin!(slow);
+        let mut slow = Box::pin(one(&c, "SELECT pg_sleep(30)::text::bigint"));
         // Cancelled once it is under way (the other branch is never ready first).
         tokio::select! {
             biased;
@@ -141,8 +140,14 @@ mod tests {
             }
         }
         assert_eq!(idle(&c), 0, "the statement has the connection");
+        assert_eq!(c.turns.available_permits(), 1);
         drop(slow);
-        assert_eq!(idle(&c), 0, "the cancelled statement's connection is gone");
+        assert_eq!(
+            c.turns.available_permits(),
+            2,
+            "the cancelled statement ended"
+        );
+        assert_eq!(idle(&c), 0, "and its connection is gone");
         assert_eq!(one(&c, "SELECT 2::bigint").await.unwrap(), 2);
         c.close().await;
     }

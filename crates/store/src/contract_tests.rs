@@ -1000,7 +1000,7 @@ async fn batch_statements_run_on_their_own_few_connections() {
         let mut pids = runs.join_all().await;
         pids.sort_unstable();
         pids.dedup();
-        assert!(pids.len() <= crate::BATCH_CONNECTIONS as usize, "{pids:?}");
+        assert!(pids.len() <= crate::BATCH_CONNECTIONS, "{pids:?}");
         assert!(
             pids.iter().all(|p| !main.contains(p)),
             "{pids:?} among {main:?}"
