@@ -380,7 +380,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // On the batch statements' connections: a launch batch reads its hosts just before
+        // its statement, and a pooled connection would cost a second round trip (`conns`).
         let (sql, ids) = hosts_by_ids(ids);
-        hosts_fetch(self.q(&sql), ids).await
+        let vals = ids.into_iter().map(Into::into).collect();
+        let st = crate::batch::Statement::new(self.backend(), &sql, vals);
+        self.fetch(&st).await?.iter().map(host).collect()
     }
 }
