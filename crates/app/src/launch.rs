@@ -12,7 +12,7 @@ use lobster_store::{instance_task_params, Backend, HostRow, InstanceRow, IpClaim
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
-mod one_statement;
+pub(crate) mod one_statement;
 
 /// A standard launch, already schema-checked by the dialect.
 #[derive(Debug, Clone, Default)]

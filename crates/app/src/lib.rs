@@ -45,6 +45,8 @@ pub struct App {
     /// Tasks against existing instances (power, delete) waiting to be queued together.
     enqueues: GroupCommit<instances::Enqueue, instances::Enqueued>,
     batched: Arc<Batched>,
+    /// The hosts as the launch batches last read or wrote them (PostgreSQL's batches).
+    host_view: Arc<launch::one_statement::HostView>,
 }
 
 /// Commands written in batches of two or more since start (the rest were written alone).
@@ -61,6 +63,7 @@ pub(crate) struct Turn {
     pub(crate) max_attempts: i64,
     pub(crate) now: i64,
     pub(crate) batched: Arc<Batched>,
+    pub(crate) host_view: Arc<launch::one_statement::HostView>,
     /// For handing new create tasks to this process's workers (`Engine::hand_off`).
     pub(crate) engine: Arc<Engine>,
 }
@@ -152,6 +155,7 @@ impl App {
             seen_hosts: Default::default(),
             enqueues: GroupCommit::new(instances::MOST),
             batched: Default::default(),
+            host_view: Default::default(),
         }))
     }
 
@@ -228,6 +232,7 @@ impl App {
             max_attempts: self.engine.config().max_attempts,
             now: self.now(),
             batched: Arc::clone(&self.batched),
+            host_view: Arc::clone(&self.host_view),
             engine: Arc::clone(&self.engine),
         }
     }

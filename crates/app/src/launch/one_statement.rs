@@ -5,8 +5,12 @@
 use super::{candidate_ids, place, Queued};
 use crate::Turn;
 use lobster_core::capacity::Resources;
-use lobster_store::{instance_task_params, InstanceRow, LaunchBatch, LaunchesWritten, NewTask};
-use std::collections::BTreeMap;
+use lobster_store::{
+    instance_task_params, HostRow, InstanceRow, LaunchBatch, LaunchesWritten, NewTask,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The instances written, in the batch's order; None for a launch left to go alone: one
 /// with no room on the hosts as read, in a region whose pool ran short, or in a region
@@ -28,17 +32,83 @@ pub(super) async fn write_batch(w: &Turn, batch: &[Box<Queued>]) -> Vec<Option<I
     out
 }
 
-/// One region's launches. A statement that found a host full or gone (another server
-/// reserved on it since the read) is placed again on a fresh read, once.
+/// How long hosts read for a batch are used to place the next batches (with this server's
+/// own reservations added) before they are read again.
+const VIEW_FOR: Duration = Duration::from_secs(1);
+
+/// The hosts as the launch batches last read them, with what this server's batches have
+/// reserved on them since. Why: the read of the hosts before each batch was a round trip,
+/// about a fifth of a batch's turn in a burst of launches (docs/benchmarks.md, session 17),
+/// while the batch's statement re-checks every host's room on its latest row anyway. A view
+/// that shows room since taken (by another server, by a launch written alone) costs a
+/// statement that writes nothing and a placement on a fresh read; one that misses room
+/// since given back (a delete) leaves a launch unplaced, and it is written alone, on the
+/// database's own answer. Never wrong, at worst slower; and at most `VIEW_FOR` old.
+#[derive(Default)]
+pub(crate) struct HostView(Mutex<HashMap<String, (HostRow, Instant)>>);
+
+impl HostView {
+    fn view(&self) -> std::sync::MutexGuard<'_, HashMap<String, (HostRow, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hosts `ids`, when every one was read within `VIEW_FOR`.
+    fn get(&self, ids: &[&str]) -> Option<Vec<HostRow>> {
+        let view = self.view();
+        ids.iter()
+            .map(|id| {
+                let (row, at) = view.get(*id)?;
+                (at.elapsed() < VIEW_FOR).then(|| row.clone())
+            })
+            .collect()
+    }
+
+    fn put(&self, hosts: &[HostRow]) {
+        let now = Instant::now();
+        let mut view = self.view();
+        for h in hosts {
+            view.insert(h.id.clone(), (h.clone(), now));
+        }
+    }
+
+    /// A batch reserved `adds` (one entry per host).
+    fn reserved(&self, adds: &[(String, Resources)]) {
+        let mut view = self.view();
+        for (id, r) in adds {
+            if let Some((row, _)) = view.get_mut(id) {
+                row.used = row.used.plus(r);
+            }
+        }
+    }
+
+    fn forget(&self, ids: &[&str]) {
+        let mut view = self.view();
+        for id in ids {
+            view.remove(*id);
+        }
+    }
+}
+
+/// One region's launches, placed on the view of the hosts (`HostView`), else on a fresh
+/// read. A statement that found a host full or gone (another server reserved on it since
+/// the read) is placed again on a fresh read, once.
 async fn write_region(w: &Turn, region: &str, launches: &[&Queued]) -> Vec<Option<InstanceRow>> {
+    let ids = candidate_ids(launches);
     for _ in 0..2 {
-        let Ok(hosts) = w.store.hosts_read(&candidate_ids(launches)).await else {
-            break;
-        };
-        let placed = place(hosts, launches);
+        let mut placed = w.host_view.get(&ids).map(|hosts| place(hosts, launches));
+        // A launch the view has no room for is placed on a fresh read (room may have been
+        // given back since); one still without room then goes alone.
+        if placed.as_ref().is_none_or(|p| p.contains(&None)) {
+            let Ok(hosts) = w.store.hosts_read(&ids).await else {
+                break;
+            };
+            w.host_view.put(&hosts);
+            placed = Some(place(hosts, launches));
+        }
+        let placed = placed.expect("placed on the view or a read");
         match write_placed(w, region, launches, &placed).await {
             Attempt::Written(written) => return written,
-            Attempt::HostFull => continue,
+            Attempt::HostFull => w.host_view.forget(&ids),
             Attempt::NotWritten => break,
         }
     }
@@ -100,7 +170,10 @@ async fn write_placed(
         now,
     };
     let addresses = match w.store.launches_write(&b).await {
-        Ok(LaunchesWritten::Written(a)) => a,
+        Ok(LaunchesWritten::Written(a)) => {
+            w.host_view.reserved(&adds);
+            a
+        }
         Ok(LaunchesWritten::NoRoom) => return Attempt::HostFull,
         Ok(LaunchesWritten::NoAddresses) | Err(_) => return Attempt::NotWritten,
     };
@@ -116,4 +189,52 @@ async fn write_placed(
     }
     w.hand_over(lease, tasks.into_iter().zip(instances).collect());
     Attempt::Written(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, cores_used: i64) -> HostRow {
+        let total = Resources {
+            cores: 8,
+            memory_gb: 64,
+            disk_gb: 1000,
+            gpus: 0,
+        };
+        HostRow {
+            id: id.into(),
+            region: "us-east-1".into(),
+            gpu_model: None,
+            status: "available".into(),
+            total,
+            used: Resources {
+                cores: cores_used,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The view answers only for hosts all read within `VIEW_FOR`, adds this server's
+    /// reservations, and forgets hosts a statement found full.
+    #[test]
+    fn the_view_serves_fresh_reads_with_this_servers_reservations() {
+        let v = HostView::default();
+        assert!(v.get(&["h1"]).is_none(), "never read");
+        v.put(&[host("h1", 2), host("h2", 0)]);
+        assert!(v.get(&["h1", "h3"]).is_none(), "h3 never read");
+        let add = Resources {
+            cores: 3,
+            ..Default::default()
+        };
+        v.reserved(&[("h1".to_string(), add)]);
+        let got = v.get(&["h1", "h2"]).unwrap();
+        assert_eq!((got[0].used.cores, got[1].used.cores), (5, 0));
+        v.forget(&["h2"]);
+        assert!(v.get(&["h1", "h2"]).is_none());
+        assert!(v.get(&["h1"]).is_some());
+        let old = Instant::now().checked_sub(VIEW_FOR).unwrap();
+        v.view().get_mut("h1").unwrap().1 = old;
+        assert!(v.get(&["h1"]).is_none(), "read too long ago");
+    }
 }
