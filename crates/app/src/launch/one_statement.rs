@@ -44,6 +44,9 @@ const VIEW_FOR: Duration = Duration::from_secs(1);
 /// statement that writes nothing and a placement on a fresh read; one that misses room
 /// since given back (a delete) leaves a launch unplaced, and it is written alone, on the
 /// database's own answer. Never wrong, at worst slower; and at most `VIEW_FOR` old.
+/// (`seen_hosts` is the fleet as launches order their candidates, read for every launch
+/// path; this is the candidates' rooms as the batches place on them, kept with this
+/// server's reservations.)
 #[derive(Default)]
 pub(crate) struct HostView(Mutex<HashMap<String, (HostRow, Instant)>>);
 

@@ -646,6 +646,76 @@ async fn a_batch_that_runs_out_of_room_refuses_the_rest_with_409() {
     assert_eq!(app.sim.vm_count(), 5);
 }
 
+/// Batches place on the hosts as last read plus their own reservations (on PostgreSQL:
+/// `HostView`): a view showing room another server has taken since is caught by the
+/// statement and placed again on a fresh read, never overbooked; a view showing no room
+/// where room was given back since is read again before its launches are sent alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_placed_on_hosts_read_earlier_land_only_where_there_is_room() {
+    let app = TestApp::spawn_with(tiny_fleet_of(&[3, 2]), engine_config()).await;
+    let alice = std::sync::Arc::new(app.tenant("alice").await);
+    let slot = lobster_core::capacity::Resources {
+        cores: 2,
+        memory_gb: 8,
+        disk_gb: 100,
+        gpus: 0,
+    };
+    // Another server's writes, as far as this one knows.
+    let elsewhere = |host: &'static str, reserve: bool| {
+        let store = app.app.store().clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            match reserve {
+                true => assert!(tx.host_reserve(host, &slot).await.unwrap()),
+                false => tx.host_release(host, &slot).await.unwrap(),
+            }
+            tx.commit().await.unwrap();
+        }
+    };
+    let statuses = |answers: Vec<(StatusCode, Value)>| -> Vec<StatusCode> {
+        answers.into_iter().map(|(s, _)| s).collect()
+    };
+    let (ok, conflict) = (StatusCode::OK, StatusCode::CONFLICT);
+    let free = || async {
+        let mut out = vec![];
+        for h in ["tiny-1", "tiny-2"] {
+            out.push((h, app.host_free(h).await.cores / 2));
+        }
+        out
+    };
+    let total = |f: &[(&str, i64)]| f.iter().map(|(_, n)| n).sum::<i64>();
+    // One alone, two in a batch: two of the five slots left.
+    let got = statuses(launches_behind_a_held_write(&app, &alice, 3).await);
+    assert_eq!(got, [ok, ok, ok]);
+    let left = free().await;
+    assert_eq!(total(&left), 2);
+    let batched = app.app.launches_batched();
+    // A slot taken behind this server's back (the batch's view still shows it), and the
+    // last one by the launch sent alone: the batch's view shows two slots there are not.
+    let (with_room, _) = *left.iter().find(|(_, n)| *n > 0).unwrap();
+    elsewhere(with_room, true).await;
+    let got = statuses(launches_behind_a_held_write(&app, &alice, 3).await);
+    assert_eq!(got, [ok, conflict, conflict]);
+    assert_eq!(
+        app.app.launches_batched(),
+        batched,
+        "the batch placed nothing"
+    );
+    assert_eq!(total(&free().await), 0, "not overbooked");
+    // Two slots given back behind its back: the batch, whose view shows none, reads again.
+    elsewhere("tiny-1", false).await;
+    elsewhere("tiny-1", false).await;
+    let mut got = statuses(launches_behind_a_held_write(&app, &alice, 3).await);
+    got[1..].sort();
+    assert_eq!(got, [ok, ok, conflict]);
+    assert_eq!(
+        app.app.launches_batched(),
+        batched + 1,
+        "the batch placed one"
+    );
+    assert_eq!(total(&free().await), 0);
+}
+
 /// A batch whose write fails on a name (two launches of one name, one of a name already
 /// live) writes nothing as a batch; each launch then goes alone and gets a lone launch's
 /// answer: one of the two twins and every other launch are created, the rest 409, and
