@@ -51,10 +51,7 @@ impl Store {
         let ids: Vec<&str> = ended.iter().map(|(id, _, _)| id.as_str()).collect();
         tx.ips_release_of(&ids, now).await?;
         tx.commit().await?;
-        Ok(items
-            .iter()
-            .map(|d| finished.contains(&d.task_id))
-            .collect())
+        Ok(written_of(items, &finished))
     }
 }
 
@@ -138,11 +135,16 @@ impl Store {
             .iter()
             .map(|r| get_str(r, "id"))
             .collect::<Result<_, _>>()?;
-        Ok(items
-            .iter()
-            .map(|d| finished.contains(&d.task_id))
-            .collect())
+        Ok(written_of(items, &finished))
     }
+}
+
+/// Whether each of `items` was written: its task among those `finished`.
+fn written_of(items: &[Deleted], finished: &HashSet<String>) -> Vec<bool> {
+    items
+        .iter()
+        .map(|d| finished.contains(&d.task_id))
+        .collect()
 }
 
 impl Tx {
