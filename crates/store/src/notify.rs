@@ -1,5 +1,6 @@
 //! The two PostgreSQL tasks behind the read cache (see `cache`): one listens for other
-//! servers' invalidations, one announces this server's.
+//! servers' invalidations and hellos, one says this server's hellos and announces its
+//! invalidations (while another server listens).
 
 use crate::cache::{Cache, HELLO_EVERY};
 use crate::db_err;
@@ -31,7 +32,7 @@ async fn channel(pool: &AnyPool) -> Result<String, Error> {
     Ok(format!("lobster_cache:{schema}"))
 }
 
-/// Starts announcing and, when `listen`, listening (a store without a listening connection
+/// Starts announcing and, when `listen_too`, listening (a store without a listening connection
 /// keeps its cache off for good: one for tools that read beside the servers); returns their
 /// stop and the channel.
 pub(crate) async fn start(
