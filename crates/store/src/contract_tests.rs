@@ -819,31 +819,59 @@ async fn instances_carry_no_account_key_on_postgres() {
 }
 
 /// PostgreSQL: the end of a batch of creates, planned while the tasks are few (a fresh
-/// start), still finds its tasks by primary key: a plan joining them to a scan of the whole
-/// table would be kept while the table grows (see `plan_once`).
+/// start), still finds its tasks by primary key, at every batch size: a plan joining them to
+/// a scan of the whole table (sequential, or of a whole index) would be kept while the table
+/// grows (see `plan_once`). Fails without the tasks named as an array (32 rows and more
+/// walked all of `tasks_pkey`).
 #[tokio::test]
 async fn ending_creates_planned_on_few_tasks_reads_no_whole_table() {
     for (store, _d) in stores().await {
         if store.backend() != Backend::Postgres {
             continue;
         }
-        let plan = explain_finish_created(&store).await;
-        assert!(plan.contains("tasks_pkey"), "{plan}");
-        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
-        assert!(!plan.contains("Seq Scan on instances"), "{plan}");
+        for rows in [1, 2, 4, 8, 16, 32, 64, 128, 256] {
+            let plan = explain_finish_created(&store, rows).await;
+            assert!(plan.contains("tasks_pkey"), "{plan}");
+            assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+            assert!(!plan.contains("Seq Scan on instances"), "{plan}");
+            assert_eq!(
+                whole_index_scans(&plan),
+                Vec::<String>::new(),
+                "{rows}: {plan}"
+            );
+        }
     }
 }
 
-/// The plan, on a pooled connection, of the statement that ends 16 creates.
-async fn explain_finish_created(store: &Store) -> String {
+/// The index scans in `plan` without an index condition: each reads a whole index.
+fn whole_index_scans(plan: &str) -> Vec<String> {
+    let lines: Vec<&str> = plan.lines().collect();
+    let mut whole = vec![];
+    for (k, line) in lines.iter().enumerate() {
+        if !line.contains("Index Scan") && !line.contains("Index Only Scan") {
+            continue;
+        }
+        let node = lines[k + 1..]
+            .iter()
+            .take_while(|l| !l.contains("->"))
+            .any(|l| l.contains("Index Cond"));
+        if !node {
+            whole.push(line.trim().to_string());
+        }
+    }
+    whole
+}
+
+/// The plan, on a pooled connection, of the statement that ends `rows` creates.
+async fn explain_finish_created(store: &Store, rows: usize) -> String {
     let mut c = store.writer().acquire().await.unwrap();
-    let sql = crate::tasks::finish_created_pg_sql(16);
+    let sql = crate::tasks::finish_created_pg_sql(rows);
     sqlx::raw_sql(&format!("PREPARE finish AS {sql}"))
         .execute(&mut *c)
         .await
         .unwrap();
     let mut args = vec!["'done'", "0", "'w'"];
-    for _ in 0..16 {
+    for _ in 0..rows {
         args.extend(["'t1'", "'i1'", "0"]);
     }
     let explain = format!("EXPLAIN EXECUTE finish({})", args.join(", "));
@@ -881,9 +909,12 @@ async fn ending_creates_looks_their_tasks_up_by_id() {
         .await
         .unwrap();
         sqlx::query("ANALYZE tasks").execute(w).await.unwrap();
-        let plan = explain_finish_created(&store).await;
-        assert!(plan.contains("tasks_pkey"), "{plan}");
-        assert!(!plan.contains("tasks_leased"), "{plan}");
+        for rows in [16, 64] {
+            let plan = explain_finish_created(&store, rows).await;
+            assert!(plan.contains("tasks_pkey"), "{plan}");
+            assert!(!plan.contains("tasks_leased"), "{plan}");
+            assert_eq!(whole_index_scans(&plan), Vec::<String>::new(), "{plan}");
+        }
     }
 }
 

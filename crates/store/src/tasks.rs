@@ -208,13 +208,19 @@ fn created_statement<'q>(
 }
 
 /// The statement that ends `rows` create tasks on PostgreSQL (see `task_finish_created`).
+/// The tasks are also named as an array (`tasks.id = ANY(...)`): joined to the `VALUES` rows
+/// alone, a plan made while the tasks were few (each connection plans once, see
+/// `plan_once`) read the whole primary-key index for batches of 32 or more, and kept doing
+/// so while the table grew by thousands a second (docs/benchmarks.md, session 18). Named as
+/// an array, the tasks are found by their keys whatever the table's size at planning.
 pub(crate) fn finish_created_pg_sql(rows: usize) -> String {
     format!(
         concat!("WITH v(task_id, instance_id, fwv) AS (VALUES {}),
               t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                       lease_owner = NULL, lease_until = NULL
                     FROM v
-                    WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
+                    WHERE tasks.id = ANY(ARRAY(SELECT task_id FROM v))
+                      AND tasks.id = v.task_id AND tasks.instance_id = v.instance_id
                       AND tasks.lease_owner = $3 AND ", processing!("tasks."), "
                       AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
                     RETURNING tasks.id, tasks.instance_id),
