@@ -11,6 +11,7 @@ use lobster_core::{ids, Error, FieldError};
 use lobster_store::{instance_task_params, Backend, HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 
 pub(crate) mod one_statement;
 
@@ -369,18 +370,27 @@ pub(crate) struct Queued {
 /// answer reports beyond the row), or why it was refused.
 pub(crate) type Written = Result<(InstanceRow, Box<Queued>), Error>;
 
-/// Writes a turn's launches: a lone launch in a transaction of its own; more in one
-/// transaction of a few multi-row statements (`write_batch`), then, one by one, any the
-/// batch left out (no room or address left for it once the others were placed, or the
+/// Writes a turn's launches: on SQLite a lone launch in a transaction of its own; more (on
+/// PostgreSQL, any number: there a batch is one statement, a round trip, where a lone launch's
+/// transaction takes six: +4 % launches a second in a burst, docs/benchmarks.md, session 18)
+/// in one transaction of a few multi-row statements (`write_batch`), then, one by one, any
+/// the batch left out (no room or address left for it once the others were placed, or the
 /// batch's write failed as a whole, say on a name already taken), so that each of those
 /// gets the answer a lone launch would.
 async fn launch_batch(turn: Turn, batch: Vec<Queued>) -> Vec<Written> {
     let batch: Vec<Box<Queued>> = batch.into_iter().map(Box::new).collect();
     let written = match batch.len() {
-        1 => Ok(vec![None]),
+        1 if turn.store.backend() != Backend::Postgres => Ok(vec![None]),
         _ => write_batch(&turn, &batch).await,
     };
-    let what = ("launch", &turn.batched.launches);
+    // Counted as batched only in company (a lone launch written by the batch statement is
+    // still a lone launch).
+    let alone = AtomicU64::new(0);
+    let counter = match batch.len() {
+        1 => &alone,
+        _ => &turn.batched.launches,
+    };
+    let what = ("launch", counter);
     let done = |q, instance| Ok((instance, q));
     turn.settle(what, batch, written, done, |q| turn.launch_one(q))
         .await

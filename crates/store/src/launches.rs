@@ -30,6 +30,10 @@ pub struct LaunchBatch<'a> {
     /// What each host reserves for the batch, one entry per host.
     pub adds: &'a [(String, Resources)],
     pub now: i64,
+    /// Pass over hosts whose rows another transaction holds (answered `NoRoom`) rather than
+    /// wait for them: for a lone launch, which then takes the lone path, where it passes over
+    /// a held host to the next candidate with room.
+    pub skip_held: bool,
 }
 
 /// How a batch ended: written (each instance's address, in order), or nothing written
@@ -232,7 +236,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
            WHERE hosts.status = 'available'
              AND hosts.cores_used + h.c <= hosts.cores_total AND hosts.memory_used + h.m <= hosts.memory_total
              AND hosts.disk_used + h.d <= hosts.disk_total AND hosts.gpus_used + h.g <= hosts.gpus_total
-           ORDER BY hosts.id FOR NO KEY UPDATE OF hosts),
+           ORDER BY hosts.id FOR NO KEY UPDATE OF hosts{skip}),
          free AS MATERIALIZED (
            SELECT address, seq, row_number() OVER (ORDER BY seq) AS k FROM (
              SELECT address, seq FROM ip_addresses
@@ -270,6 +274,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
         tinserted = tasks::INSERTED,
         ivals = inserted_instance.join(", "),
         marker = ADDRESS_TO_COME,
+        skip = if b.skip_held { " SKIP LOCKED" } else { "" },
     );
     Statement::new(Backend::Postgres, &sql, vals)
 }

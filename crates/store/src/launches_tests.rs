@@ -65,6 +65,7 @@ impl Rows {
             lease,
             adds,
             now: 7,
+            skip_held: false,
         }
     }
 }
@@ -354,5 +355,38 @@ async fn a_batch_inserts_its_instances_in_name_order() {
         let got = run.await.unwrap().unwrap();
         assert!(web_b.is_ok(), "web-b was held: {web_b:?}");
         assert!(matches!(got, LaunchesWritten::Written(_)), "{got:?}");
+    }
+}
+
+/// A batch that passes over held hosts answers "no room" at once while another transaction
+/// holds its host's row, and writes nothing; once the row is free it is written.
+#[tokio::test]
+async fn a_batch_passing_over_held_hosts_answers_no_room_while_one_is_held() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        with_pool(&store, "10.9.0.1-10.9.0.3").await;
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let mut holder = store.begin().await.unwrap();
+        assert!(holder.host_reserve("wil-cpu-03", &res(0)).await.unwrap());
+        let lone = [launch("vm0", "web-0", 2)];
+        let rows = Rows::of(&lone);
+        let adds = on_cpu_host(2);
+        let skipping = LaunchBatch {
+            skip_held: true,
+            ..rows.batch(None, &adds)
+        };
+        assert_eq!(
+            store.launches_write(&skipping).await.unwrap(),
+            LaunchesWritten::NoRoom
+        );
+        nothing_of(&store, &["vm0"]).await;
+        holder.rollback().await.unwrap();
+        assert!(matches!(
+            store.launches_write(&skipping).await.unwrap(),
+            LaunchesWritten::Written(_)
+        ));
+        assert_eq!(cpu_cores_used(&store).await, 2);
     }
 }

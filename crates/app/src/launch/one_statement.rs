@@ -111,6 +111,11 @@ async fn write_region(w: &Turn, region: &str, launches: &[&Queued]) -> Vec<Optio
         let placed = placed.expect("placed on the view or a read");
         match write_placed(w, region, launches, &placed).await {
             Attempt::Written(written) => return written,
+            // A lone launch passed over a held host: the lone path places it past that one.
+            Attempt::HostFull if launches.len() == 1 => {
+                w.host_view.forget(&ids);
+                break;
+            }
             Attempt::HostFull => w.host_view.forget(&ids),
             Attempt::NotWritten => break,
         }
@@ -171,6 +176,7 @@ async fn write_placed(
         lease: lease.as_ref(),
         adds: &adds,
         now,
+        skip_held: launches.len() == 1,
     };
     let addresses = match w.store.launches_write(&b).await {
         Ok(LaunchesWritten::Written(a)) => {
