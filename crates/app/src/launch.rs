@@ -11,7 +11,6 @@ use lobster_core::{ids, Error, FieldError};
 use lobster_store::{instance_task_params, Backend, HostRow, InstanceRow, IpClaim, NewTask, Tx};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU64;
 
 pub(crate) mod one_statement;
 
@@ -383,14 +382,7 @@ async fn launch_batch(turn: Turn, batch: Vec<Queued>) -> Vec<Written> {
         1 if turn.store.backend() != Backend::Postgres => Ok(vec![None]),
         _ => write_batch(&turn, &batch).await,
     };
-    // Counted as batched only in company (a lone launch written by the batch statement is
-    // still a lone launch).
-    let alone = AtomicU64::new(0);
-    let counter = match batch.len() {
-        1 => &alone,
-        _ => &turn.batched.launches,
-    };
-    let what = ("launch", counter);
+    let what = ("launch", &turn.batched.launches);
     let done = |q, instance| Ok((instance, q));
     turn.settle(what, batch, written, done, |q| turn.launch_one(q))
         .await

@@ -93,7 +93,8 @@ impl Turn {
     /// A turn's answers, in order: each member the batch wrote (`Some`) answered by `done`;
     /// each it left out (`None`, or every one when the batch's write failed as a whole)
     /// written alone by `alone`, so that it gets the answer it would get without company.
-    /// The batched ones are counted in `counter`.
+    /// The batched ones are counted in `counter` when the turn had company (a lone member
+    /// the batch's statement wrote, as PostgreSQL's launches do, was still alone).
     pub(crate) async fn settle<I, O, R, Fut>(
         &self,
         (what, counter): (&str, &AtomicU64),
@@ -110,8 +111,10 @@ impl Turn {
             tracing::warn!(error = %e, batch = batch.len(), "{what} batch failed; writing each alone");
             vec![None; batch.len()]
         });
-        let n = written.iter().filter(|w| w.is_some()).count() as u64;
-        counter.fetch_add(n, Ordering::Relaxed);
+        if batch.len() > 1 {
+            let n = written.iter().filter(|w| w.is_some()).count() as u64;
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
         let mut out = Vec::with_capacity(batch.len());
         for (item, w) in batch.into_iter().zip(written) {
             out.push(match w {
