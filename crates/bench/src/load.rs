@@ -118,35 +118,18 @@ async fn one_connection(
         // A server that closes the connection after each answer (moto's answers carry
         // `Connection: close`) costs a new connection per request, inside the latency, as it
         // would for any client; a request that never reached the server is sent again.
-        let mut answer = None;
         let t0 = Instant::now();
-        for _ in 0..3 {
-            let ready = match sender.as_mut() {
-                Some(tx) => tx.ready().await.is_ok(),
-                None => false,
-            };
-            if !ready {
-                sender = connect(addr).await;
-            }
-            let Some(tx) = sender.as_mut() else {
+        let tried =
+            tokio::time::timeout(NO_ANSWER, send(addr, &mut sender, || make(i), keep_bodies));
+        let answer = match tried.await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // Its connection may still get the late answer: never used again.
+                sender = None;
+                stat.fail(format!("no answer within {} s", NO_ANSWER.as_secs()));
                 continue;
-            };
-            match tx.try_send_request(make(i)).await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    answer = read_body(resp.into_body(), keep_bodies)
-                        .await
-                        .map(|b| (status, b));
-                    break;
-                }
-                Err(mut e) => {
-                    sender = None;
-                    if e.take_message().is_none() {
-                        break; // it was sent: the answer is lost, an error
-                    } // not sent: try again
-                }
             }
-        }
+        };
         let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match answer {
             Some((status, body)) if (200..300).contains(&status) => {
@@ -164,6 +147,50 @@ async fn one_connection(
         }
     }
     stat
+}
+
+/// A request unanswered this long is counted as failed (and reported), so that a server
+/// that never answers one shows in the results instead of holding the benchmark forever.
+const NO_ANSWER: Duration = Duration::from_secs(60);
+
+/// Sends one request on `sender` (connecting first when there is none or it is closed) and
+/// reads its answer: the status and the body, or None when the connection was lost after
+/// the request was sent.
+async fn send(
+    addr: SocketAddr,
+    sender: &mut Option<Sender>,
+    make: impl Fn() -> Req,
+    keep_bodies: bool,
+) -> Option<(u16, Bytes)> {
+    let mut answer = None;
+    for _ in 0..3 {
+        let ready = match sender.as_mut() {
+            Some(tx) => tx.ready().await.is_ok(),
+            None => false,
+        };
+        if !ready {
+            *sender = connect(addr).await;
+        }
+        let Some(tx) = sender.as_mut() else {
+            continue;
+        };
+        match tx.try_send_request(make()).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                answer = read_body(resp.into_body(), keep_bodies)
+                    .await
+                    .map(|b| (status, b));
+                break;
+            }
+            Err(mut e) => {
+                *sender = None;
+                if e.take_message().is_none() {
+                    break; // it was sent: the answer is lost, an error
+                } // not sent: try again
+            }
+        }
+    }
+    answer
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
