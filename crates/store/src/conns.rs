@@ -19,11 +19,20 @@ use tokio::sync::Semaphore;
 /// found by the ping, before a statement would fail on it (as the pool's `before_acquire`).
 const IDLE_PING: Duration = Duration::from_secs(1);
 
+/// How long opening a connection (or pinging an idle one) may take, as long as the pools
+/// wait for one (`acquire_timeout`). Why a bound: a database that accepts the connection
+/// but never answers (a host gone silent, a full backlog behind a proxy) would otherwise hold
+/// the statement's caller, and with it every launch queued behind its group's write, for
+/// as long as TCP takes to give up.
+const CONNECT_WITHIN: Duration = Duration::from_secs(30);
+
 pub(crate) struct Conns {
     url: String,
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
     /// One per connection that may be open at once.
     turns: Semaphore,
+    /// `CONNECT_WITHIN` (shorter in tests).
+    connect_within: Duration,
 }
 
 impl Conns {
@@ -32,6 +41,7 @@ impl Conns {
             url: url.to_string(),
             idle: Mutex::new(Vec::new()),
             turns: Semaphore::new(n),
+            connect_within: CONNECT_WITHIN,
         }
     }
 
@@ -39,19 +49,28 @@ impl Conns {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection that still answers, or a new one.
+    /// An idle connection that still answers, or a new one; an error when the database
+    /// does not answer within `connect_within`.
     async fn take(&self) -> Result<AnyConnection, sqlx::Error> {
         loop {
             let Some((mut c, since)) = self.idle().pop() else {
                 break;
             };
-            if since.elapsed() < IDLE_PING || c.ping().await.is_ok() {
+            if since.elapsed() < IDLE_PING {
+                return Ok(c);
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(self.connect_within, c.ping()).await {
                 return Ok(c);
             }
         }
-        let mut c = AnyConnection::connect(&self.url).await?;
-        crate::plan_once(&mut c).await?;
-        Ok(c)
+        let open = async {
+            let mut c = AnyConnection::connect(&self.url).await?;
+            crate::plan_once(&mut c).await?;
+            Ok(c)
+        };
+        tokio::time::timeout(self.connect_within, open)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
     /// Runs `st` on one of the connections; the rows it returned.
@@ -150,6 +169,28 @@ mod tests {
         assert_eq!(idle(&c), 0, "and its connection is gone");
         assert_eq!(one(&c, "SELECT 2::bigint").await.unwrap(), 2);
         c.close().await;
+    }
+
+    /// A database that takes the connection but never answers fails the statement (after
+    /// `connect_within`) instead of holding it, and its turn, forever.
+    #[tokio::test]
+    async fn a_database_that_never_answers_fails_the_statement() {
+        sqlx::any::install_default_drivers();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        // Accepts every connection and holds it without a word.
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                open.push(s);
+            }
+        });
+        let mut c = Conns::new(&format!("postgres://postgres@{addr}/test"), 1);
+        c.connect_within = Duration::from_millis(200);
+        let got = one(&c, "SELECT 1::bigint").await;
+        assert!(matches!(got, Err(sqlx::Error::PoolTimedOut)), "{got:?}");
+        assert_eq!(c.turns.available_permits(), 1, "the turn is given back");
+        held.abort();
     }
 
     /// An idle connection the server dropped (a restart) is found before use once it has
