@@ -31,28 +31,31 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 # Every operation of the contract is tested. positive_data_acceptance is left out: schema-valid bodies naming an unknown
-# instance type or region are rightly refused with the spec's 400. The coverage phase is
-# skipped: on this machine's CPython 3.11.7 it trips CPython's "AST constructor recursion
-# depth mismatch" bug inside hypothesis (an interpreter fault, not a finding: CPython
-# gh-106905, two threads parsing at once).
+# instance type or region are rightly refused with the spec's 400. One worker: on this
+# machine's CPython 3.11.7 two workers trip CPython's "AST constructor recursion depth
+# mismatch" bug inside hypothesis (an interpreter fault, not a finding: CPython gh-106905,
+# two threads parsing at once), in the coverage phase always (so it is skipped) and in the
+# examples phase now and then (session 19: in a run and in its retry, failing CI).
 run() {
   "$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/v1/openapi.json" \
     --url "http://127.0.0.1:$port" \
     --header "X-API-Key: $key" \
     --checks all --exclude-checks positive_data_acceptance \
     --phases examples,fuzzing,stateful \
-    --max-time "${CONFORMANCE_SECONDS:-60}" --workers 2 --seed "${CONFORMANCE_SEED:-1}" \
+    --max-time "${CONFORMANCE_SECONDS:-60}" --workers 1 --seed "${CONFORMANCE_SEED:-1}" \
     2>&1 | tee "$work/schemathesis.log"
 }
-# The same bug can strike the other phases' example generation, rarely (seen once in a
-# 180 s run, session 16): a run that failed on that interpreter error alone runs again once.
-# Any failure the server caused still fails, the first time or the second.
-if ! run; then
-  if grep -q "AST constructor recursion depth mismatch" "$work/schemathesis.log" \
-    && ! grep -q "= FAILURES =" "$work/schemathesis.log"; then
-    echo "schemathesis tripped CPython's AST recursion bug (not a finding): running again once"
-    run
-  else
+# The same bug can strike example generation even so (rarely; with two workers it struck a
+# run and its retry in session 19): a run that failed on that interpreter error alone runs
+# again, up to three runs in all. Any failure the server caused still fails, whichever run.
+for attempt in 1 2 3; do
+  if run; then
+    exit 0
+  fi
+  if ! grep -q "AST constructor recursion depth mismatch" "$work/schemathesis.log" \
+    || grep -q "= FAILURES =" "$work/schemathesis.log"; then
     exit 1
   fi
-fi
+  echo "schemathesis tripped CPython's AST recursion bug (not a finding; run $attempt of 3)"
+done
+exit 1
