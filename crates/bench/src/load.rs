@@ -115,9 +115,6 @@ async fn one_connection(
             Budget::Time(d) if start.elapsed() >= d => break,
             _ => {}
         }
-        // A server that closes the connection after each answer (moto's answers carry
-        // `Connection: close`) costs a new connection per request, inside the latency, as it
-        // would for any client; a request that never reached the server is sent again.
         let t0 = Instant::now();
         let tried =
             tokio::time::timeout(NO_ANSWER, send(addr, &mut sender, || make(i), keep_bodies));
@@ -155,7 +152,10 @@ const NO_ANSWER: Duration = Duration::from_secs(60);
 
 /// Sends one request on `sender` (connecting first when there is none or it is closed) and
 /// reads its answer: the status and the body, or None when the connection was lost after
-/// the request was sent.
+/// the request was sent. A server that closes the connection after each answer (moto's
+/// answers carry `Connection: close`) costs a new connection per request, inside the
+/// latency, as it would for any client; a request that never reached the server is sent
+/// again.
 async fn send(
     addr: SocketAddr,
     sender: &mut Option<Sender>,
