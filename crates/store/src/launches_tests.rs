@@ -323,12 +323,7 @@ async fn a_batch_whose_answer_was_lost_is_found_written() {
 /// web-b then web-a waits for it: web-b must not be held meanwhile.
 #[tokio::test]
 async fn a_batch_inserts_its_instances_in_name_order() {
-    for (store, _d) in stores().await {
-        if store.backend() != Backend::Postgres {
-            continue;
-        }
-        with_pool(&store, "10.9.0.1-10.9.0.50").await;
-        store.account_create("a1", "acme", 0).await.unwrap();
+    if let Some(store) = postgres_with_pool("10.9.0.1-10.9.0.50").await {
         let named = |id: &str, name: &str| InstanceRow {
             name: name.into(),
             ..sample_instance(id, "a1")
@@ -362,12 +357,7 @@ async fn a_batch_inserts_its_instances_in_name_order() {
 /// holds its host's row, and writes nothing; once the row is free it is written.
 #[tokio::test]
 async fn a_batch_passing_over_held_hosts_answers_no_room_while_one_is_held() {
-    for (store, _d) in stores().await {
-        if store.backend() != Backend::Postgres {
-            continue;
-        }
-        with_pool(&store, "10.9.0.1-10.9.0.3").await;
-        store.account_create("a1", "acme", 0).await.unwrap();
+    if let Some(store) = postgres_with_pool("10.9.0.1-10.9.0.3").await {
         let mut holder = store.begin().await.unwrap();
         assert!(holder.host_reserve("wil-cpu-03", &res(0)).await.unwrap());
         let lone = [launch("vm0", "web-0", 2)];
@@ -389,4 +379,16 @@ async fn a_batch_passing_over_held_hosts_answers_no_room_while_one_is_held() {
         ));
         assert_eq!(cpu_cores_used(&store).await, 2);
     }
+}
+
+/// The run's PostgreSQL store, when it has one, with the addresses `range` and account a1:
+/// for the tests of what only PostgreSQL's one statement does.
+async fn postgres_with_pool(range: &str) -> Option<Store> {
+    let (store, _) = stores()
+        .await
+        .into_iter()
+        .find(|(s, _)| s.backend() == Backend::Postgres)?;
+    with_pool(&store, range).await;
+    store.account_create("a1", "acme", 0).await.unwrap();
+    Some(store)
 }
