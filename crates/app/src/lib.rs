@@ -154,9 +154,9 @@ impl App {
             driver,
             clock,
             engine,
-            launches: GroupCommit::new(launch::MOST),
+            launches: GroupCommit::new("launch", launch::MOST),
             seen_hosts: Default::default(),
-            enqueues: GroupCommit::new(instances::MOST),
+            enqueues: GroupCommit::new("command", instances::MOST),
             batched: Default::default(),
             host_view: Default::default(),
         }))

@@ -100,7 +100,8 @@ pub async fn lobster(bin: &Path, dir: &Path, database_url: &str) -> Proc {
         .arg(&cfg)
         .args(["--database-url", database_url])
         .env("LOBSTER_BOOTSTRAP_KEY", KEY)
-        .env("LOBSTER_LOG", "error");
+        // Warnings too: a write held for long (`GroupCommit`) says which queue waits.
+        .env("LOBSTER_LOG", "warn");
     spawn_announced(cmd).await
 }
 

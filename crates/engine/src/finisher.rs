@@ -16,8 +16,8 @@ pub(crate) struct Finisher {
 impl Default for Finisher {
     fn default() -> Self {
         Finisher {
-            created: GroupCommit::new(MOST),
-            deleted: GroupCommit::new(MOST),
+            created: GroupCommit::new("create end", MOST),
+            deleted: GroupCommit::new("delete end", MOST),
         }
     }
 }

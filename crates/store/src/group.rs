@@ -12,7 +12,13 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
+
+/// A write under way this long is logged, and again each time as long again. It is not
+/// cancelled (a write may rightly wait on a row another server holds), but an operator
+/// sees which queue is held and for how long, instead of requests that silently never end.
+const SLOW_WRITE: Duration = Duration::from_secs(10);
 
 pub struct GroupCommit<I, O> {
     state: Arc<Mutex<State<I, O>>>,
@@ -21,6 +27,10 @@ pub struct GroupCommit<I, O> {
     /// Items per write at most (the rest wait for the next write: every waiter looks again
     /// when one ends, so nothing is left behind).
     most: usize,
+    /// What is written, for the log ("launch", "create end", ...).
+    what: &'static str,
+    /// `SLOW_WRITE` (shorter in tests).
+    slow: Duration,
 }
 
 struct State<I, O> {
@@ -35,7 +45,8 @@ struct State<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
-    pub fn new(most: usize) -> Self {
+    /// A queue of writes of `what`, at most `most` items each.
+    pub fn new(what: &'static str, most: usize) -> Self {
         GroupCommit {
             state: Arc::new(Mutex::new(State {
                 queue: Vec::new(),
@@ -45,6 +56,8 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
             })),
             ended: Arc::new(Notify::new()),
             most: most.max(1),
+            what,
+            slow: SLOW_WRITE,
         }
     }
 
@@ -139,9 +152,10 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
             state: Arc::clone(&self.state),
             ended: Arc::clone(&self.ended),
         };
+        let (what, slow, n) = (self.what, self.slow, replies.len());
         tokio::spawn(async move {
             let _landed = landed;
-            let outputs = written.await;
+            let outputs = watched(what, n, slow, written).await;
             debug_assert_eq!(outputs.len(), replies.len());
             for (reply, out) in replies.into_iter().zip(outputs) {
                 let _ = reply.send(out);
@@ -157,6 +171,22 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     /// Items queued and not yet taken by a write.
     pub fn waiting(&self) -> usize {
         self.state().queue.len()
+    }
+}
+
+/// Runs `write` (a write of `n` items of `what`), logging each time it has been under way
+/// another `slow`.
+async fn watched<F: Future>(what: &str, n: usize, slow: Duration, write: F) -> F::Output {
+    tokio::pin!(write);
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            out = &mut write => return out,
+            _ = tokio::time::sleep(slow) => tracing::warn!(
+                "a {what} write of {n} item(s) has been under way for {} ms; its queue waits",
+                started.elapsed().as_millis()
+            ),
+        }
     }
 }
 
@@ -206,7 +236,7 @@ mod tests {
 
     #[test]
     fn an_item_whose_caller_is_gone_is_not_written() {
-        let g: GroupCommit<u32, u32> = GroupCommit::new(8);
+        let g: GroupCommit<u32, u32> = GroupCommit::new("test", 8);
         let gone = queue(&g, 0);
         let _live = queue(&g, 1);
         drop(gone);
@@ -218,7 +248,7 @@ mod tests {
     /// under way; an item taken by another caller's write is not this caller's to start.
     #[test]
     fn a_write_takes_at_most_its_limit_and_the_rest_in_order() {
-        let g: GroupCommit<u32, ()> = GroupCommit::new(256);
+        let g: GroupCommit<u32, ()> = GroupCommit::new("test", 256);
         let _receivers: Vec<_> = (0..300).map(|k| queue(&g, k)).collect();
         assert_eq!(items(&g.start(1)).len(), 256);
         assert!(g.start(300).is_none(), "a write is under way");
@@ -237,7 +267,7 @@ mod tests {
     /// output.
     #[tokio::test(flavor = "current_thread")]
     async fn callers_queued_during_a_write_share_the_next_and_each_gets_its_answer() {
-        let g: Arc<GroupCommit<u32, u32>> = Arc::new(GroupCommit::new(64));
+        let g: Arc<GroupCommit<u32, u32>> = Arc::new(GroupCommit::new("test", 64));
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let (release, held) = tokio::sync::oneshot::channel::<()>();
         let held = Arc::new(tokio::sync::Mutex::new(Some(held)));
@@ -279,7 +309,7 @@ mod tests {
     /// A write that panics answers its callers None, and the next write still starts.
     #[tokio::test(flavor = "current_thread")]
     async fn a_write_that_panics_leaves_the_queue_to_the_next() {
-        let g: Arc<GroupCommit<u32, u32>> = Arc::new(GroupCommit::new(64));
+        let g: Arc<GroupCommit<u32, u32>> = Arc::new(GroupCommit::new("test", 64));
         let boom = |_: Vec<u32>| async move {
             panic!("the write failed");
             #[allow(unreachable_code)]
@@ -289,5 +319,54 @@ mod tests {
         assert!(!g.writing());
         let ok = |items: Vec<u32>| async move { items };
         assert_eq!(g.submit(2, ok).await, Some(2));
+    }
+
+    /// A write held past the limit is logged with its queue's name and size, and still
+    /// answers once it ends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_held_long_is_logged_and_still_answers() {
+        let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut g: GroupCommit<u32, u32> = GroupCommit::new("launch", 64);
+        g.slow = Duration::from_millis(5);
+        let g = Arc::new(g);
+        let (release, held) = oneshot::channel::<()>();
+        let write = move |items: Vec<u32>| async move {
+            let _ = held.await;
+            items
+        };
+        let submitted = tokio::spawn({
+            let g = g.clone();
+            async move { g.submit(7, write).await }
+        });
+        let logged = || String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+        // The write is held until the warning is written: this waits for it (a missing
+        // warning fails after far longer than the 5 ms it takes).
+        let mut looks = 0;
+        while !logged().contains("a launch write of 1 item(s) has been under way for") {
+            looks += 1;
+            assert!(looks < 10_000, "no such warning: {:.300}", logged());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        release.send(()).unwrap();
+        assert_eq!(submitted.await.unwrap(), Some(7));
+        assert!(!g.writing());
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
