@@ -54,6 +54,9 @@ pub struct App {
 pub(crate) struct Batched {
     pub(crate) launches: AtomicU64,
     pub(crate) enqueues: AtomicU64,
+    /// Turns of one launch or command that the batch's write took (PostgreSQL's statement)
+    /// rather than the lone path.
+    pub(crate) lone: AtomicU64,
 }
 
 /// What a turn of a write queue writes with: the store, the engine's attempt limit for new
@@ -111,10 +114,11 @@ impl Turn {
             tracing::warn!(error = %e, batch = batch.len(), "{what} batch failed; writing each alone");
             vec![None; batch.len()]
         });
-        if batch.len() > 1 {
-            let n = written.iter().filter(|w| w.is_some()).count() as u64;
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
+        let n = written.iter().filter(|w| w.is_some()).count() as u64;
+        match batch.len() {
+            1 => self.batched.lone.fetch_add(n, Ordering::Relaxed),
+            _ => counter.fetch_add(n, Ordering::Relaxed),
+        };
         let mut out = Vec::with_capacity(batch.len());
         for (item, w) in batch.into_iter().zip(written) {
             out.push(match w {
@@ -216,6 +220,11 @@ impl App {
     /// a turn is being written.
     pub fn enqueues_waiting(&self) -> (usize, bool) {
         (self.enqueues.waiting(), self.enqueues.writing())
+    }
+
+    /// Lone launches and commands written by the batch's statement since start (PostgreSQL).
+    pub fn lone_batch_writes(&self) -> u64 {
+        self.batched.lone.load(Ordering::Relaxed)
     }
 
     /// Launches written in batches of two or more since start; the rest were written alone.

@@ -194,6 +194,41 @@ async fn delete_while_creating_is_409() {
     assert_eq!(b["error"], "operation_in_progress");
 }
 
+/// A lone command on PostgreSQL is written by the one statement a batch takes (one round
+/// trip, where its own transaction takes five: under load every other write carried a
+/// single command, docs/benchmarks.md, session 20); on SQLite it has its own transaction.
+/// What the statement does not take still gets a lone command's answer.
+#[tokio::test]
+async fn a_lone_command_takes_the_batch_statement_on_postgres() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let bob = app.tenant("bob").await;
+    let pg = app.app.store().backend() == lobster_store::Backend::Postgres;
+    let id = alice.launch("v1_cpu_small", "us-east-1").await["vm_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/v1/instances/{id}");
+    // Still creating: refused, nothing batched.
+    let busy = expect(alice.delete(&path).await, StatusCode::CONFLICT).await;
+    assert_eq!(busy["error"], "operation_in_progress");
+    app.drain().await;
+    let theirs = expect(bob.delete(&path).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(theirs["message"], format!("Instance {id} not found"));
+    // The lone launch: the batch's statement on PostgreSQL too.
+    assert_eq!(app.app.lone_batch_writes(), u64::from(pg));
+    let queued = expect(alice.delete(&path).await, StatusCode::OK).await;
+    assert_eq!(queued["message"], "Instance deletion queued");
+    assert_eq!(app.app.lone_batch_writes(), 2 * u64::from(pg));
+    let again = expect(alice.delete(&path).await, StatusCode::BAD_REQUEST).await;
+    assert_eq!(again["error"], "invalid_state");
+    assert_eq!(app.app.lone_batch_writes(), 2 * u64::from(pg));
+    assert_eq!(app.app.enqueues_batched(), 0);
+    app.drain().await;
+    expect(alice.get(&path).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(app.sim.vm_count(), 0);
+}
+
 #[tokio::test]
 async fn rename_rules() {
     let app = TestApp::spawn().await;
