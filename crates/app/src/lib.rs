@@ -96,8 +96,8 @@ impl Turn {
     /// A turn's answers, in order: each member the batch wrote (`Some`) answered by `done`;
     /// each it left out (`None`, or every one when the batch's write failed as a whole)
     /// written alone by `alone`, so that it gets the answer it would get without company.
-    /// The batched ones are counted in `counter` when the turn had company (a lone member
-    /// the batch's statement wrote, as PostgreSQL's launches do, was still alone).
+    /// The batched ones are counted in `counter` when the turn had company; a lone member
+    /// the batch's statement wrote (PostgreSQL's launches and commands) in `Batched::lone`.
     pub(crate) async fn settle<I, O, R, Fut>(
         &self,
         (what, counter): (&str, &AtomicU64),
