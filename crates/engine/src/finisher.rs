@@ -36,7 +36,7 @@ impl Finisher {
         &self,
         store: &Store,
         worker: &str,
-        now: impl FnOnce() -> i64,
+        now: impl Fn() -> i64,
         item: Created,
     ) -> Result<CreatedEnd, Error> {
         let write = |items: Vec<Created>| {
@@ -60,7 +60,7 @@ impl Finisher {
         &self,
         store: &Store,
         worker: &str,
-        now: impl FnOnce() -> i64,
+        now: impl Fn() -> i64,
         item: Deleted,
     ) -> Result<bool, Error> {
         let write = |items: Vec<Deleted>| {
