@@ -66,8 +66,9 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     }
 
     /// Queues `item` and waits for its output. When this caller finds a write may start, `write`
-    /// gets everything queued (this item included, in arrival order, at most `most`) and must
-    /// answer one output per item, in the same order. None when the write ended without
+    /// gets the oldest queued items, in arrival order, at most `most` (this caller's own among
+    /// them unless `most` others were queued before it), and must answer one output per item,
+    /// in the same order. None when the write ended without
     /// answering (it panicked).
     ///
     /// The write runs as a task of its own: if this caller is cancelled, the others in the
