@@ -240,6 +240,12 @@ impl Store {
     /// Every server's read cache hears of it: on PostgreSQL from the revoking transaction
     /// itself; on SQLite from a write to the database's signal file after the commit (see
     /// `watch`).
+    ///
+    /// On PostgreSQL it answers only once every copy of the key that another server read
+    /// before the commit has aged out of its cache (`cache::TTL`, 1 s): a notification is
+    /// delivered after the commit, and a request that reached a server before it did would
+    /// still be let in, after the revocation was reported done (DESIGN invariant 5: it takes
+    /// effect on the next request). Revocations are rare; a second is cheap for them.
     pub async fn key_revoke(&self, id_or_prefix: &str, now: i64) -> Result<bool, Error> {
         let mut tx = self.begin().await?;
         let done = tx.key_revoke(id_or_prefix, now).await?;
@@ -248,8 +254,12 @@ impl Store {
         }
         tx.commit().await?;
         if done {
-            if let Some(fast) = self.fast() {
-                crate::watch::tell(fast.path())?;
+            match self.fast() {
+                Some(fast) => crate::watch::tell(fast.path())?,
+                None if self.backend() == crate::Backend::Postgres => {
+                    tokio::time::sleep(crate::cache::TTL).await
+                }
+                None => {}
             }
         }
         Ok(done)

@@ -110,9 +110,11 @@ impl Token {
 /// One read of a scope's list, shared by the requests that missed it together.
 pub(crate) type ListFill = tokio::sync::OnceCell<Arc<Vec<InstanceRow>>>;
 
-/// The invalidation count when a read began, or `None` when the cache was off.
+/// The invalidation count when a read began (`None` when the cache was off), and when it
+/// began: an entry's age counts from before its read, so that what it holds is at most `TTL`
+/// older than what the database held then (a revocation relies on it: `Store::key_revoke`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket(Option<u64>);
+pub(crate) struct Ticket(Option<u64>, Instant);
 
 struct Entry<T> {
     at: Instant,
@@ -196,7 +198,7 @@ impl State {
 fn keep<K: std::hash::Hash + Eq, V>(
     map: &mut HashMap<K, Entry<V>>,
     (max, ttl): (usize, Duration),
-    key: K,
+    (key, at): (K, Instant),
     value: V,
 ) {
     if map.len() >= max {
@@ -205,7 +207,6 @@ fn keep<K: std::hash::Hash + Eq, V>(
             map.clear();
         }
     }
-    let at = Instant::now();
     map.insert(key, Entry { at, value });
 }
 
@@ -237,6 +238,9 @@ pub(crate) struct Cache {
     /// `TTL`, in milliseconds (tests lengthen it so that a slow machine cannot expire what
     /// they check is held).
     ttl_ms: AtomicU64,
+    /// Drops what other servers announce (for tests: a notification not yet delivered).
+    #[cfg(test)]
+    pub(crate) deaf: AtomicBool,
     /// Whether keys are kept and invalidations announced to other servers (PostgreSQL only;
     /// see the module comment). Without an announcer nothing may queue for one.
     shared: bool,
@@ -280,6 +284,8 @@ impl Cache {
             presence: Mutex::new(Presence::default()),
             hello_now: Notify::new(),
             ttl_ms: AtomicU64::new(TTL.as_millis() as u64),
+            #[cfg(test)]
+            deaf: AtomicBool::new(false),
             shared,
             watching: AtomicBool::new(watch.is_some()),
             watch,
@@ -315,7 +321,7 @@ impl Cache {
 
     pub(crate) fn ticket(&self) -> Ticket {
         let st = self.state();
-        Ticket(self.is_on().then_some(st.epoch))
+        Ticket(self.is_on().then_some(st.epoch), Instant::now())
     }
 
     pub(crate) fn instance(&self, id: &str) -> Option<InstanceRow> {
@@ -330,7 +336,12 @@ impl Cache {
         let mut st = self.state();
         if self.is_on() && st.instance_unchanged_since(since, &row.id) {
             let limits = (MAX_INSTANCES, self.ttl());
-            keep(&mut st.instances, limits, row.id.clone(), row.clone());
+            keep(
+                &mut st.instances,
+                limits,
+                (row.id.clone(), t.1),
+                row.clone(),
+            );
         }
     }
 
@@ -359,7 +370,7 @@ impl Cache {
             Some(p) if Arc::ptr_eq(&p, &rows) || *p == *rows => p,
             _ => rows,
         };
-        self.keep_list_rows(since, scope, &rows);
+        self.keep_list_rows((since, t.1), scope, &rows);
         rows
     }
 
@@ -385,7 +396,12 @@ impl Cache {
         })
     }
 
-    fn keep_list_rows(&self, since: u64, scope: &Scope, rows: &Arc<Vec<InstanceRow>>) {
+    fn keep_list_rows(
+        &self,
+        (since, at): (u64, Instant),
+        scope: &Scope,
+        rows: &Arc<Vec<InstanceRow>>,
+    ) {
         let mut st = self.state();
         if self.is_on() && st.unchanged_since(since, st.instances_at) {
             let ttl = self.ttl();
@@ -396,7 +412,12 @@ impl Cache {
                     st.lists.clear();
                 }
             }
-            keep(&mut st.lists, (MAX_LISTS, ttl), scope.clone(), rows.clone());
+            keep(
+                &mut st.lists,
+                (MAX_LISTS, ttl),
+                (scope.clone(), at),
+                rows.clone(),
+            );
         }
     }
 
@@ -435,7 +456,7 @@ impl Cache {
         let mut st = self.state();
         if self.is_on() && st.unchanged_since(since, st.keys_at) {
             let limits = (MAX_KEYS, self.ttl());
-            keep(&mut st.keys, limits, digest.to_string(), row.clone());
+            keep(&mut st.keys, limits, (digest.to_string(), t.1), row.clone());
         }
     }
 
@@ -470,6 +491,10 @@ impl Cache {
     /// Applies a notification's payload from another server (or this one's, echoed); a
     /// hello from another server is noted, not applied.
     pub(crate) fn receive(&self, payload: &str) {
+        #[cfg(test)]
+        if self.deaf.load(Ordering::Acquire) {
+            return;
+        }
         let (hellos, tokens): (Vec<Token>, Vec<Token>) = payload
             .split(',')
             .map(Token::decode)

@@ -137,6 +137,48 @@ async fn a_key_revoked_on_another_server_stops_working_here() {
     assert_eq!(got.revoked_at, Some(5));
 }
 
+/// A key revoked on another server is refused here on the next lookup even when the
+/// notification has not arrived: the revocation answers only once every copy read before
+/// its commit has aged out (DESIGN invariant 5, "the next request").
+#[tokio::test]
+async fn a_revocation_answers_only_once_no_server_can_still_let_the_key_in() {
+    let Some((a, b)) = two_servers().await else {
+        return;
+    };
+    // Production's time to live, and a server the revocation's notification does not reach.
+    a.cache().set_ttl(super::cache::TTL);
+    a.cache().deaf.store(true, Ordering::Release);
+    until(&a, "on", Cache::is_on).await;
+    let key = sample_key();
+    a.key_create(&key, "d1").await.unwrap();
+    assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
+    assert!(a.cache().key("d1").is_some(), "the read was kept");
+    assert!(b.key_revoke("k1", 5).await.unwrap());
+    let got = a.key_by_digest("d1").await.unwrap().unwrap();
+    assert_eq!(
+        got.revoked_at,
+        Some(5),
+        "a revoked key let in after the revocation"
+    );
+}
+
+/// The server that revokes a key drops its own copy at its commit, before its notification
+/// comes back to it (`Tx::announce_keys_changed`).
+#[tokio::test]
+async fn a_key_revoked_here_is_dropped_here_at_once() {
+    let Some((a, _b)) = two_servers().await else {
+        return;
+    };
+    a.cache().deaf.store(true, Ordering::Release);
+    until(&a, "on", Cache::is_on).await;
+    let key = sample_key();
+    a.key_create(&key, "d1").await.unwrap();
+    assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
+    assert!(a.cache().key("d1").is_some(), "the read was kept");
+    assert!(a.key_revoke("k1", 5).await.unwrap());
+    assert!(a.cache().key("d1").is_none());
+}
+
 /// SQLite: a key this server keeps stops working on the next lookup after another process
 /// (the admin CLI; here a second store on the same file) revokes it.
 #[tokio::test]
@@ -172,6 +214,29 @@ async fn a_key_revoked_by_another_process_is_not_served_from_memory() {
     // The revocation also wrote the signal that covers a read made before its commit was
     // visible (see `watch`).
     assert!(dir.path().join("t.db-keys").exists());
+}
+
+/// SQLite through a symbolic link: the revocation's signal lands beside the real file, where
+/// the serving process's watch is, not beside the link.
+#[tokio::test]
+async fn a_revocation_through_a_linked_path_signals_beside_the_real_file() {
+    let (real, links) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let link = links.path().join("lobster.db");
+    std::os::unix::fs::symlink(real.path().join("t.db"), &link).unwrap();
+    let url = format!("sqlite://{}", link.display());
+    let (a, cli) = (
+        Store::connect(&url).await.unwrap(),
+        Store::connect(&url).await.unwrap(),
+    );
+    a.account_create("a1", "acme", 0).await.unwrap();
+    a.key_create(&sample_key(), "d1").await.unwrap();
+    assert!(cli.key_revoke("k1", 5).await.unwrap());
+    assert!(
+        real.path().join("t.db-keys").exists(),
+        "no signal beside the real file"
+    );
+    let got = a.key_by_digest("d1").await.unwrap().unwrap();
+    assert_eq!(got.revoked_at, Some(5));
 }
 
 /// While the listening connection is down, invalidations are missed: when it is back, the

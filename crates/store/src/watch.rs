@@ -60,7 +60,12 @@ const HEADER: usize = 16;
 /// Tells every watch on the database at `path` that something changed that a read of it
 /// may have missed: a write to its signal file, made after the change committed.
 pub(crate) fn tell(path: &str) -> Result<(), lobster_core::Error> {
-    let signal = format!("{path}-keys");
+    // Beside the real file, where the watch is (`DbWatch::open`): through a symbolic link
+    // the signal would land beside the link, where no watch hears it.
+    let real = std::fs::canonicalize(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string());
+    let signal = format!("{real}-keys");
     std::fs::write(&signal, b"keys changed\n")
         .map_err(|e| lobster_core::Error::Internal(format!("signal file {signal}: {e}")))
 }
