@@ -428,7 +428,10 @@ impl Turn {
         // Written as if placed on the best candidate; moved below in the rare case that a
         // concurrent launch took its room since the candidates were read.
         let mut instance = p.instance_row(caller, 0, ip, task_id, now);
-        tx.instance_insert(&instance).await?;
+        if let Err(e) = tx.instance_insert(&instance).await {
+            tx.rollback().await?;
+            return self.written_before(&p.id).await?.map(Some).ok_or(e);
+        }
         let mut task = p.create_task(caller, &instance, task_id, self.max_attempts, now);
         let lease = self.lease(1);
         tx.tasks_insert_leased(std::slice::from_ref(&task), lease.as_ref())
@@ -455,6 +458,19 @@ impl Turn {
         tx.commit().await?;
         self.hand_over(lease, vec![(task, instance.clone())]);
         Ok(Some(instance))
+    }
+}
+
+impl Turn {
+    /// The instance `id` if it is written already. A lone launch whose insert failed asks:
+    /// its batch may have been written after all (the connection lost after the commit, and
+    /// the look that would have found it failed too). Its id is new, so only that batch can
+    /// have written it; answered as another's name, the client would be refused, or, planned
+    /// again on a fresh read under a new id, given a second instance with the first left
+    /// running. (Its task was written leased to this server and not handed over: it runs
+    /// once that lease is reclaimed.)
+    async fn written_before(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
+        Ok(self.store.instances_by_ids(&[id]).await?.into_iter().next())
     }
 }
 

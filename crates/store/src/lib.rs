@@ -91,6 +91,9 @@ pub struct Store {
     stop: Option<Arc<notify::Stop>>,
     /// PostgreSQL: the cache's notification channel.
     channel: Option<Arc<str>>,
+    /// For tests: the next launch batch's answer is lost after its commit, and so is the
+    /// look that would find it written (`lose_next_launch_answer`).
+    lose_launch_answer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A write transaction. Commands do all their writes through one of these.
@@ -259,6 +262,7 @@ impl Store {
                     local: None,
                     cache: Cache::new(false),
                     ip_hints: Arc::default(),
+                    lose_launch_answer: Arc::default(),
                     stop: None,
                     channel: None,
                 }
@@ -276,6 +280,7 @@ impl Store {
                     // Off until its listening connection is up.
                     cache: Cache::new(true),
                     ip_hints: Arc::default(),
+                    lose_launch_answer: Arc::default(),
                     stop: None,
                     channel: None,
                 }

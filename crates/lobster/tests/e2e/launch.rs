@@ -760,6 +760,35 @@ async fn a_batch_that_fails_on_a_name_answers_each_launch_as_if_alone() {
     assert_eq!(cores, 5 * 2);
 }
 
+/// A launch batch that was written but answered as failed (its connection lost after the
+/// commit, and the look that would have found it lost too) sends its launch alone, which
+/// finds its instance written and answers it: not a 409 for its own name, not a second
+/// instance planned again under a new id.
+#[tokio::test]
+async fn a_launch_whose_written_batch_was_answered_as_failed_is_answered_as_written() {
+    let app = TestApp::spawn().await;
+    let store = app.app.store().clone();
+    if store.backend() != lobster_store::Backend::Postgres {
+        return; // only PostgreSQL writes a batch in one statement whose answer can be lost
+    }
+    let alice = app.tenant("alice").await;
+    store.lose_next_launch_answer();
+    let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "once"});
+    let b = expect(alice.launch_body(body).await, StatusCode::OK).await;
+    let id = b["vm_uuid"].as_str().unwrap();
+    let list = alice.get_json("/api/v1/instances", StatusCode::OK).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["uuid"].as_str())
+        .collect();
+    assert_eq!(ids, [id], "{list}");
+    let row = store.instance_by_id(id).await.unwrap().unwrap();
+    assert_eq!(json!(row.ip_address), b["assigned_ip"]);
+    assert_eq!(store.ip_assignments().await.unwrap().len(), 1);
+}
+
 /// `n` launch bodies of a small instance.
 fn small_launches(n: usize) -> impl Iterator<Item = Value> {
     (0..n).map(
