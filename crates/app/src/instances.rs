@@ -252,6 +252,18 @@ async fn enqueue_one(turn: &Turn, e: &Enqueue) -> Enqueued {
             .instance_get(sc, id)
             .await?
             .ok_or_else(|| Error::not_found("instance", id))?;
+        if row.active_task_id.as_deref() == Some(e.task_id.as_str()) {
+            // Held by this command's own task: its batch was written after all (the
+            // connection lost after the commit, and the look that would have found it failed
+            // too). Its id is new, so nothing else wrote it; answered 409, the command would
+            // still run. (The task, written leased to this server and not handed over, runs
+            // once that lease is reclaimed.)
+            tx.rollback().await?;
+            return Ok(Queued {
+                task_id: e.task_id.clone(),
+                instance: row,
+            });
+        }
         let status = InstanceStatus::parse(&row.status).unwrap_or(InstanceStatus::Failed);
         let deleting = e.kind == TaskKind::DeleteInstance;
         check_mutable(status, row.active_task_id.is_some(), id, deleting)?;

@@ -70,6 +70,11 @@ impl Store {
                 .collect(),
             true,
         );
+        if self.batch_answer_lost() {
+            return Err(Error::Internal(
+                "the command batch's answer was lost (test)".into(),
+            ));
+        }
         let got = match got {
             Ok(rows) => rows,
             // The connection may have failed after the commit: then the claims that took

@@ -15,7 +15,6 @@ use crate::{get_i64, get_opt_i64, get_opt_str, instances, ips, tasks, Backend, S
 use crate::{Lease, NewInstance, NewTask};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
-use std::sync::atomic::Ordering;
 
 /// What `launches_write` is asked to write: launches of one region, each instance with its
 /// create task (task k belongs to instance k) and its primary interface's MAC address.
@@ -51,14 +50,6 @@ pub enum LaunchesWritten {
 pub const ADDRESS_TO_COME: &str = "\"ip_address\":null";
 
 impl Store {
-    /// For tests: the next launch batch (PostgreSQL) is written, but its caller is told it
-    /// failed without learning whether it was written, as when the connection is lost
-    /// after the commit and the look that would find the batch fails too.
-    #[doc(hidden)]
-    pub fn lose_next_launch_answer(&self) {
-        self.lose_launch_answer.store(true, Ordering::Release);
-    }
-
     /// Writes `b` in one statement (PostgreSQL only): all of it, or nothing and why.
     pub async fn launches_write(&self, b: &LaunchBatch<'_>) -> Result<LaunchesWritten, Error> {
         if self.backend() != Backend::Postgres {
@@ -84,7 +75,7 @@ impl Store {
         // invalidation costs a read, a missing one serves a stale row.
         self.cache()
             .invalidate(tokens.map(crate::cache::Token::Instance).collect(), true);
-        if self.lose_launch_answer.swap(false, Ordering::AcqRel) {
+        if self.batch_answer_lost() {
             return Err(Error::Internal(
                 "the launch batch's answer was lost (test)".into(),
             ));

@@ -91,9 +91,9 @@ pub struct Store {
     stop: Option<Arc<notify::Stop>>,
     /// PostgreSQL: the cache's notification channel.
     channel: Option<Arc<str>>,
-    /// For tests: the next launch batch's answer is lost after its commit, and so is the
-    /// look that would find it written (`lose_next_launch_answer`).
-    lose_launch_answer: Arc<std::sync::atomic::AtomicBool>,
+    /// For tests: the next launch or command batch's answer is lost after its commit, and so
+    /// is the look that would find it written (`lose_next_batch_answer`).
+    lose_batch_answer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A write transaction. Commands do all their writes through one of these.
@@ -262,7 +262,7 @@ impl Store {
                     local: None,
                     cache: Cache::new(false),
                     ip_hints: Arc::default(),
-                    lose_launch_answer: Arc::default(),
+                    lose_batch_answer: Arc::default(),
                     stop: None,
                     channel: None,
                 }
@@ -280,7 +280,7 @@ impl Store {
                     // Off until its listening connection is up.
                     cache: Cache::new(true),
                     ip_hints: Arc::default(),
-                    lose_launch_answer: Arc::default(),
+                    lose_batch_answer: Arc::default(),
                     stop: None,
                     channel: None,
                 }
@@ -374,6 +374,22 @@ impl Store {
             None => Target::Pool(&self.write),
         };
         Q::new(target, self.backend, sql)
+    }
+
+    /// For tests: the next launch or command batch (PostgreSQL's one statement) is written,
+    /// but its caller is told it failed without learning whether it was written, as when
+    /// the connection is lost after the commit and the look that would find the batch
+    /// fails too.
+    #[doc(hidden)]
+    pub fn lose_next_batch_answer(&self) {
+        self.lose_batch_answer
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this batch's answer is to be lost (`lose_next_batch_answer`).
+    pub(crate) fn batch_answer_lost(&self) -> bool {
+        self.lose_batch_answer
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Runs a prepared batch statement outside a transaction; the rows it returned.

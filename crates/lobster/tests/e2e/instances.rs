@@ -229,6 +229,34 @@ async fn a_lone_command_takes_the_batch_statement_on_postgres() {
     assert_eq!(app.sim.vm_count(), 0);
 }
 
+/// A command whose batch was written but answered as failed (PostgreSQL: the connection
+/// lost after the commit, and the look that would have found it lost too) goes alone, finds
+/// the instance held by its own task and answers it queued: not a 409 for a command that runs.
+#[tokio::test]
+async fn a_command_whose_written_batch_was_answered_as_failed_is_answered_as_queued() {
+    let app = TestApp::spawn().await;
+    let store = app.app.store().clone();
+    if store.backend() != lobster_store::Backend::Postgres {
+        return; // only PostgreSQL writes a batch in one statement whose answer can be lost
+    }
+    let alice = app.tenant("alice").await;
+    let id = alice.launch("v1_cpu_small", "us-east-1").await["vm_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.drain().await;
+    store.lose_next_batch_answer();
+    let path = format!("/api/v1/instances/{id}");
+    let queued = expect(alice.delete(&path).await, StatusCode::OK).await;
+    assert_eq!(queued["message"], "Instance deletion queued");
+    let task = queued["task_id"].as_str().unwrap();
+    let row = store.instance_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.active_task_id.as_deref(), Some(task));
+    assert_eq!(row.status, "terminating");
+    let t = store.task_by_id(task).await.unwrap().unwrap();
+    assert_eq!(t.operation, "delete_instance");
+}
+
 #[tokio::test]
 async fn rename_rules() {
     let app = TestApp::spawn().await;

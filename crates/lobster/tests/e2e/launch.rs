@@ -772,7 +772,7 @@ async fn a_launch_whose_written_batch_was_answered_as_failed_is_answered_as_writ
         return; // only PostgreSQL writes a batch in one statement whose answer can be lost
     }
     let alice = app.tenant("alice").await;
-    store.lose_next_launch_answer();
+    store.lose_next_batch_answer();
     let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "once"});
     let b = expect(alice.launch_body(body).await, StatusCode::OK).await;
     let id = b["vm_uuid"].as_str().unwrap();
