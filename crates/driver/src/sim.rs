@@ -265,6 +265,15 @@ fn now_ms() -> u64 {
 struct SimState {
     world: SimWorld,
     scripted: HashMap<Op, Vec<(FailWhen, bool)>>,
+    /// Ops held by `hold`: each call waits, after its latency, until the hold is dropped.
+    held: HashMap<Op, tokio::sync::watch::Receiver<bool>>,
+    /// Calls that reached a hold, since start.
+    held_calls: usize,
+}
+
+/// Holds the calls of one op until dropped (`SimDriver::hold`).
+pub struct SimHold {
+    _open: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -291,6 +300,19 @@ impl SimDriver {
             .entry(op)
             .or_default()
             .extend(std::iter::repeat_n((when, transient), n));
+    }
+
+    /// Holds every call of `op` (after its latency, before it has any effect) until the
+    /// returned hold is dropped: a step caught in flight, for tests (a host that hangs).
+    pub fn hold(&self, op: Op) -> SimHold {
+        let (open, closed) = tokio::sync::watch::channel(false);
+        self.state.lock().unwrap().held.insert(op, closed);
+        SimHold { _open: open }
+    }
+
+    /// Calls that reached a hold (`hold`) since start.
+    pub fn held_calls(&self) -> usize {
+        self.state.lock().unwrap().held_calls
     }
 
     /// Re-creates a VM the control plane knows about, as a real host would still have it after
@@ -393,6 +415,16 @@ impl SimDriver {
         let d = self.cfg.delays_ms.of(op);
         if d > 0 {
             tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        let held = {
+            let mut st = self.state.lock().unwrap();
+            let held = st.held.get(&op).cloned();
+            st.held_calls += usize::from(held.is_some());
+            held
+        };
+        if let Some(mut hold) = held {
+            // Ends when the hold is dropped (its sender gone).
+            let _ = hold.changed().await;
         }
         if self.cfg.failure_rate > 0.0 {
             let roll: f64 = self.rng.lock().unwrap().gen();

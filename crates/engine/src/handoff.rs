@@ -116,6 +116,17 @@ impl Engine {
         }
         let now = self.clock.now().millis();
         let (mut got, stale) = self.handoff.take(limit, now, self.cfg.lease_ms);
+        got.extend(self.renew_handed(stale, now).await);
+        self.handoff
+            .taken
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        got
+    }
+
+    /// Renews each handed task's lease if it is still as it was handed over (else it is
+    /// dropped: a reclaim has it, or it ended); those renewed.
+    async fn renew_handed(&self, stale: Vec<Handed>, now: i64) -> Vec<Handed> {
+        let mut got = Vec::with_capacity(stale.len());
         for (mut t, i) in stale {
             let was = t.lease_until.unwrap_or(0);
             let until = now + self.cfg.lease_ms;
@@ -136,10 +147,12 @@ impl Engine {
                 }
             }
         }
-        self.handoff
-            .taken
-            .fetch_add(got.len() as u64, Ordering::Relaxed);
         got
+    }
+
+    /// Handed tasks waiting to be taken.
+    pub(crate) fn handoff_waiting(&self) -> usize {
+        self.handoff.len()
     }
 
     /// Tasks run from the hand-off since start (the rest were claimed).

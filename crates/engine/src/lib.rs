@@ -178,22 +178,31 @@ impl Engine {
             }
             Due::Polled => limit / 2,
         };
-        let mut handed = self.take_handed(room).await;
+        // The hand-offs are taken after the claim, not before it: a claim can wait (the
+        // pool's 30 s for a connection), and a handed task held meanwhile could see its lease
+        // run out and this server's own claim take it again, under the same owner: two runs
+        // that no beat or end could tell apart.
+        let handed_now = self.handoff_waiting().min(room);
         let mut tasks = Vec::with_capacity(limit);
         let mut insts: HashMap<String, InstanceRow> = HashMap::new();
-        let rest = limit - handed.len();
+        let rest = limit - handed_now;
         // A worker woken for a hand-off another took first claims only when the database
         // may hold more (its last claim came back full): else it would run an empty claim
         // per wake-up (on PostgreSQL two statements each, 2,000 per 10,000 launches).
-        let backlog = handed.is_empty() && self.backlog.load(Ordering::Relaxed);
+        let backlog = handed_now == 0 && self.backlog.load(Ordering::Relaxed);
+        let mut claim_failed = None;
         if rest > 0 && (due != Due::No || backlog) {
             match self.claim_and_read(rest).await {
                 Ok((t, i)) => (tasks, insts) = (t, i),
-                // What was handed over must run even if the claim fails.
-                Err(e) if !handed.is_empty() => tracing::warn!("claiming tasks: {e}"),
-                Err(e) => return Err(e),
+                Err(e) => claim_failed = Some(e),
             }
-            handed.extend(self.take_handed(rest - tasks.len()).await);
+        }
+        let handed = self.take_handed(limit - tasks.len()).await;
+        match claim_failed {
+            // What was handed over must run even if the claim fails.
+            Some(e) if !handed.is_empty() => tracing::warn!("claiming tasks: {e}"),
+            Some(e) => return Err(e),
+            None => {}
         }
         for (t, i) in handed {
             insts.insert(i.id.clone(), i);
@@ -334,19 +343,33 @@ impl Engine {
     /// Extends the lease every third of its length, the first time when two thirds of the
     /// lease the task was taken with (`until`) are left: a task that waited before it ran
     /// (handed over) has the same margin as one claimed just now, one failed beat included.
-    /// Returns only when the lease is lost.
+    /// Returns only when the lease is lost, or may be about to be: the run then stops.
+    ///
+    /// Why stop on beats that fail or hang: once the lease last confirmed by the database
+    /// runs out, a claim may take the task again, this server's own included, under the
+    /// same owner, so that no beat or end of either run could tell them apart (a database
+    /// unreachable for a lease's length; two runs of a create could destroy and rebuild a
+    /// VM the database no longer counts). So a run keeps at least a third of a lease
+    /// between itself and the end of its confirmed lease, and stops when it cannot.
     async fn heartbeat(&self, id: &str, until: Option<i64>) -> String {
         let third = (self.cfg.lease_ms / 3).max(1);
-        let left = until.map_or(self.cfg.lease_ms, |u| u - self.clock.now().millis());
-        let mut wait = first_beat_after(left, self.cfg.lease_ms);
+        let mut confirmed = until.unwrap_or_else(|| self.clock.now().millis() + self.cfg.lease_ms);
+        let mut wait = first_beat_after(confirmed - self.clock.now().millis(), self.cfg.lease_ms);
         loop {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             wait = third;
-            let until = self.clock.now().millis() + self.cfg.lease_ms;
-            match self.store.task_heartbeat(id, &self.worker_id, until).await {
-                Ok(true) => {}
-                Ok(false) => return "another worker holds it".into(),
-                Err(e) => tracing::warn!(task = %id, "heartbeat failed: {e}"),
+            let now = self.clock.now().millis();
+            let until = now + self.cfg.lease_ms;
+            let within = Duration::from_millis((confirmed - now - third).max(0) as u64);
+            let beat = self.store.task_heartbeat(id, &self.worker_id, until);
+            match tokio::time::timeout(within, beat).await {
+                Ok(Ok(true)) => confirmed = until,
+                Ok(Ok(false)) => return "another worker holds it".into(),
+                Ok(Err(e)) => tracing::warn!(task = %id, "heartbeat failed: {e}"),
+                Err(_) => {}
+            }
+            if confirmed - self.clock.now().millis() <= third {
+                return "its lease could not be renewed in time".into();
             }
         }
     }

@@ -688,3 +688,44 @@ async fn a_backlog_in_the_database_is_worked_through_without_polling() {
         w.await.unwrap();
     }
 }
+
+/// A run whose heartbeats cannot renew its lease (here the task's row is held: on a real
+/// deployment, a database out of reach) stops before the lease it last renewed runs out,
+/// and leaves its task to be reclaimed. Went on, it would still be running when this
+/// server's own claim took the task again, under the same owner: two runs of one create
+/// that no beat or end could tell apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_cannot_be_renewed_stops_before_it_runs_out() {
+    let cfg = lobster_engine::EngineConfig {
+        lease_ms: 600,
+        ..engine_config()
+    };
+    let app = TestApp::spawn_with(lobster_core::fleet::Fleet::demo(), cfg.clone()).await;
+    let alice = app.tenant("alice").await;
+    let hold = app.sim.hold(Op::Create);
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let (id, task) = (vm["vm_uuid"].as_str().unwrap().to_string(), task_of(&vm));
+    let engine = app.app.engine().clone();
+    let run = tokio::spawn(async move { engine.run_batch(1).await });
+    until("the create is in flight", || app.sim.held_calls() == 1).await;
+    // Heartbeats now wait for the task's row (PostgreSQL) or the write lock (SQLite).
+    let mut holder = app.app.store().begin().await.unwrap();
+    let params = task_row(&app, &task).await.params;
+    holder.task_params(&task, &params).await.unwrap();
+    // The lease's clock reaches the point where only a renewal would leave the run a third
+    // of a lease to go on with.
+    app.clock.advance_ms(cfg.lease_ms - cfg.lease_ms / 3);
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), run).await;
+    let ran = stopped.expect("the run went on with its lease unrenewed");
+    assert_eq!(ran.unwrap().unwrap(), 1);
+    holder.rollback().await.unwrap();
+    drop(hold);
+    assert_eq!(task_row(&app, &task).await.status, "PROCESSING");
+    assert_eq!(app.sim.vm_count(), 0, "stopped before the VM was built");
+    // Once the lease has run out, a claim takes the task and finishes it, once.
+    app.clock.advance_ms(cfg.lease_ms);
+    app.drain().await;
+    assert_eq!(task_row(&app, &task).await.status, "COMPLETED");
+    assert_eq!(alice.instance(&id).await["status"], json!("rented"));
+    assert_eq!(app.sim.vm_count(), 1);
+}
