@@ -32,11 +32,16 @@ fn to_schedule(r: &ScheduleRow) -> Option<Schedule> {
         frequency: Frequency::parse(&r.frequency)?,
         hour: r.hour_utc as u8,
         minute: r.minute_utc as u8,
-        day_of_week: r.day_of_week as u8,
-        day_of_month: r.day_of_month as u8,
+        day_of_week: r.day_of_week.unwrap_or(DEFAULT_DAY_OF_WEEK) as u8,
+        day_of_month: r.day_of_month.unwrap_or(DEFAULT_DAY_OF_MONTH) as u8,
         retention_count: r.retention_count,
     })
 }
+
+/// When a weekly schedule gives no day: Monday.
+const DEFAULT_DAY_OF_WEEK: i64 = 0;
+/// When a monthly schedule gives no day: the 1st.
+const DEFAULT_DAY_OF_MONTH: i64 = 1;
 
 fn small(v: i64, what: &str) -> Result<u8, Error> {
     u8::try_from(v).map_err(|_| invalid(format!("{what} is out of range")))
@@ -55,8 +60,14 @@ impl App {
             frequency,
             hour: small(input.hour, "hour_utc")?,
             minute: small(input.minute, "time_utc")?,
-            day_of_week: small(input.day_of_week.unwrap_or(0), "day_of_week")?,
-            day_of_month: small(input.day_of_month.unwrap_or(1), "day_of_month")?,
+            day_of_week: small(
+                input.day_of_week.unwrap_or(DEFAULT_DAY_OF_WEEK),
+                "day_of_week",
+            )?,
+            day_of_month: small(
+                input.day_of_month.unwrap_or(DEFAULT_DAY_OF_MONTH),
+                "day_of_month",
+            )?,
             retention_count: input.retention_count.unwrap_or(7),
         };
         s.validate().map_err(invalid)?;
@@ -95,8 +106,9 @@ impl App {
             frequency: s.frequency.as_str().into(),
             hour_utc: s.hour as i64,
             minute_utc: s.minute as i64,
-            day_of_week: s.day_of_week as i64,
-            day_of_month: s.day_of_month as i64,
+            // As given: answered back as sent, null when not sent.
+            day_of_week: input.day_of_week,
+            day_of_month: input.day_of_month,
             retention_count: s.retention_count,
             next_run_at: s.enabled.then(|| s.next_after(Timestamp(now)).millis()),
             last_run_at: None,

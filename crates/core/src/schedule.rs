@@ -44,10 +44,12 @@ pub struct Schedule {
     pub retention_count: i64,
 }
 
-/// Parses `HH:MM` (24-hour, UTC).
+/// Parses `HH:MM` (24-hour, UTC), two digits each and nothing else: the answer writes the
+/// time back as `HH:MM`, so anything else ("3:00", "+3:00") would come back changed.
 pub fn parse_time_utc(s: &str) -> Option<(u8, u8)> {
     let (h, m) = s.split_once(':')?;
-    if h.len() > 2 || m.len() != 2 {
+    let two_digits = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
+    if !two_digits(h) || !two_digits(m) {
         return None;
     }
     let (h, m) = (h.parse::<u8>().ok()?, m.parse::<u8>().ok()?);
@@ -221,7 +223,9 @@ mod tests {
     fn time_parsing_and_validation() {
         assert_eq!(parse_time_utc("03:00"), Some((3, 0)));
         assert_eq!(parse_time_utc("23:59"), Some((23, 59)));
-        for bad in ["24:00", "3", "03:0", "aa:bb", "12:60", "003:00"] {
+        for bad in [
+            "24:00", "3", "03:0", "aa:bb", "12:60", "003:00", "3:00", "+3:00", "03:+0", " 3:00",
+        ] {
             assert_eq!(parse_time_utc(bad), None, "{bad}");
         }
         assert!(sched(Frequency::Daily, 24, 0, 1).validate().is_err());

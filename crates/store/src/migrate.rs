@@ -24,6 +24,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../migrations/0010_instances_without_account_key.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/0011_schedule_days_as_given.sql"),
+    ),
 ];
 
 /// PostgreSQL's own additions to a migration, run after it in its transaction.

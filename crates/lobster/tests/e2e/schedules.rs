@@ -31,7 +31,7 @@ async fn both_body_forms_create_and_update() {
     assert_eq!(
         r["schedule"],
         json!({"enabled": true, "frequency": "weekly", "time_utc": "04:00", "hour_utc": 4,
-        "day_of_week": 6, "day_of_month": 1, "retention_count": 7})
+        "day_of_week": 6, "day_of_month": null, "retention_count": 7})
     );
     let g = alice.get_json(&path(&id), StatusCode::OK).await;
     assert_eq!(g["instance_id"], json!(id));
@@ -83,6 +83,8 @@ async fn nonsense_is_400_and_missing_fields_422() {
         json!({"frequency": "daily", "hour_utc": 24}),
         json!({"frequency": "daily", "hour_utc": -1}),
         json!({"frequency": "daily", "time_utc": "25:00"}),
+        // Answered back as "03:00", it would not be what was sent.
+        json!({"frequency": "daily", "time_utc": "3:00"}),
         json!({"frequency": "weekly", "hour_utc": 3, "day_of_week": 7}),
         json!({"frequency": "monthly", "hour_utc": 3, "day_of_month": 32}),
         json!({"frequency": "daily", "hour_utc": 3, "retention_count": 0}),
@@ -309,4 +311,38 @@ async fn an_occurrence_the_database_failed_to_queue_stays_due() {
         .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
         .await;
     assert_eq!(l["total"], 1);
+}
+
+/// What a schedule was given is what it answers: days not given (or given as null) come back
+/// null, days given come back as given, whatever the frequency; a weekly schedule without a
+/// day still fires, on Mondays.
+#[tokio::test]
+async fn a_schedule_answers_its_days_as_given() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let sent = json!({"frequency": "weekly", "hour_utc": 3, "day_of_week": null});
+    let r = expect(alice.post(&path(&id), sent).await, StatusCode::OK).await;
+    assert_eq!(r["schedule"]["day_of_week"], json!(null));
+    assert_eq!(r["schedule"]["day_of_month"], json!(null));
+    let g = alice.get_json(&path(&id), StatusCode::OK).await;
+    assert_eq!(
+        (&g["day_of_week"], &g["day_of_month"]),
+        (&json!(null), &json!(null))
+    );
+    let next = Timestamp::parse_rfc3339(g["next_backup"].as_str().unwrap()).unwrap();
+    // 1970-01-01 was a Thursday: three days after a Monday.
+    let days = next.millis().div_euclid(86_400_000);
+    assert_eq!((days + 3) % 7, 0, "not a Monday: {g}");
+    let sent =
+        json!({"frequency": "daily", "time_utc": "05:15", "day_of_week": 2, "day_of_month": 9});
+    let r = expect(alice.post(&path(&id), sent).await, StatusCode::OK).await;
+    assert_eq!(
+        (
+            &r["schedule"]["time_utc"],
+            &r["schedule"]["day_of_week"],
+            &r["schedule"]["day_of_month"]
+        ),
+        (&json!("05:15"), &json!(2), &json!(9))
+    );
 }
