@@ -137,6 +137,17 @@ async fn a_key_revoked_on_another_server_stops_working_here() {
     assert_eq!(got.revoked_at, Some(5));
 }
 
+/// Makes `a` deaf to other servers' notifications (as if they had not arrived yet), then
+/// creates key `k1` (digest `d1`) and has `a` keep it.
+async fn key_kept_by_a_deaf_server(a: &Store) {
+    a.cache().deaf.store(true, Ordering::Release);
+    until(a, "on", Cache::is_on).await;
+    let key = sample_key();
+    a.key_create(&key, "d1").await.unwrap();
+    assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
+    assert!(a.cache().key("d1").is_some(), "the read was kept");
+}
+
 /// A key revoked on another server is refused here on the next lookup even when the
 /// notification has not arrived: the revocation answers only once every copy read before
 /// its commit has aged out (DESIGN invariant 5, "the next request").
@@ -145,14 +156,9 @@ async fn a_revocation_answers_only_once_no_server_can_still_let_the_key_in() {
     let Some((a, b)) = two_servers().await else {
         return;
     };
-    // Production's time to live, and a server the revocation's notification does not reach.
+    // Production's time to live.
     a.cache().set_ttl(super::cache::TTL);
-    a.cache().deaf.store(true, Ordering::Release);
-    until(&a, "on", Cache::is_on).await;
-    let key = sample_key();
-    a.key_create(&key, "d1").await.unwrap();
-    assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
-    assert!(a.cache().key("d1").is_some(), "the read was kept");
+    key_kept_by_a_deaf_server(&a).await;
     assert!(b.key_revoke("k1", 5).await.unwrap());
     let got = a.key_by_digest("d1").await.unwrap().unwrap();
     assert_eq!(
@@ -169,12 +175,7 @@ async fn a_key_revoked_here_is_dropped_here_at_once() {
     let Some((a, _b)) = two_servers().await else {
         return;
     };
-    a.cache().deaf.store(true, Ordering::Release);
-    until(&a, "on", Cache::is_on).await;
-    let key = sample_key();
-    a.key_create(&key, "d1").await.unwrap();
-    assert_eq!(a.key_by_digest("d1").await.unwrap(), Some(key));
-    assert!(a.cache().key("d1").is_some(), "the read was kept");
+    key_kept_by_a_deaf_server(&a).await;
     assert!(a.key_revoke("k1", 5).await.unwrap());
     assert!(a.cache().key("d1").is_none());
 }
