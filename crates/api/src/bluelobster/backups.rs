@@ -216,9 +216,9 @@ pub async fn backup_restore(
             (None, None) => ctx.0.backup_source_name(&caller, &volid).await?,
         };
         let date = Timestamp(ctx.0.now_millis()).rfc3339()[..10].replace('-', "");
-        let mut name = format!("RESTORE-{date}-{base}");
-        name.truncate(64);
-        new_name = Some(name);
+        // At most 64 characters, cut on a character (a byte count could split one).
+        let name = format!("RESTORE-{date}-{base}");
+        new_name = Some(name.chars().take(64).collect());
     }
     let q = ctx
         .0

@@ -23,7 +23,14 @@ pub fn object(bytes: &Bytes) -> Result<Map<String, Value>, BlError> {
         )]));
     }
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(m)) => match m.iter().find(|(k, v)| has_nul(k, v)) {
+            Some((k, _)) => Err(invalid(vec![FieldError::new(
+                &["body", k],
+                "value_error",
+                "Value error, NUL characters are not allowed",
+            )])),
+            None => Ok(m),
+        },
         Ok(other) => Err(invalid(vec![FieldError::new(
             &["body"],
             "model_attributes_type",
@@ -36,6 +43,19 @@ pub fn object(bytes: &Bytes) -> Result<Map<String, Value>, BlError> {
             format!("JSON decode error: {e}"),
         )])),
     }
+}
+
+/// Whether a NUL character is in `key` or anywhere in `v`. PostgreSQL cannot store one in
+/// text (a write would fail as a 500), and a SQLite deployment that stored one could not be
+/// moved to PostgreSQL; JSON can carry it as `\u0000`.
+fn has_nul(key: &str, v: &Value) -> bool {
+    key.contains('\0')
+        || match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(|v| has_nul("", v)),
+            Value::Object(m) => m.iter().any(|(k, v)| has_nul(k, v)),
+            _ => false,
+        }
 }
 
 /// Collects field errors while reading a body object.

@@ -164,8 +164,28 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/instances/log", post(history::instance_log))
         .layer(axum::middleware::map_response(json_method_not_allowed))
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
+}
+
+/// A path or query that decodes to a NUL character (`%00`) is 400: PostgreSQL cannot take
+/// one in text, so it would otherwise end as a 500 wherever it reached a query.
+async fn refuse_nul_in_uri(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = req.uri();
+    let nul = |s: &str| {
+        s.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    if nul(uri.path()) || uri.query().is_some_and(nul) {
+        let e = Error::bad_request("invalid_input", "NUL characters are not allowed");
+        return axum::response::IntoResponse::into_response(BlError(e));
+    }
+    next.run(req).await
 }
 
 /// axum answers a wrong method with 405 and the `Allow` header; this keeps the header and

@@ -129,6 +129,8 @@ fn augment(doc: &mut Value) {
                 add("503", "Service unavailable; try again");
             }
             add("422", "Validation Error");
+            // A path or query carrying a NUL character (`refuse_nul_in_uri`).
+            add("400", "Invalid request: NUL characters are not allowed");
         }
     }
 }

@@ -438,3 +438,64 @@ async fn notes_and_storage_bill() {
     assert_eq!(s["is_free"], false);
     assert!(s["total_gb"].is_f64() && s["usage_percent"].is_f64());
 }
+
+/// A restore's prefixed name is cut to 64 characters on a character, not a byte: a name of
+/// many-byte characters cut inside one panicked the request (the client's connection was
+/// dropped). Such a name is refused as any invalid name is.
+#[tokio::test]
+async fn a_prefixed_restore_name_of_wide_characters_is_an_answer_not_a_panic() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let volid = backup(&app, &alice, &id).await;
+    app.drain().await;
+    // "RESTORE-YYYYMMDD-" is 17 bytes; "€" is 3: byte 64 falls inside the 16th.
+    let euros = "%E2%82%AC".repeat(16);
+    let q = format!("/api/v1/backups/restore?volid={volid}&target_vm_uuid={id}&add_restore_prefix=true&new_name={euros}");
+    let r = expect(alice.post(&q, json!({})).await, StatusCode::BAD_REQUEST).await;
+    assert_eq!(r["error"], "invalid_name", "{r}");
+    // The instance is as it was: nothing was claimed.
+    assert_eq!(alice.instance(&id).await["status"], "rented");
+}
+
+/// A NUL character (which PostgreSQL cannot store in text) is a 4xx wherever it comes: in a
+/// body's string (422, the field named), in a path or a query (400); nothing is written.
+#[tokio::test]
+async fn a_nul_character_anywhere_is_refused() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let volid = backup(&app, &alice, &id).await;
+    let notes = format!("/api/v1/backups/notes?volid={volid}");
+    let r = expect(
+        alice.put(&notes, json!({"notes": "a\u{0}b"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(r["detail"][0]["loc"], json!(["body", "notes"]), "{r}");
+    assert_eq!(r["detail"][0]["type"], "value_error");
+    let nested = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "metadata": {"k": ["x\u{0}"]}});
+    let r = expect(
+        alice.launch_body(nested).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(r["detail"][0]["loc"], json!(["body", "metadata"]), "{r}");
+    for path in [
+        "/api/v1/instances/%00".to_string(),
+        format!("/api/v1/instances/{id}%00/ips"),
+        "/api/v1/backups?volid=%00".to_string(),
+    ] {
+        let r = expect(alice.get(&path).await, StatusCode::BAD_REQUEST).await;
+        assert_eq!(r["error"], "invalid_input", "{path}: {r}");
+    }
+    let r = expect(
+        alice.delete("/api/v1/backups?volid=a%00").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(r["error"], "invalid_input");
+    let listed = alice.get_json("/api/v1/backups", StatusCode::OK).await;
+    assert!(listed["backups"][0]["notes"].is_null(), "{listed}");
+    assert_eq!(app.sim.vm_count(), 1);
+}
