@@ -265,7 +265,7 @@ fn now_ms() -> u64 {
 struct SimState {
     world: SimWorld,
     scripted: HashMap<Op, Vec<(FailWhen, bool)>>,
-    /// Ops held by `hold`: each call waits, after its latency, until the hold is dropped.
+    /// Ops held by `hold`: the next call waits, after its latency, until the hold is dropped.
     held: HashMap<Op, tokio::sync::watch::Receiver<bool>>,
     /// Calls that reached a hold, since start.
     held_calls: usize,
@@ -302,8 +302,9 @@ impl SimDriver {
             .extend(std::iter::repeat_n((when, transient), n));
     }
 
-    /// Holds every call of `op` (after its latency, before it has any effect) until the
-    /// returned hold is dropped: a step caught in flight, for tests (a host that hangs).
+    /// Holds the next call of `op` (after its latency, before it has any effect) until the
+    /// returned hold is dropped: a step caught in flight, for tests (a host that hangs, or
+    /// answers one call late). Later calls pass.
     pub fn hold(&self, op: Op) -> SimHold {
         let (open, closed) = tokio::sync::watch::channel(false);
         self.state.lock().unwrap().held.insert(op, closed);
@@ -418,7 +419,7 @@ impl SimDriver {
         }
         let held = {
             let mut st = self.state.lock().unwrap();
-            let held = st.held.get(&op).cloned();
+            let held = st.held.remove(&op);
             st.held_calls += usize::from(held.is_some());
             held
         };

@@ -12,6 +12,13 @@ use lobster_driver::{NicAddress, VmSpec};
 use lobster_store::{Created, CreatedEnd, Deleted, InstanceRow, TaskRow};
 use std::future::Future;
 
+/// What a configuration task pushes to the host (`push_config`).
+#[derive(PartialEq)]
+enum Config {
+    Firewall(Firewall),
+    Ips(Vec<NicAddress>),
+}
+
 /// Extra attempts a failed create gets to clean up its half-built VM before capacity is
 /// released anyway (and the leftover is logged for the operator).
 pub(crate) const CLEANUP_TRIES: i64 = 10;
@@ -263,6 +270,12 @@ impl Engine {
     /// Pushes the firewall or the address set as it is now. While the VM is still being
     /// created the task waits (without using up attempts); for a VM that is gone there is
     /// nothing to do.
+    ///
+    /// What was pushed is read again after the push, and pushed again while it changed:
+    /// every change queues a task of its own, and those of one instance run side by side, so
+    /// a task that read before a change could otherwise push last and leave the host with
+    /// the older set (a firewall rule missing) while every task says COMPLETED. The last
+    /// task to finish has pushed what it read after its own push.
     async fn push_config(
         &self,
         task: &TaskRow,
@@ -278,32 +291,49 @@ impl Engine {
         if task.attempts > task.max_attempts {
             return Outcome::Fail(format!("gave up after {} attempts", task.max_attempts));
         }
-        let pushed = match kind {
-            TaskKind::ApplyFirewall => match self.store.firewall_get(&inst.id).await {
-                Ok(fw) => self.driver.apply_firewall(host, &inst.id, &fw).await,
-                Err(e) => return Outcome::Retry(format!("database: {e}")),
-            },
-            _ => match self.store.ip_list(&inst.id).await {
-                Ok(rows) => {
-                    let nics: Vec<NicAddress> = rows
-                        .into_iter()
-                        .map(|r| NicAddress {
-                            address: r.address,
-                            interface_name: r.interface_name,
-                            mac_address: r.mac_address,
-                            is_primary: r.is_primary,
-                        })
-                        .collect();
-                    self.driver.set_ips(host, &inst.id, &nics).await
-                }
-                Err(e) => return Outcome::Retry(format!("database: {e}")),
-            },
+        let mut want = match self.read_config(kind, &inst.id).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::Retry(format!("database: {e}")),
         };
-        match pushed {
-            Ok(()) if kind == TaskKind::ApplyFirewall => Outcome::Done("Firewall applied".into()),
-            Ok(()) => Outcome::Done("Addresses applied".into()),
-            Err(e) => self.on_driver_error(task, task.operation.as_str(), e),
+        for _ in 0..10 {
+            let pushed = match &want {
+                Config::Firewall(fw) => self.driver.apply_firewall(host, &inst.id, fw).await,
+                Config::Ips(nics) => self.driver.set_ips(host, &inst.id, nics).await,
+            };
+            if let Err(e) = pushed {
+                return self.on_driver_error(task, task.operation.as_str(), e);
+            }
+            let now = match self.read_config(kind, &inst.id).await {
+                Ok(c) => c,
+                Err(e) => return Outcome::Retry(format!("database: {e}")),
+            };
+            if now == want {
+                return match want {
+                    Config::Firewall(_) => Outcome::Done("Firewall applied".into()),
+                    Config::Ips(_) => Outcome::Done("Addresses applied".into()),
+                };
+            }
+            want = now;
         }
+        Outcome::Retry("the configuration kept changing while it was pushed".into())
+    }
+
+    /// The firewall (`ApplyFirewall`) or the address set (otherwise) of `id` as it is now.
+    async fn read_config(&self, kind: TaskKind, id: &str) -> Result<Config, Error> {
+        if kind == TaskKind::ApplyFirewall {
+            return Ok(Config::Firewall(self.store.firewall_get(id).await?));
+        }
+        let rows = self.store.ip_list(id).await?;
+        let nics = rows
+            .into_iter()
+            .map(|r| NicAddress {
+                address: r.address,
+                interface_name: r.interface_name,
+                mac_address: r.mac_address,
+                is_primary: r.is_primary,
+            })
+            .collect();
+        Ok(Config::Ips(nics))
     }
 
     /// A create that will not succeed removes whatever it built before its capacity is

@@ -437,3 +437,35 @@ async fn a_firewall_set_while_creating_is_on_before_the_instance_is_ready() {
     assert!(applied.enabled);
     assert_eq!(applied.rules.len(), 1);
 }
+
+/// Two rule changes, each with its own apply task: the first task reads the firewall before
+/// the second change and its push lands after the second task's (the host answers it late).
+/// The first task reads again after its push and pushes the newer firewall: the host ends
+/// with what the API shows, not with the older set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_firewall_pushed_last_is_pushed_again() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let (id, host) = vm(&app, &alice).await;
+    let rules = format!("{}/rules", fw(&id));
+    let hold = app.sim.hold(lobster_driver::sim::Op::ApplyFirewall);
+    let ssh = json!({"type": "in", "action": "ACCEPT", "dport": "22"});
+    expect(alice.post(&rules, ssh).await, StatusCode::OK).await;
+    let engine = app.app.engine().clone();
+    let first = tokio::spawn(async move { engine.run_batch(1).await });
+    until("the first push is in flight", || app.sim.held_calls() == 1).await;
+    let web = json!({"type": "in", "action": "ACCEPT", "dport": "443"});
+    expect(alice.post(&rules, web).await, StatusCode::OK).await;
+    // The second task reads both rules and pushes them; then the first push lands.
+    assert_eq!(app.app.engine().run_batch(1).await.unwrap(), 1);
+    let both = app.app.store().firewall_get(&id).await.unwrap();
+    assert_eq!(
+        app.sim.vm(&host, &id).unwrap().firewall.as_ref(),
+        Some(&both)
+    );
+    drop(hold);
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    let applied = app.sim.vm(&host, &id).unwrap().firewall.expect("applied");
+    assert_eq!(applied, both, "the host kept the older firewall");
+    assert_eq!(applied.rules.len(), 2);
+}
