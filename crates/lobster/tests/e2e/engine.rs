@@ -729,6 +729,8 @@ async fn a_run_whose_lease_cannot_be_renewed_stops_before_it_runs_out() {
     app.clock.advance_ms(2 * cfg.lease_ms);
     let mut looks = 0;
     loop {
+        // A poll interval each time, so that each drain looks for expired leases again.
+        app.clock.advance_ms(cfg.poll_ms as i64 + 1);
         app.drain().await;
         let t = task_row(&app, &task).await;
         if t.status == "COMPLETED" {
@@ -736,7 +738,8 @@ async fn a_run_whose_lease_cannot_be_renewed_stops_before_it_runs_out() {
         }
         looks += 1;
         assert!(looks < 1_000, "never reclaimed: {t:?}");
-        tokio::task::yield_now().await;
+        // The writes given up on land on the database's own time.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(alice.instance(&id).await["status"], json!("rented"));
     assert_eq!(app.sim.vm_count(), 1);
