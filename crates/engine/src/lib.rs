@@ -366,7 +366,11 @@ impl Engine {
                 Ok(Ok(true)) => confirmed = until,
                 Ok(Ok(false)) => return "another worker holds it".into(),
                 Ok(Err(e)) => tracing::warn!(task = %id, "heartbeat failed: {e}"),
-                Err(_) => {}
+                Err(_) => tracing::warn!(
+                    task = %id,
+                    "heartbeat unanswered within {} ms",
+                    within.as_millis()
+                ),
             }
             if confirmed - self.clock.now().millis() <= third {
                 return "its lease could not be renewed in time".into();
