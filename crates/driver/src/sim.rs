@@ -419,7 +419,8 @@ impl SimDriver {
         }
         let held = {
             let mut st = self.state.lock().unwrap();
-            let held = st.held.remove(&op);
+            // A hold dropped before any call reached it holds nothing.
+            let held = st.held.remove(&op).filter(|h| h.has_changed().is_ok());
             st.held_calls += usize::from(held.is_some());
             held
         };
