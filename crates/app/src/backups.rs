@@ -20,6 +20,34 @@ pub struct BackupQueued {
     pub task_id: String,
     pub instance: InstanceRow,
     pub volid: String,
+    /// The name a restore asked for its instance (made with the prefix if one was asked
+    /// for); `None` for a backup, and for a restore that keeps the instance's name.
+    pub new_name: Option<String>,
+}
+
+/// How a restore names the instance it restores onto. The default keeps its name.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreName {
+    /// The name asked for; empty is none.
+    pub new_name: Option<String>,
+    /// Prefix the name with `RESTORE-<yyyymmdd>-`. Without a `new_name` the base is
+    /// `source_name`, else the name of the instance the backup was taken from.
+    pub prefix: bool,
+    /// The base for a prefixed name without a `new_name`; empty is none.
+    pub source_name: Option<String>,
+}
+
+/// A prefixed restore name is cut to this many characters.
+const RESTORE_NAME_CUT: usize = 64;
+
+/// `RESTORE-<yyyymmdd>-<base>` for a restore at `now`, at most 64 characters: cut on a
+/// character (a byte count could split one).
+fn restore_prefixed(now: i64, base: &str) -> String {
+    let date = Timestamp(now).rfc3339()[..10].replace('-', "");
+    format!("RESTORE-{date}-{base}")
+        .chars()
+        .take(RESTORE_NAME_CUT)
+        .collect()
 }
 
 /// An instance's backups and what is running on it now.
@@ -184,6 +212,7 @@ impl App {
             task_id,
             instance: inst,
             volid,
+            new_name: None,
         })
     }
 
@@ -234,23 +263,31 @@ impl App {
     }
 
     /// Restores `volid` onto instance `id` (its own backup or another of the account's that
-    /// fits its disk), optionally renaming it.
+    /// fits its disk), optionally renaming it (see [`RestoreName`]).
     pub async fn backup_restore(
         &self,
         caller: &Caller,
         id: &str,
         volid: &str,
-        new_name: Option<String>,
+        name: RestoreName,
     ) -> Result<BackupQueued, Error> {
         caller.require(Permission::InstanceWrite)?;
         let backup = self.backup_find(caller, volid).await?;
+        let now = self.now();
+        let non_empty = |n: Option<String>| n.filter(|n| !n.is_empty());
+        let mut new_name = non_empty(name.new_name);
+        if name.prefix {
+            let base = new_name
+                .or_else(|| non_empty(name.source_name))
+                .unwrap_or_else(|| backup.instance_name.clone());
+            new_name = Some(restore_prefixed(now, &base));
+        }
         if backup.status != "available" {
             return Err(Error::conflict(
                 "task_in_progress",
                 format!("Backup {volid} is not available ({})", backup.status),
             ));
         }
-        let now = self.now();
         let task_id = ids::new_task_id();
         let mut tx = self.store.begin().await?;
         // Checked again, and held, in the transaction that queues the restore: a delete of
@@ -274,7 +311,7 @@ impl App {
                 ),
             ));
         }
-        if let Some(name) = new_name.filter(|n| *n != inst.name) {
+        if let Some(name) = new_name.clone().filter(|n| *n != inst.name) {
             if !lobster_core::validate::display_name(&name) {
                 return Err(Error::bad_request(
                     "invalid_name",
@@ -307,6 +344,7 @@ impl App {
             task_id,
             instance: inst,
             volid: volid.into(),
+            new_name,
         })
     }
 
@@ -361,11 +399,6 @@ impl App {
         Ok((task_id, backup))
     }
 
-    /// The name of the instance a backup was taken from (for restore prefixes).
-    pub async fn backup_source_name(&self, caller: &Caller, volid: &str) -> Result<String, Error> {
-        Ok(self.backup_find(caller, volid).await?.instance_name)
-    }
-
     pub async fn backup_notes_set(
         &self,
         caller: &Caller,
@@ -402,5 +435,34 @@ impl App {
             backup_count: list.len() as i64,
             monthly_cost_cents: cost,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2024-01-15T10:30:00Z.
+    const NOW: i64 = 1_705_314_600_000;
+
+    #[test]
+    fn a_restore_prefix_is_the_date_and_the_base() {
+        assert_eq!(restore_prefixed(NOW, "web"), "RESTORE-20240115-web");
+    }
+
+    #[test]
+    fn a_long_prefixed_name_is_cut_at_64_characters() {
+        let name = restore_prefixed(NOW, &"a".repeat(100));
+        assert_eq!(name.len(), 64);
+        assert!(name.starts_with("RESTORE-20240115-aaa"));
+    }
+
+    /// "RESTORE-YYYYMMDD-" is 17 bytes and "€" 3: a cut at byte 64 would fall inside the
+    /// 16th "€" and panic.
+    #[test]
+    fn a_wide_character_name_is_cut_on_a_character_not_a_byte() {
+        let name = restore_prefixed(NOW, &"€".repeat(100));
+        assert_eq!(name.chars().count(), 64);
+        assert_eq!(name, format!("RESTORE-20240115-{}", "€".repeat(64 - 17)));
     }
 }

@@ -184,11 +184,6 @@ impl App {
         &self.fleet
     }
 
-    /// The app's clock, for dialects that put dates into names.
-    pub fn now_millis(&self) -> i64 {
-        self.now()
-    }
-
     pub(crate) fn now(&self) -> i64 {
         self.clock.now().millis()
     }

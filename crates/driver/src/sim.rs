@@ -254,6 +254,17 @@ fn io_error(path: &Path, e: std::io::Error) -> DriverError {
     DriverError::Transient(format!("sim state {}: {e}", path.display()))
 }
 
+/// Runs `f` on tokio's blocking pool (file locks and file I/O), passing on its panic.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> DriverResult<T> + Send + 'static,
+) -> DriverResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(DriverError::Transient(format!("sim state: {e}"))),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -350,31 +361,33 @@ impl SimDriver {
 
     /// A copy of everything the hosts and storage hold now.
     pub fn world(&self) -> SimWorld {
-        self.read(|w| w.clone()).unwrap_or_default()
+        self.read_now(|w| w.clone()).unwrap_or_default()
     }
 
     pub fn backups(&self) -> HashMap<String, SimBackup> {
-        self.read(|w| w.backups.clone()).unwrap_or_default()
+        self.read_now(|w| w.backups.clone()).unwrap_or_default()
     }
 
     pub fn vm(&self, host: &str, vm: &str) -> Option<SimVm> {
-        self.read(|w| w.hosts.get(host).and_then(|h| h.get(vm)).cloned())
+        self.read_now(|w| w.hosts.get(host).and_then(|h| h.get(vm)).cloned())
             .ok()
             .flatten()
     }
 
     pub fn vm_count(&self) -> usize {
-        self.read(|w| w.hosts.values().map(|h| h.len()).sum())
+        self.read_now(|w| w.hosts.values().map(|h| h.len()).sum())
             .unwrap_or(0)
     }
 
     /// Resources the sim host has handed out, as the hypervisor itself would report.
     pub fn used_on(&self, host: &str) -> Resources {
-        self.read(|w| used_of(w, host)).unwrap_or_default()
+        self.read_now(|w| used_of(w, host)).unwrap_or_default()
     }
 
-    /// Runs `f` on the world without changing it.
-    fn read<T>(&self, f: impl FnOnce(&SimWorld) -> T) -> DriverResult<T> {
+    /// Runs `f` on the world without changing it, on the calling thread (a `state_file`
+    /// world is read there, waiting for the file's lock): for the inspection helpers above,
+    /// which tests call; the driver's own calls use `read`.
+    fn read_now<T>(&self, f: impl FnOnce(&SimWorld) -> T) -> DriverResult<T> {
         let st = self.state.lock().unwrap();
         match &self.cfg.state_file {
             None => Ok(f(&st.world)),
@@ -385,20 +398,51 @@ impl SimDriver {
         }
     }
 
+    /// Runs `f` on the world without changing it. A `state_file` world is locked (shared)
+    /// and read on the blocking pool, so waiting for another process's lock or for the disk
+    /// never stalls a runtime thread.
+    async fn read<T>(&self, f: impl FnOnce(&SimWorld) -> T) -> DriverResult<T> {
+        let Some(path) = &self.cfg.state_file else {
+            return Ok(f(&self.state.lock().unwrap().world));
+        };
+        let path = path.clone();
+        let world = blocking(move || {
+            let _lock = file_lock(&path, false)?;
+            SimWorld::load(&path)
+        })
+        .await?;
+        Ok(f(&world))
+    }
+
     /// Runs `f` on the world and keeps what it changed, under the file's exclusive lock when
     /// the world is shared, so two processes never interleave one operation.
-    fn change<T>(&self, f: impl FnOnce(&mut SimWorld) -> DriverResult<T>) -> DriverResult<T> {
-        let mut st = self.state.lock().unwrap();
-        match &self.cfg.state_file {
-            None => f(&mut st.world),
-            Some(path) => {
-                let _lock = file_lock(path, true)?;
-                let mut world = SimWorld::load(path)?;
-                let out = f(&mut world)?;
-                world.save(path)?;
-                Ok(out)
-            }
-        }
+    ///
+    /// With a `state_file` the lock, the read and the write run on the blocking pool (only
+    /// `f` runs here). The lock is taken before the read and released only after the write
+    /// has landed (the write's blocking task owns it), so writes land in the order of their
+    /// reads and every read sees the last write: an older world can never replace a newer
+    /// one, even when this future is dropped while its write is running (the write still
+    /// finishes, and the next change waits for it). Dropped before the write, nothing is
+    /// written and the lock is released.
+    async fn change<T>(&self, f: impl FnOnce(&mut SimWorld) -> DriverResult<T>) -> DriverResult<T> {
+        let Some(path) = &self.cfg.state_file else {
+            return f(&mut self.state.lock().unwrap().world);
+        };
+        let p = path.clone();
+        let (lock, mut world) = blocking(move || {
+            let lock = file_lock(&p, true)?;
+            Ok((lock, SimWorld::load(&p)?))
+        })
+        .await?;
+        let out = f(&mut world)?;
+        let p = path.clone();
+        blocking(move || {
+            let saved = world.save(&p);
+            drop(lock);
+            saved
+        })
+        .await?;
+        Ok(out)
     }
 
     fn scripted(&self, op: Op) -> Option<(FailWhen, bool)> {
@@ -442,13 +486,13 @@ impl SimDriver {
         }
     }
 
-    fn with_vm<T>(
+    async fn with_vm<T>(
         &self,
         host: &Host,
         vm: &str,
         f: impl FnOnce(&mut SimVm) -> T,
     ) -> DriverResult<T> {
-        self.change(|w| Ok(f(w.vm_mut(host, vm)?)))
+        self.change(|w| Ok(f(w.vm_mut(host, vm)?))).await
     }
 
     async fn power(&self, op: Op, host: &Host, vm: &str, to: PowerStatus) -> DriverResult<()> {
@@ -463,7 +507,8 @@ impl SimDriver {
                 v.booted_at = None;
             }
             v.power = to;
-        })?;
+        })
+        .await?;
         finish(op, after)
     }
 }
@@ -558,7 +603,8 @@ impl Hypervisor for SimDriver {
                 w.vm_insert(&host.id, vm);
             }
             Ok(())
-        })?;
+        })
+        .await?;
         finish(Op::Create, after)
     }
 
@@ -584,40 +630,45 @@ impl Hypervisor for SimDriver {
         self.change(|w| {
             w.vm_remove(&host.id, vm);
             Ok(())
-        })?;
+        })
+        .await?;
         finish(Op::Destroy, after)
     }
 
     async fn apply_firewall(&self, host: &Host, vm: &str, fw: &Firewall) -> DriverResult<()> {
         let after = self.enter(Op::ApplyFirewall).await?;
-        self.with_vm(host, vm, |v| v.firewall = Some(fw.clone()))?;
+        self.with_vm(host, vm, |v| v.firewall = Some(fw.clone()))
+            .await?;
         finish(Op::ApplyFirewall, after)
     }
 
     async fn set_ips(&self, host: &Host, vm: &str, ips: &[NicAddress]) -> DriverResult<()> {
         let after = self.enter(Op::SetIps).await?;
-        self.with_vm(host, vm, |v| v.ips = Some(ips.to_vec()))?;
+        self.with_vm(host, vm, |v| v.ips = Some(ips.to_vec()))
+            .await?;
         finish(Op::SetIps, after)
     }
 
     async fn backup(&self, host: &Host, vm: &str, storage: &str, volid: &str) -> DriverResult<u64> {
         let after = self.enter(Op::Backup).await?;
-        let size = self.change(|w| {
-            let disk = w.vm_mut(host, vm)?.spec.resources.disk_gb as u64;
-            let seed = volid
-                .bytes()
-                .fold(3u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
-            // A used fraction of the disk (30-70 %), deduplicated as PBS would.
-            let size = disk * 1024 * 1024 * 1024 / 100 * (30 + seed % 41);
-            Ok(w.backups
-                .entry(volid.to_string())
-                .or_insert(SimBackup {
-                    storage: storage.into(),
-                    vm: vm.into(),
-                    size_bytes: size,
-                })
-                .size_bytes)
-        })?;
+        let size = self
+            .change(|w| {
+                let disk = w.vm_mut(host, vm)?.spec.resources.disk_gb as u64;
+                let seed = volid
+                    .bytes()
+                    .fold(3u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+                // A used fraction of the disk (30-70 %), deduplicated as PBS would.
+                let size = disk * 1024 * 1024 * 1024 / 100 * (30 + seed % 41);
+                Ok(w.backups
+                    .entry(volid.to_string())
+                    .or_insert(SimBackup {
+                        storage: storage.into(),
+                        vm: vm.into(),
+                        size_bytes: size,
+                    })
+                    .size_bytes)
+            })
+            .await?;
         finish(Op::Backup, after)?;
         Ok(size)
     }
@@ -641,18 +692,20 @@ impl Hypervisor for SimDriver {
             v.boots += 1;
             v.booted_at = Some(now_ms());
             Ok(())
-        })?;
+        })
+        .await?;
         finish(Op::Restore, after)
     }
 
     async fn delete_backup(&self, _storage: &str, volid: &str) -> DriverResult<()> {
         let after = self.enter(Op::DeleteBackup).await?;
-        self.change(|w| Ok(w.backups.remove(volid).map(drop)))?;
+        self.change(|w| Ok(w.backups.remove(volid).map(drop)))
+            .await?;
         finish(Op::DeleteBackup, after)
     }
 
     async fn backup_exists(&self, _storage: &str, volid: &str) -> DriverResult<bool> {
-        self.read(|w| w.backups.contains_key(volid))
+        self.read(|w| w.backups.contains_key(volid)).await
     }
 
     /// Plausible, steady numbers derived from the VM's id: a guest under constant load.
@@ -677,11 +730,12 @@ impl Hypervisor for SimDriver {
                 net_out_bytes_sec: 50 * (seed % 4096),
                 uptime_seconds: now_ms().saturating_sub(booted) / 1000,
             })
-        })?
+        })
+        .await?
     }
 
     async fn console(&self, host: &Host, vm: &str) -> DriverResult<ConsoleEndpoint> {
-        let power = self.read(|w| w.vm(host, vm).map(|v| v.power))??;
+        let power = self.read(|w| w.vm(host, vm).map(|v| v.power)).await??;
         if power != PowerStatus::Running {
             return Err(DriverError::Permanent(format!(
                 "sim: VM {vm} is not running"
@@ -695,7 +749,7 @@ impl Hypervisor for SimDriver {
     }
 
     async fn power_state(&self, host: &Host, vm: &str) -> DriverResult<Option<PowerStatus>> {
-        self.read(|w| w.vm(host, vm).ok().map(|v| v.power))
+        self.read(|w| w.vm(host, vm).ok().map(|v| v.power)).await
     }
 }
 
@@ -851,6 +905,43 @@ mod tests {
         let c = SimDriver::new(cfg);
         assert_eq!(c.vm_count(), 1);
         assert!(c.backups().contains_key("vol-1"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Changes to a `state_file` world from many tasks of two drivers at once, on a runtime
+    /// with several threads: each write is the world its change read plus one backup, so a
+    /// write that landed after a newer one (or a read that missed a write still under way)
+    /// would lose backups. Every one is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_changes_to_a_state_file_lose_no_write() {
+        let dir = std::env::temp_dir().join(format!("sim-state-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = SimConfig {
+            state_file: Some(dir.join("world.json")),
+            ..SimConfig::instant()
+        };
+        let drivers = [
+            std::sync::Arc::new(SimDriver::new(cfg.clone())),
+            std::sync::Arc::new(SimDriver::new(cfg.clone())),
+        ];
+        let h = host();
+        drivers[0].create(&h, &spec("x", 4)).await.unwrap();
+        let n = 64;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (d, h) = (std::sync::Arc::clone(&drivers[i % 2]), h.clone());
+                tokio::spawn(async move {
+                    d.backup(&h, "x", "pbs", &format!("vol-{i}")).await.unwrap();
+                    // A read between writes sees every write that came before it.
+                    assert!(d.backup_exists("pbs", &format!("vol-{i}")).await.unwrap());
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let backups = SimDriver::new(cfg).backups();
+        assert_eq!(backups.len(), n, "{:?}", backups.keys());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,8 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery};
 use axum::Json;
-use lobster_app::backups::GIB;
-use lobster_core::clock::Timestamp;
+use lobster_app::backups::{RestoreName, GIB};
 use lobster_core::{Error, FieldError};
 use lobster_store::BackupRow;
 use serde_json::{json, Map, Value};
@@ -120,7 +119,10 @@ pub async fn backup_restore_instance(
     let volid = volid
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Error::bad_request("missing_backup_volid", "backup_volid is required"))?;
-    let q = ctx.0.backup_restore(&caller, &id, &volid, None).await?;
+    let q = ctx
+        .0
+        .backup_restore(&caller, &id, &volid, RestoreName::default())
+        .await?;
     Ok(Json(
         json!({ "message": "Restore started", "task_id": q.task_id, "instance_id": q.instance.id, "backup_volid": q.volid }),
     ))
@@ -204,32 +206,18 @@ pub async fn backup_restore(
         return Err(invalid(errors));
     }
     let (volid, target) = (volid.expect("checked"), target.expect("checked"));
-    let mut new_name = q.get("new_name").cloned().filter(|n| !n.is_empty());
-    if prefix {
-        let source = q
-            .get("backup_source_name")
-            .cloned()
-            .filter(|s| !s.is_empty());
-        let base = match (new_name.clone(), source) {
-            (Some(n), _) => n,
-            (None, Some(s)) => s,
-            (None, None) => ctx.0.backup_source_name(&caller, &volid).await?,
-        };
-        let date = Timestamp(ctx.0.now_millis()).rfc3339()[..10].replace('-', "");
-        // At most 64 characters, cut on a character (a byte count could split one).
-        let name = format!("RESTORE-{date}-{base}");
-        new_name = Some(name.chars().take(64).collect());
-    }
-    let q = ctx
-        .0
-        .backup_restore(&caller, &target, &volid, new_name.clone())
-        .await?;
+    let name = RestoreName {
+        new_name: q.get("new_name").cloned(),
+        prefix,
+        source_name: q.get("backup_source_name").cloned(),
+    };
+    let q = ctx.0.backup_restore(&caller, &target, &volid, name).await?;
     Ok(Json(json!({
         "message": "Restore started",
         "task_id": q.task_id,
         "target_instance_id": q.instance.id,
         "backup_volid": q.volid,
-        "new_name": new_name,
+        "new_name": q.new_name,
     })))
 }
 
