@@ -61,7 +61,11 @@ impl App {
             .driver
             .console(host, &inst.id)
             .await
-            .map_err(|_| not_running())?;
+            .map_err(|e| match e {
+                // A host that did not answer (or answered late) is not a stopped VM.
+                e if e.is_transient() => Error::Unavailable(format!("hypervisor: {e}")),
+                _ => not_running(),
+            })?;
         let now = self.now();
         let ticket = format!("PVEVNC:{}", &ids::new_api_key_secret()[4..]);
         let row = ConsoleTicketRow {

@@ -23,6 +23,8 @@ impl App {
         let poll = self.engine.config().poll_ms as i64;
         let task_engine = match self.engine.last_poll() {
             None => "stopped",
+            // It takes no leases while its clock is off the database's.
+            Some(_) if !self.engine.clock_ok() => "degraded",
             // A worker busy with a long driver call does not poll; allow a lease's worth.
             Some(t) if now - t <= poll * 4 + self.engine.config().lease_ms => "operational",
             Some(_) => "degraded",

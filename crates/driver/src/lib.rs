@@ -3,6 +3,7 @@
 //! engine (not the driver) owns retries and state, and may repeat any call after a crash.
 
 pub mod sim;
+pub mod timed;
 
 use async_trait::async_trait;
 use lobster_core::capacity::Resources;

@@ -34,6 +34,9 @@ pub enum Op {
     Backup,
     Restore,
     DeleteBackup,
+    /// Reads: no latency of their own, but they can be held or made to fail.
+    Stats,
+    Console,
 }
 
 /// Per-operation latency in milliseconds.
@@ -70,6 +73,7 @@ impl SimDelays {
             Op::Destroy => self.destroy,
             Op::ApplyFirewall | Op::SetIps | Op::DeleteBackup => self.stop,
             Op::Backup | Op::Restore => self.create,
+            Op::Stats | Op::Console => 0,
         }
     }
 }
@@ -710,31 +714,36 @@ impl Hypervisor for SimDriver {
 
     /// Plausible, steady numbers derived from the VM's id: a guest under constant load.
     async fn stats(&self, host: &Host, vm: &str) -> DriverResult<VmStats> {
-        self.read(|w| {
-            let v = w.vm(host, vm)?;
-            let Some(booted) = v.booted_at.filter(|_| v.power == PowerStatus::Running) else {
-                return Ok(VmStats::default());
-            };
-            let seed = v
-                .spec
-                .id
-                .bytes()
-                .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
-            let mem_total = v.spec.resources.memory_gb as u64 * 1024 * 1024 * 1024;
-            Ok(VmStats {
-                cpu_usage_percent: (seed % 900) as f64 / 10.0 + 5.0,
-                memory_used_bytes: mem_total / 100 * (20 + seed % 60),
-                disk_read_bytes_sec: 1024 * (seed % 2048),
-                disk_write_bytes_sec: 512 * (seed % 2048),
-                net_in_bytes_sec: 100 * (seed % 4096),
-                net_out_bytes_sec: 50 * (seed % 4096),
-                uptime_seconds: now_ms().saturating_sub(booted) / 1000,
+        let after = self.enter(Op::Stats).await?;
+        let stats = self
+            .read(|w| {
+                let v = w.vm(host, vm)?;
+                let Some(booted) = v.booted_at.filter(|_| v.power == PowerStatus::Running) else {
+                    return Ok(VmStats::default());
+                };
+                let seed = v
+                    .spec
+                    .id
+                    .bytes()
+                    .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+                let mem_total = v.spec.resources.memory_gb as u64 * 1024 * 1024 * 1024;
+                Ok(VmStats {
+                    cpu_usage_percent: (seed % 900) as f64 / 10.0 + 5.0,
+                    memory_used_bytes: mem_total / 100 * (20 + seed % 60),
+                    disk_read_bytes_sec: 1024 * (seed % 2048),
+                    disk_write_bytes_sec: 512 * (seed % 2048),
+                    net_in_bytes_sec: 100 * (seed % 4096),
+                    net_out_bytes_sec: 50 * (seed % 4096),
+                    uptime_seconds: now_ms().saturating_sub(booted) / 1000,
+                })
             })
-        })
-        .await?
+            .await??;
+        finish(Op::Stats, after)?;
+        Ok(stats)
     }
 
     async fn console(&self, host: &Host, vm: &str) -> DriverResult<ConsoleEndpoint> {
+        let after = self.enter(Op::Console).await?;
         let power = self.read(|w| w.vm(host, vm).map(|v| v.power)).await??;
         if power != PowerStatus::Running {
             return Err(DriverError::Permanent(format!(
@@ -742,6 +751,7 @@ impl Hypervisor for SimDriver {
             )));
         }
         let port = 5900 + (vm.bytes().map(u16::from).sum::<u16>() % 100);
+        finish(Op::Console, after)?;
         Ok(ConsoleEndpoint {
             host: host.hostname.clone().unwrap_or_else(|| host.id.clone()),
             port,

@@ -35,17 +35,13 @@ impl Finisher {
     pub(crate) async fn finish_created(
         &self,
         store: &Store,
-        worker: &str,
         now: impl Fn() -> i64,
         item: Created,
     ) -> Result<CreatedEnd, Error> {
         let write = |items: Vec<Created>| {
-            let (store, worker, now) = (store.clone(), worker.to_string(), now());
+            let (store, now) = (store.clone(), now());
             async move {
-                match store
-                    .task_finish_created(&worker, CREATED, now, &items)
-                    .await
-                {
+                match store.task_finish_created(CREATED, now, &items).await {
                     Ok(ends) => ends.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e.to_string()); items.len()],
                 }
@@ -59,17 +55,13 @@ impl Finisher {
     pub(crate) async fn finish_deleted(
         &self,
         store: &Store,
-        worker: &str,
         now: impl Fn() -> i64,
         item: Deleted,
     ) -> Result<bool, Error> {
         let write = |items: Vec<Deleted>| {
-            let (store, worker, now) = (store.clone(), worker.to_string(), now());
+            let (store, now) = (store.clone(), now());
             async move {
-                match store
-                    .task_finish_deleted(&worker, DELETED, now, &items)
-                    .await
-                {
+                match store.task_finish_deleted(DELETED, now, &items).await {
                     Ok(ends) => ends.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e.to_string()); items.len()],
                 }

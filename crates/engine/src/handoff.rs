@@ -88,11 +88,11 @@ impl Engine {
         let h = &self.handoff;
         let room = (self.cfg.workers * self.cfg.batch * 2).min(self.cfg.handoff);
         let busy = h.len() + h.running.load(Ordering::Relaxed);
-        if !h.on.load(Ordering::Relaxed) || busy + n > room {
+        if !h.on.load(Ordering::Relaxed) || busy + n > room || !self.clock_ok() {
             return None;
         }
         Some(Lease {
-            owner: self.worker_id.clone(),
+            owner: self.new_owner(),
             until: self.clock.now().millis() + self.cfg.lease_ms,
         })
     }
@@ -132,7 +132,7 @@ impl Engine {
             let until = now + self.cfg.lease_ms;
             match self
                 .store
-                .task_relet(&t.id, &self.worker_id, was, until)
+                .task_relet(&t.id, crate::owner_of(&t), was, until)
                 .await
             {
                 Ok(true) => {
@@ -171,7 +171,7 @@ impl Engine {
             let was = t.lease_until.unwrap_or(0);
             if let Err(e) = self
                 .store
-                .task_unlet(&t.id, &self.worker_id, was, now)
+                .task_unlet(&t.id, crate::owner_of(&t), was, now)
                 .await
             {
                 tracing::warn!(task = %t.id, "not released (its lease will run out): {e}");

@@ -4,6 +4,7 @@
 //! leaves its task to be reclaimed when the lease expires (DESIGN invariant 2).
 
 mod backups;
+mod clock_check;
 mod finisher;
 mod handoff;
 mod steps;
@@ -17,7 +18,7 @@ use lobster_core::Error;
 use lobster_driver::{DriverError, Hypervisor};
 use lobster_store::{InstanceRow, Store, TaskRow};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -36,6 +37,19 @@ pub struct EngineConfig {
     /// hands one over (see `handoff`; also bounded by twice `workers × batch`); a command
     /// beyond it writes its task pending, for any server to claim.
     pub handoff: usize,
+    /// The most this server's clock may differ from the database's while it takes leases
+    /// (see `check_clock`); None checks nothing (tests that move a manual clock).
+    pub max_clock_skew_ms: Option<i64>,
+}
+
+impl EngineConfig {
+    /// The clock bound for a lease of `lease_ms`: a sixth of it. Two servers each within
+    /// it differ by at most a third of a lease, the margin a run keeps between itself and
+    /// its lease's end (see `Engine::heartbeat`): so no server judges another's running
+    /// lease expired.
+    pub fn clock_bound(lease_ms: i64) -> Option<i64> {
+        Some((lease_ms / 6).max(1))
+    }
 }
 
 impl Default for EngineConfig {
@@ -47,6 +61,7 @@ impl Default for EngineConfig {
             poll_ms: 500,
             max_attempts: 5,
             handoff: 256,
+            max_clock_skew_ms: EngineConfig::clock_bound(30_000),
         }
     }
 }
@@ -58,6 +73,8 @@ pub struct Engine {
     clock: SharedClock,
     cfg: EngineConfig,
     worker_id: String,
+    /// Numbers this server's leases (see `new_owner`).
+    leases: AtomicU64,
     wake: Arc<Notify>,
     /// When a worker loop last looked for work (health reporting); 0 = never.
     last_poll: AtomicI64,
@@ -73,6 +90,17 @@ pub struct Engine {
     last_claim: AtomicI64,
     /// The last claim took all it asked for: more may be waiting in the database.
     backlog: AtomicBool,
+    /// This server's clock minus the database's, as last measured (`check_clock`).
+    clock_skew: AtomicI64,
+    /// The last measure was within `max_clock_skew_ms`: leases may be taken.
+    clock_ok: AtomicBool,
+}
+
+/// The lease a run holds its task under: the owner it was claimed or handed over with (see
+/// `Engine::new_owner`). A task without one matches no lease, so its run's writes are
+/// refused as a lost lease's would be.
+pub(crate) fn owner_of(task: &TaskRow) -> &str {
+    task.lease_owner.as_deref().unwrap_or("")
 }
 
 /// Milliseconds until a task's first heartbeat, given how much of its lease is `left`:
@@ -123,6 +151,7 @@ impl Engine {
             clock,
             cfg,
             worker_id,
+            leases: AtomicU64::new(0),
             wake,
             last_poll: AtomicI64::new(0),
             next_expiry_look: AtomicI64::new(0),
@@ -131,11 +160,30 @@ impl Engine {
             queued: AtomicBool::new(false),
             last_claim: AtomicI64::new(0),
             backlog: AtomicBool::new(true),
+            clock_skew: AtomicI64::new(0),
+            clock_ok: AtomicBool::new(true),
         })
     }
 
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// A lease owner of its own for one claim or hand-off: this server's id and a number.
+    /// A task's run holds it under the owner it was taken with, so that two runs of one task
+    /// (a lease ran out and a claim, this server's own included, took the task again) hold
+    /// it under different owners: neither run's beats or ends can touch the other's lease,
+    /// even an end written long after its lease ran out.
+    pub(crate) fn new_owner(&self) -> String {
+        let n = self.leases.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.worker_id)
+    }
+
+    /// Whether a task's lease owner is one of this server's (tests and health).
+    pub fn owns(&self, owner: &str) -> bool {
+        owner
+            .strip_prefix(self.worker_id.as_str())
+            .is_some_and(|n| n.starts_with('.'))
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -180,8 +228,8 @@ impl Engine {
         };
         // The hand-offs are taken after the claim, not before it: a claim can wait (the
         // pool's 30 s for a connection), and a handed task held meanwhile could see its lease
-        // run out and this server's own claim take it again, under the same owner: two runs
-        // that no beat or end could tell apart.
+        // run out and a claim take it again. Its writes would then be refused (each claim
+        // leases under an owner of its own), but its driver calls would run twice.
         let handed_now = self.handoff_waiting().min(room);
         let mut tasks = Vec::with_capacity(limit);
         let mut insts: HashMap<String, InstanceRow> = HashMap::new();
@@ -191,7 +239,7 @@ impl Engine {
         // per wake-up (on PostgreSQL two statements each, 2,000 per 10,000 launches).
         let backlog = handed_now == 0 && self.backlog.load(Ordering::Relaxed);
         let mut claim_failed = None;
-        if rest > 0 && (due != Due::No || backlog) {
+        if rest > 0 && (due != Due::No || backlog) && self.clock_ok() {
             match self.claim_and_read(rest).await {
                 Ok((t, i)) => (tasks, insts) = (t, i),
                 Err(e) => claim_failed = Some(e),
@@ -274,11 +322,9 @@ impl Engine {
     /// whenever nothing is pending: so nothing claimable is ever left behind, and a busy
     /// queue does not pay for that look on every claim. Expired ones come first.
     async fn claim(&self, limit: usize) -> Result<Vec<TaskRow>, Error> {
-        let (now, w, lease) = (
-            self.clock.now().millis(),
-            &self.worker_id,
-            self.cfg.lease_ms,
-        );
+        let (now, lease) = (self.clock.now().millis(), self.cfg.lease_ms);
+        let owner = self.new_owner();
+        let w = owner.as_str();
         let next = self.next_expiry_look.load(Ordering::Relaxed);
         let due = now >= next
             && self
@@ -323,13 +369,13 @@ impl Engine {
     pub async fn claim_and_abandon(&self) -> Result<Option<TaskRow>, Error> {
         let now = self.clock.now().millis();
         self.store
-            .task_claim(&self.worker_id, now, self.cfg.lease_ms)
+            .task_claim(&self.new_owner(), now, self.cfg.lease_ms)
             .await
     }
 
     async fn run_claimed(&self, task: TaskRow, inst: Option<InstanceRow>) -> Result<(), Error> {
         let work = self.execute(&task, inst);
-        let beat = self.heartbeat(&task.id, task.lease_until);
+        let beat = self.heartbeat(&task);
         let (outcome, inst) = tokio::select! {
             o = work => o,
             lost = beat => {
@@ -346,14 +392,18 @@ impl Engine {
     /// Returns only when the lease is lost, or may be about to be: the run then stops.
     ///
     /// Why stop on beats that fail or hang: once the lease last confirmed by the database
-    /// runs out, a claim may take the task again, this server's own included, under the
-    /// same owner, so that no beat or end of either run could tell them apart (a database
-    /// unreachable for a lease's length; two runs of a create could destroy and rebuild a
-    /// VM the database no longer counts). So a run keeps at least a third of a lease
-    /// between itself and the end of its confirmed lease, and stops when it cannot.
-    async fn heartbeat(&self, id: &str, until: Option<i64>) -> String {
+    /// runs out, a claim may take the task again, this server's own included (a database
+    /// unreachable for a lease's length). The new run holds it under another owner, so the
+    /// old run's writes are refused, but its driver calls would still run beside the new
+    /// run's (two runs of a create could destroy and rebuild a VM the database no longer
+    /// counts). So a run keeps at least a third of a lease between itself and the end of
+    /// its confirmed lease, and stops when it cannot.
+    async fn heartbeat(&self, task: &TaskRow) -> String {
+        let (id, owner) = (task.id.as_str(), owner_of(task));
         let third = (self.cfg.lease_ms / 3).max(1);
-        let mut confirmed = until.unwrap_or_else(|| self.clock.now().millis() + self.cfg.lease_ms);
+        let mut confirmed = task
+            .lease_until
+            .unwrap_or_else(|| self.clock.now().millis() + self.cfg.lease_ms);
         let mut wait = first_beat_after(confirmed - self.clock.now().millis(), self.cfg.lease_ms);
         loop {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
@@ -361,7 +411,7 @@ impl Engine {
             let now = self.clock.now().millis();
             let until = now + self.cfg.lease_ms;
             let within = Duration::from_millis((confirmed - now - third).max(0) as u64);
-            let beat = self.store.task_heartbeat(id, &self.worker_id, until);
+            let beat = self.store.task_heartbeat(id, owner, until);
             match tokio::time::timeout(within, beat).await {
                 Ok(Ok(true)) => confirmed = until,
                 Ok(Ok(false)) => return "another worker holds it".into(),
@@ -392,7 +442,7 @@ impl Engine {
                 let now = self.clock.now().millis();
                 let at = now + backoff_ms(task.attempts);
                 self.store
-                    .task_retry(&task.id, &self.worker_id, at, &msg, now)
+                    .task_retry(&task.id, owner_of(task), at, &msg, now)
                     .await?;
                 Ok(())
             }
@@ -400,7 +450,7 @@ impl Engine {
                 let now = self.clock.now().millis();
                 let at = now + self.cfg.poll_ms as i64 * 4;
                 self.store
-                    .task_wait(&task.id, &self.worker_id, at, &msg, now)
+                    .task_wait(&task.id, owner_of(task), at, &msg, now)
                     .await?;
                 Ok(())
             }
@@ -421,46 +471,49 @@ impl Engine {
     }
 
     /// Background workers: each claims tasks until none is due, then waits for a wake-up or
-    /// the poll interval. They stop when `shutdown` turns true.
+    /// the poll interval; and the clock's watch (`check_clock`: call it once before, so that
+    /// no claim comes before the first measure). They stop when `shutdown` turns true.
     pub fn spawn(
         self: &Arc<Self>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.handoff.enable(true);
-        (0..self.cfg.workers.max(1))
-            .map(|_| {
-                let engine = Arc::clone(self);
-                let mut stop = shutdown.clone();
-                tokio::spawn(async move {
-                    loop {
-                        if *stop.borrow() {
-                            return;
-                        }
-                        engine
-                            .last_poll
-                            .store(engine.clock.now().millis().max(1), Ordering::Relaxed);
-                        let limit = engine.cfg.batch.max(1);
-                        match engine.run_batch(limit).await {
-                            Ok(n) if n > 0 => {
-                                // A full batch: there is likely more; another worker can
-                                // take it meanwhile.
-                                if n == limit {
-                                    engine.wake.notify_one();
-                                }
-                                continue;
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::error!("task engine: {e}"),
-                        }
-                        tokio::select! {
-                            _ = engine.wake.notified() => {}
-                            _ = tokio::time::sleep(Duration::from_millis(engine.cfg.poll_ms)) => {}
-                            _ = stop.changed() => {}
-                        }
+        let engine = Arc::clone(self);
+        let stop = shutdown.clone();
+        let clock = tokio::spawn(async move { engine.watch_clock(stop).await });
+        let workers = (0..self.cfg.workers.max(1)).map(|_| {
+            let engine = Arc::clone(self);
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    if *stop.borrow() {
+                        return;
                     }
-                })
+                    engine
+                        .last_poll
+                        .store(engine.clock.now().millis().max(1), Ordering::Relaxed);
+                    let limit = engine.cfg.batch.max(1);
+                    match engine.run_batch(limit).await {
+                        Ok(n) if n > 0 => {
+                            // A full batch: there is likely more; another worker can
+                            // take it meanwhile.
+                            if n == limit {
+                                engine.wake.notify_one();
+                            }
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!("task engine: {e}"),
+                    }
+                    tokio::select! {
+                        _ = engine.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(engine.cfg.poll_ms)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
             })
-            .collect()
+        });
+        workers.chain(std::iter::once(clock)).collect()
     }
 }
 

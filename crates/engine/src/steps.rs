@@ -2,7 +2,7 @@
 //! driver step is idempotent, so a task reclaimed after a crash simply runs again.
 
 use crate::finisher::DELETED;
-use crate::{Engine, Outcome};
+use crate::{owner_of, Engine, Outcome};
 use lobster_core::firewall::Firewall;
 use lobster_core::fleet::Host;
 use lobster_core::instance::PowerOp;
@@ -46,7 +46,7 @@ impl Engine {
         let now = self.clock.now().millis();
         if let Err(e) = self
             .store
-            .task_progress(&task.id, &self.worker_id, message, now)
+            .task_progress(&task.id, owner_of(task), message, now)
             .await
         {
             tracing::warn!(task = %task.id, "progress: {e}");
@@ -215,13 +215,10 @@ impl Engine {
                 task_id: task.id.clone(),
                 instance_id: inst.id.clone(),
                 firewall_version: applied,
+                owner: owner_of(task).to_string(),
             };
             let now = || self.clock.now().millis();
-            match self
-                .finisher
-                .finish_created(&self.store, &self.worker_id, now, item)
-                .await
-            {
+            match self.finisher.finish_created(&self.store, now, item).await {
                 Ok(CreatedEnd::Finished) => return Outcome::Recorded,
                 Ok(CreatedEnd::LeaseLost) => {
                     tracing::warn!(task = %task.id, "lease lost before the create's end was written");
@@ -251,13 +248,10 @@ impl Engine {
         let item = Deleted {
             task_id: task.id.clone(),
             instance_id: inst.id.clone(),
+            owner: owner_of(task).to_string(),
         };
         let now = || self.clock.now().millis();
-        match self
-            .finisher
-            .finish_deleted(&self.store, &self.worker_id, now, item)
-            .await
-        {
+        match self.finisher.finish_deleted(&self.store, now, item).await {
             Ok(true) => Outcome::Recorded,
             Ok(false) => {
                 tracing::warn!(task = %task.id, "lease lost before the delete's end was written");
@@ -385,7 +379,7 @@ impl Engine {
         };
         let mut tx = self.store.begin().await?;
         if !tx
-            .task_finish(&task.id, &self.worker_id, status.as_str(), msg, now)
+            .task_finish(&task.id, owner_of(task), status.as_str(), msg, now)
             .await?
         {
             return Ok(()); // lease lost: the new holder finishes it; dropping tx rolls back.

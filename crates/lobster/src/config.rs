@@ -3,6 +3,7 @@
 
 use lobster_core::fleet::Fleet;
 use lobster_driver::sim::SimConfig;
+use lobster_driver::timed::CallLimits;
 use lobster_engine::EngineConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub driver: Option<String>,
     pub engine: EngineSection,
+    pub driver_timeouts: DriverTimeouts,
     pub sim: SimConfig,
     /// The whole fleet; the demo fleet when absent.
     pub fleet: Option<Fleet>,
@@ -56,6 +58,42 @@ impl EngineSection {
             poll_ms: self.poll_ms.max(10),
             max_attempts: self.max_attempts.max(1),
             handoff: EngineConfig::default().handoff,
+            max_clock_skew_ms: EngineConfig::clock_bound(self.lease_seconds.max(1) * 1000),
+        }
+    }
+}
+
+/// How long a driver call may go unanswered before it is given up (a transient failure:
+/// the task retries it). Seconds; at least 1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriverTimeouts {
+    /// Health, stats, console, power state, looking for a backup.
+    pub read_seconds: u64,
+    /// Power, firewall, addresses, destroy, deleting a backup.
+    pub change_seconds: u64,
+    /// Create, backup, restore (they copy disks).
+    pub long_seconds: u64,
+}
+
+impl Default for DriverTimeouts {
+    fn default() -> Self {
+        let d = CallLimits::default();
+        DriverTimeouts {
+            read_seconds: d.read.as_secs(),
+            change_seconds: d.change.as_secs(),
+            long_seconds: d.long.as_secs(),
+        }
+    }
+}
+
+impl DriverTimeouts {
+    pub fn to_limits(&self) -> CallLimits {
+        let s = |n: u64| std::time::Duration::from_secs(n.max(1));
+        CallLimits {
+            read: s(self.read_seconds),
+            change: s(self.change_seconds),
+            long: s(self.long_seconds),
         }
     }
 }
@@ -83,6 +121,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub driver: String,
     pub engine: EngineConfig,
+    pub driver_limits: CallLimits,
     pub sim: SimConfig,
     pub fleet: Fleet,
 }
@@ -115,6 +154,7 @@ pub fn load(
         driver: driver.or(file.driver).unwrap_or_else(|| "sim".into()),
         engine: file.engine.to_engine(),
         scheduler_seconds: file.engine.scheduler_seconds.max(1),
+        driver_limits: file.driver_timeouts.to_limits(),
         sim: file.sim,
         fleet: file.fleet.unwrap_or_else(Fleet::demo),
     })
@@ -188,6 +228,34 @@ mod tests {
             (c.listen.as_str(), c.database_url.as_str()),
             ("127.0.0.1:1", "postgres://db/x")
         );
+    }
+
+    #[test]
+    fn driver_timeouts_default_and_configure() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        std::fs::write(
+            &p,
+            "[driver_timeouts]\nchange_seconds = 60\nlong_seconds = 0\n",
+        )
+        .unwrap();
+        let args = CommonArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        let c = load(&args, None, None).unwrap();
+        let s = std::time::Duration::from_secs;
+        // Unset keys keep their defaults; 0 is raised to the least limit, 1 s.
+        assert_eq!(
+            (
+                c.driver_limits.read,
+                c.driver_limits.change,
+                c.driver_limits.long
+            ),
+            (s(30), s(60), s(1))
+        );
+        let c = load(&CommonArgs::default(), None, None).unwrap();
+        assert_eq!(c.driver_limits, CallLimits::default());
     }
 
     #[test]

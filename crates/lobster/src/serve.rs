@@ -6,6 +6,7 @@ use lobster_app::App;
 use lobster_core::clock::{system_clock, SharedClock};
 use lobster_core::instance::PowerStatus;
 use lobster_driver::sim::{SimBackup, SimDriver};
+use lobster_driver::timed::Timed;
 use lobster_driver::Hypervisor;
 use lobster_store::Store;
 use std::sync::Arc;
@@ -46,13 +47,15 @@ async fn sim_driver(
     Ok((app, sim))
 }
 
-/// Store, driver and app for `cfg`, without starting anything.
+/// Store, driver and app for `cfg`, without starting anything. Every driver call, the
+/// engine's and the API's, is bounded by the configured limits.
 pub async fn build(
     cfg: &Config,
     driver: Arc<dyn Hypervisor>,
     clock: SharedClock,
 ) -> Result<Arc<App>, String> {
     cfg.prepare_storage()?;
+    let driver: Arc<dyn Hypervisor> = Arc::new(Timed::new(driver, cfg.driver_limits));
     let store = Store::connect(&cfg.database_url)
         .await
         .map_err(|e| e.to_string())?;
@@ -76,6 +79,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("LOBSTER_BOOTSTRAP_KEY: {e}"))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Measured before the first claim (a failed measure leaves claims on: the database
+    // being away stops them anyway, and the watch measures again).
+    if let Err(e) = app.engine().check_clock().await {
+        tracing::warn!("measuring the clock against the database's: {e}");
+    }
     let mut workers = app.engine().spawn(stop_rx.clone());
     workers.push(spawn_scheduler(
         Arc::clone(&app),

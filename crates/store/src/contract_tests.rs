@@ -515,13 +515,13 @@ async fn a_create_task_is_finished_with_its_instance_only_by_its_lease_holder() 
         assert_eq!(before.status, "creating");
         store.task_claim("w1", 200, 1000).await.unwrap().unwrap();
         store.task_claim("w2", 1300, 1000).await.unwrap().unwrap();
-        let item = Created {
+        let mut item = Created {
             task_id: "t1".into(),
             instance_id: "i1".into(),
             firewall_version: -1,
+            owner: "w1".into(),
         };
-        let items = std::slice::from_ref(&item);
-        let late = store.task_finish_created("w1", "done", 1400, items);
+        let late = store.task_finish_created("done", 1400, std::slice::from_ref(&item));
         assert_eq!(
             late.await.unwrap(),
             [CreatedEnd::LeaseLost],
@@ -531,7 +531,8 @@ async fn a_create_task_is_finished_with_its_instance_only_by_its_lease_holder() 
         assert_eq!(i.status, "creating", "nothing written without the lease");
         let t = store.task_by_id("t1").await.unwrap().unwrap();
         assert_eq!(t.status, "PROCESSING");
-        let done = store.task_finish_created("w2", "done", 1500, items);
+        item.owner = "w2".into();
+        let done = store.task_finish_created("done", 1500, std::slice::from_ref(&item));
         assert_eq!(done.await.unwrap(), [CreatedEnd::Finished]);
         let t = store.task_by_id("t1").await.unwrap().unwrap();
         assert_eq!(
@@ -876,9 +877,9 @@ async fn explain_finish_created(store: &Store, rows: usize) -> String {
         .execute(&mut *c)
         .await
         .unwrap();
-    let mut args = vec!["'done'", "0", "'w'"];
+    let mut args = vec!["'done'", "0"];
     for _ in 0..rows {
-        args.extend(["'t1'", "'i1'", "0"]);
+        args.extend(["'t1'", "'i1'", "0", "'w'"]);
     }
     let explain = format!("EXPLAIN EXECUTE finish({})", args.join(", "));
     let rows = sqlx::raw_sql(&explain).fetch_all(&mut *c).await.unwrap();
@@ -1066,6 +1067,7 @@ fn created(id: &str, firewall_version: i64) -> Created {
         task_id: format!("t-{id}"),
         instance_id: id.into(),
         firewall_version,
+        owner: "w".into(),
     }
 }
 
@@ -1103,7 +1105,7 @@ async fn creates_finished_together_are_each_judged_on_their_own() {
         tx.commit().await.unwrap();
         let items = [created(kept, -1), created(&lost, -1), created(walled, -1)];
         let ends = store
-            .task_finish_created("w", "done", 400, &items)
+            .task_finish_created("done", 400, &items)
             .await
             .unwrap();
         assert_eq!(
@@ -1136,14 +1138,14 @@ async fn creates_finished_together_are_each_judged_on_their_own() {
         let (_, version) = store.firewall_versioned(walled).await.unwrap();
         assert_eq!(version, 0);
         let ends = store
-            .task_finish_created("w", "done", 500, &[created(walled, version)])
+            .task_finish_created("done", 500, &[created(walled, version)])
             .await
             .unwrap();
         assert_eq!(ends, [CreatedEnd::Finished]);
         assert_eq!(status(walled).await, ("rented".into(), "COMPLETED".into()));
         // A second end for a finished task writes nothing.
         let ends = store
-            .task_finish_created("w", "again", 600, &[created(kept, -1)])
+            .task_finish_created("again", 600, &[created(kept, -1)])
             .await
             .unwrap();
         assert_eq!(ends, [CreatedEnd::LeaseLost]);
@@ -1429,10 +1431,11 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
             .map(|id| Deleted {
                 task_id: format!("t-{id}"),
                 instance_id: id.to_string(),
+                owner: "w1".into(),
             })
             .collect();
         let got = store
-            .task_finish_deleted("w1", "VM deleted successfully", 5, &items)
+            .task_finish_deleted("VM deleted successfully", 5, &items)
             .await
             .unwrap();
         assert_eq!(got, [true, true, false]);
@@ -1463,10 +1466,29 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
         assert_eq!(take_one(&store, "d9").await, Some(next));
         // Written again (a retry whose answer was lost): nothing more is given back.
         let again = store
-            .task_finish_deleted("w1", "VM deleted successfully", 6, &items[..2])
+            .task_finish_deleted("VM deleted successfully", 6, &items[..2])
             .await
             .unwrap();
         assert_eq!(again, [false, false]);
         assert_eq!(used().await, 2);
+    }
+}
+
+/// The database's clock (what each server's clock is held to) reads as milliseconds since
+/// the epoch on both backends: here, on one machine, the system's time.
+#[tokio::test]
+async fn the_database_clock_reads_in_milliseconds_since_the_epoch() {
+    for (store, _d) in stores().await {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        let before = now();
+        let db = store.db_clock_ms().await.unwrap();
+        let after = now();
+        // A millisecond either way for each clock's rounding.
+        assert!(before - 1 <= db && db <= after + 1, "{before} {db} {after}");
     }
 }

@@ -13,16 +13,18 @@ use std::collections::{BTreeMap, HashSet};
 pub struct Deleted {
     pub task_id: String,
     pub instance_id: String,
+    /// The lease the run holds the task under (its claim's `lease_owner`).
+    pub owner: String,
 }
 
 impl Store {
     /// Delete tasks that finished well: each task COMPLETED and, the first time, its instance
     /// `deleted` with its capacity and addresses given back, all in one transaction. Each
-    /// is written only while `worker` holds its lease. Answers, in the order of `items`,
+    /// is written only while the task is still held under the item's `owner` (the run's own
+    /// claim). Answers, in the order of `items`,
     /// whether it was written (false: the lease was lost, nothing of it written).
     pub async fn task_finish_deleted(
         &self,
-        worker: &str,
         message: &str,
         now: i64,
         items: &[Deleted],
@@ -31,10 +33,10 @@ impl Store {
             return Ok(Vec::new());
         }
         if self.backend() == crate::Backend::Postgres {
-            return self.deleted_write(worker, message, now, items).await;
+            return self.deleted_write(message, now, items).await;
         }
         let mut tx = self.begin().await?;
-        let finished = tx.tasks_finished(worker, message, now, items).await?;
+        let finished = tx.tasks_finished(message, now, items).await?;
         let mine: Vec<&Deleted> = items
             .iter()
             .filter(|d| finished.contains(&d.task_id))
@@ -64,22 +66,21 @@ impl Store {
     /// the instances (`ended` waits for `locked`, see `hosts_of_lock`).
     async fn deleted_write(
         &self,
-        worker: &str,
         message: &str,
         now: i64,
         items: &[Deleted],
     ) -> Result<Vec<bool>, Error> {
         let rows = numbered(items);
-        let casts = crate::batch::casts(self.backend(), &["::bigint", "", ""]);
-        let free = crate::ips::freeing(4, "instance_id IN (SELECT id FROM ended)");
+        let casts = crate::batch::casts(self.backend(), &["::bigint", "", "", ""]);
+        let free = crate::ips::freeing(3, "instance_id IN (SELECT id FROM ended)");
         let sql = format!(
             concat!(
-                "WITH v(n, task_id, instance_id) AS (VALUES {values}),
+                "WITH v(n, task_id, instance_id, owner) AS (VALUES {values}),
              finished AS (
                UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                  lease_owner = NULL, lease_until = NULL
                FROM v
-               WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = $3 AND ",
+               WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = v.owner AND ",
                 processing!("tasks."),
                 "
                RETURNING tasks.id, v.instance_id),
@@ -112,17 +113,16 @@ impl Store {
              freed AS ({free})
              SELECT id FROM finished"
             ),
-            values = values_list(5, rows.len(), 3, &casts),
+            values = values_list(4, rows.len(), 4, &casts),
             free = free,
         );
         let mut vals: Vec<Val> = vec![
             message.into(),
             now.into(),
-            worker.into(),
             crate::ips::released_seq_base(now).into(),
         ];
         for (n, d) in &rows {
-            vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
+            vals.extend(owned_row(*n, d));
         }
         let st = Statement::new(self.backend(), &sql, vals);
         let got = self.fetch(&st).await;
@@ -137,6 +137,16 @@ impl Store {
             .collect::<Result<_, _>>()?;
         Ok(written_of(items, &finished))
     }
+}
+
+/// A VALUES row of `(n, task_id, instance_id, owner)`.
+fn owned_row<'a>(n: i64, d: &'a Deleted) -> [Val<'a>; 4] {
+    [
+        Val::from(n),
+        (&d.task_id).into(),
+        (&d.instance_id).into(),
+        (&d.owner).into(),
+    ]
 }
 
 /// Whether each of `items` was written: its task among those `finished`.
@@ -169,33 +179,32 @@ impl Tx {
         Ok(())
     }
 
-    /// The tasks among `items` this worker still held, now COMPLETED.
+    /// The tasks among `items` still held under their runs' leases, now COMPLETED.
     async fn tasks_finished(
         &mut self,
-        worker: &str,
         message: &str,
         now: i64,
         items: &[Deleted],
     ) -> Result<HashSet<String>, Error> {
         let rows = numbered(items);
-        let casts = crate::batch::casts(self.backend, &["::bigint", "", ""]);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", ""]);
         let sql = format!(
             concat!(
-                "WITH v(n, task_id, instance_id) AS (VALUES {})
+                "WITH v(n, task_id, instance_id, owner) AS (VALUES {})
              UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                lease_owner = NULL, lease_until = NULL
              FROM v
-             WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = $3
+             WHERE tasks.id = v.task_id AND v.n > 0 AND tasks.lease_owner = v.owner
                AND ",
                 processing!("tasks."),
                 "
              RETURNING tasks.id"
             ),
-            values_list(4, rows.len(), 3, &casts)
+            values_list(3, rows.len(), 4, &casts)
         );
-        let mut vals: Vec<Val> = vec![message.into(), now.into(), worker.into()];
+        let mut vals: Vec<Val> = vec![message.into(), now.into()];
         for (n, d) in &rows {
-            vals.extend([Val::from(*n), (&d.task_id).into(), (&d.instance_id).into()]);
+            vals.extend(owned_row(*n, d));
         }
         let st = Statement::new(self.backend, &sql, vals);
         let got = self.fetch(&st).await?;

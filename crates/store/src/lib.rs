@@ -354,6 +354,25 @@ impl Store {
         Ok(())
     }
 
+    /// The database's own clock, in milliseconds since the epoch: the reference every
+    /// server's clock is held to, since leases written by one server are judged expired by
+    /// another's clock (see the engine's clock check).
+    pub async fn db_clock_ms(&self) -> Result<i64, Error> {
+        let sql = match self.backend() {
+            Backend::Postgres => {
+                "SELECT CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) AS ms"
+            }
+            Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS ms"
+            }
+        };
+        let row = sqlx::query(sql)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_err)?;
+        get_i64(&row, "ms")
+    }
+
     pub(crate) fn reader(&self) -> &AnyPool {
         &self.read
     }

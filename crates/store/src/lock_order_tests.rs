@@ -382,8 +382,9 @@ async fn a_delete_end_locks_the_host_before_the_instance() {
             let items = [Deleted {
                 task_id: "t-d1".into(),
                 instance_id: "d1".into(),
+                owner: "w1".into(),
             }];
-            s.task_finish_deleted("w1", "VM deleted", 5, &items).await
+            s.task_finish_deleted("VM deleted", 5, &items).await
         });
         blocked_by(&store, pid).await;
         let instance = lockable_now(&store, "instances", "id", "d1").await;

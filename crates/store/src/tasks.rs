@@ -174,6 +174,8 @@ pub struct Created {
     pub instance_id: String,
     /// The version of the instance's firewall the worker applied; -1 when there was none.
     pub firewall_version: i64,
+    /// The lease the run holds the task under (its claim's `lease_owner`).
+    pub owner: String,
 }
 
 /// How finishing one create task went.
@@ -188,20 +190,21 @@ pub enum CreatedEnd {
     FirewallChanged,
 }
 
-/// A finish of created tasks: `$1` the message, `$2` now, `$3` the worker, then each
-/// (padded) item's task, instance and firewall version.
+/// A finish of created tasks: `$1` the message, `$2` now, then each (padded) item's task,
+/// instance, firewall version and lease.
 fn created_statement<'q>(
     backend: Backend,
     sql: &str,
-    (message, now, worker): (&'q str, i64, &'q str),
+    (message, now): (&'q str, i64),
     items: &'q [Created],
 ) -> Statement<'q> {
-    let mut vals: Vec<Val> = vec![message.into(), now.into(), worker.into()];
+    let mut vals: Vec<Val> = vec![message.into(), now.into()];
     for it in padded(items) {
         vals.extend([
             Val::from(&it.task_id),
             (&it.instance_id).into(),
             it.firewall_version.into(),
+            (&it.owner).into(),
         ]);
     }
     Statement::new(backend, sql, vals)
@@ -215,13 +218,13 @@ fn created_statement<'q>(
 /// an array, the tasks are found by their keys whatever the table's size at planning.
 pub(crate) fn finish_created_pg_sql(rows: usize) -> String {
     format!(
-        concat!("WITH v(task_id, instance_id, fwv) AS (VALUES {}),
+        concat!("WITH v(task_id, instance_id, fwv, owner) AS (VALUES {}),
               t AS (UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                       lease_owner = NULL, lease_until = NULL
                     FROM v
                     WHERE tasks.id = ANY(ARRAY(SELECT task_id FROM v))
                       AND tasks.id = v.task_id AND tasks.instance_id = v.instance_id
-                      AND tasks.lease_owner = $3 AND ", processing!("tasks."), "
+                      AND tasks.lease_owner = v.owner AND ", processing!("tasks."), "
                       AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
                     RETURNING tasks.id, tasks.instance_id),
               i AS (UPDATE instances SET status = 'rented', power_status = 'running', active_task_id = NULL,
@@ -232,24 +235,23 @@ pub(crate) fn finish_created_pg_sql(rows: usize) -> String {
                     RETURNING instances.id)
          SELECT v.task_id AS id,
                 (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
-                (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = $3
+                (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = v.owner
                    AND ", processing!("h."), ") AS held
          FROM v"),
-        values_list(4, rows, 3, &["", "", "::bigint"])
+        values_list(3, rows, 4, &["", "", "::bigint", ""])
     )
 }
 
 impl Store {
     /// Create tasks that finished well: each task COMPLETED and its instance rented and
     /// running (what `Tx::task_finish` then `Tx::instance_created` write), for each task
-    /// only while `worker` holds its lease and the instance's firewall is still the version
-    /// the worker applied. A batch because every launch ends here: the engine finishes
+    /// only while it is still held under the item's `owner` (the run's own claim) and the
+    /// instance's firewall is still the version the run applied. A batch because every launch ends here: the engine finishes
     /// the creates that end together in one write (one statement on PostgreSQL, one
     /// transaction of two updates on SQLite) instead of one transaction each.
     /// Answers in the order of `items`.
     pub async fn task_finish_created(
         &self,
-        worker: &str,
         message: &str,
         now: i64,
         items: &[Created],
@@ -258,11 +260,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let ends = match self.backend() {
-            Backend::Postgres => self.finish_created_pg(worker, message, now, items).await,
-            Backend::Sqlite => {
-                self.finish_created_sqlite(worker, message, now, items)
-                    .await
-            }
+            Backend::Postgres => self.finish_created_pg(message, now, items).await,
+            Backend::Sqlite => self.finish_created_sqlite(message, now, items).await,
         };
         // Whatever the outcome (a lost connection may hide a commit), the rows may have changed.
         for it in items {
@@ -273,13 +272,12 @@ impl Store {
 
     async fn finish_created_pg(
         &self,
-        worker: &str,
         message: &str,
         now: i64,
         items: &[Created],
     ) -> Result<Vec<CreatedEnd>, Error> {
         let sql = finish_created_pg_sql(padded(items).len());
-        let st = created_statement(self.backend, &sql, (message, now, worker), items);
+        let st = created_statement(self.backend, &sql, (message, now), items);
         let rows = self.fetch(&st).await?;
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
@@ -305,7 +303,6 @@ impl Store {
 
     async fn finish_created_sqlite(
         &self,
-        worker: &str,
         message: &str,
         now: i64,
         items: &[Created],
@@ -313,17 +310,17 @@ impl Store {
         let mut tx = self.begin().await?;
         // SQLite's RETURNING sees only the updated table: the task's own instance_id.
         let sql = format!(
-            concat!("WITH v(task_id, instance_id, fwv) AS (VALUES {})
+            concat!("WITH v(task_id, instance_id, fwv, owner) AS (VALUES {})
              UPDATE tasks SET status = 'COMPLETED', message = $1, updated_at = $2, finished_at = $2,
                lease_owner = NULL, lease_until = NULL
              FROM v
              WHERE tasks.id = v.task_id AND tasks.instance_id = v.instance_id
-               AND tasks.lease_owner = $3 AND ", processing!("tasks."), "
+               AND tasks.lease_owner = v.owner AND ", processing!("tasks."), "
                AND NOT EXISTS (SELECT 1 FROM firewalls f WHERE f.instance_id = v.instance_id AND f.version > v.fwv)
              RETURNING tasks.id"),
-            values_list(4, padded(items).len(), 3, &["", "", ""])
+            values_list(3, padded(items).len(), 4, &["", "", "", ""])
         );
-        let st = created_statement(tx.backend, &sql, (message, now, worker), items);
+        let st = created_statement(tx.backend, &sql, (message, now), items);
         let rows = tx.fetch(&st).await?;
         let done: std::collections::HashSet<String> = rows
             .iter()
@@ -333,14 +330,14 @@ impl Store {
             .iter()
             .filter(|it| done.contains(&it.task_id))
             .collect();
-        let unfinished: Vec<&str> = items
+        let unfinished: Vec<(&str, &str)> = items
             .iter()
             .filter(|it| !done.contains(&it.task_id))
-            .map(|it| it.task_id.as_str())
+            .map(|it| (it.task_id.as_str(), it.owner.as_str()))
             .collect();
-        // Of those not finished, the ones this worker still holds were refused for their
-        // firewall alone (read in the same transaction, so nothing came between).
-        let held = tx.tasks_held(&unfinished, worker).await?;
+        // Of those not finished, the ones still held under their runs' leases were refused
+        // for their firewall alone (read in the same transaction, so nothing came between).
+        let held = tx.tasks_held(&unfinished).await?;
         if finished.is_empty() {
             // Release SQLite's write lock now, not when the connection is next used.
             tx.rollback().await?;
@@ -700,30 +697,31 @@ impl Store {
 }
 
 impl Tx {
-    /// Which of `ids` `worker` holds (leased, still processing).
+    /// Which of the (task, lease owner) pairs are still held so (leased, processing).
     async fn tasks_held(
         &mut self,
-        ids: &[&str],
-        worker: &str,
+        held: &[(&str, &str)],
     ) -> Result<std::collections::HashSet<String>, Error> {
-        if ids.is_empty() {
+        if held.is_empty() {
             return Ok(Default::default());
         }
-        let ids = padded(ids);
-        let marks: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 2)).collect();
+        let held = padded(held);
         let sql = format!(
             concat!(
-                "SELECT id FROM tasks WHERE lease_owner = $1 AND ",
-                processing!(""),
-                " AND id IN ({})"
+                "WITH v(id, owner) AS (VALUES {})
+                 SELECT tasks.id FROM tasks JOIN v ON tasks.id = v.id AND tasks.lease_owner = v.owner
+                 WHERE ",
+                processing!("tasks.")
             ),
-            marks.join(", ")
+            values_list(1, held.len(), 2, &["", ""])
         );
-        let mut q = self.q(&sql).bind(worker);
-        for id in ids {
-            q = q.bind(*id);
+        let mut vals: Vec<Val> = Vec::with_capacity(held.len() * 2);
+        for (id, owner) in held {
+            vals.extend([Val::from(*id), Val::from(*owner)]);
         }
-        let rows = q.fetch_all().await?;
+        let rows = self
+            .fetch(&Statement::new(self.backend, &sql, vals))
+            .await?;
         rows.iter().map(|r| get_str(r, "id")).collect()
     }
 

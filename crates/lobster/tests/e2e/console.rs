@@ -174,3 +174,41 @@ async fn a_ticket_from_one_server_is_redeemed_once_by_any_server() {
     assert_eq!(won.len(), 1);
     assert_eq!(won[0].instance_id, id);
 }
+
+/// A host that does not answer a stats request within the read limit: the request is
+/// answered 503 ("try again"), not left hanging; and a console request the host failed
+/// for a passing reason is a 503 too, not "must be running" (the VM is running).
+#[tokio::test]
+async fn a_host_that_does_not_answer_a_read_is_a_503_not_a_hang() {
+    use lobster_driver::sim::{FailWhen, Op};
+    use std::time::Duration;
+    let limits = lobster_driver::timed::CallLimits {
+        read: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let fleet = lobster_core::fleet::Fleet::demo();
+    let app = TestApp::spawn_limited(fleet, engine_config(), limits).await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let hold = app.sim.hold(Op::Stats);
+    let r = alice.get(&format!("/api/v1/instances/{id}/stats")).await;
+    let b = expect(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(b["error"], "service_unavailable");
+    let msg = b["message"].as_str().unwrap();
+    assert!(msg.contains("no answer within 200 ms"), "{msg}");
+    assert_eq!(app.sim.held_calls(), 1);
+    drop(hold);
+    alice
+        .get_json(&format!("/api/v1/instances/{id}/stats"), StatusCode::OK)
+        .await;
+    app.sim.fail_next(Op::Console, 1, FailWhen::Before, true);
+    let r = alice
+        .post(&format!("/api/v1/instances/{id}/console"), json!({}))
+        .await;
+    let b = expect(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(b["error"], "service_unavailable");
+    let r = alice
+        .post(&format!("/api/v1/instances/{id}/console"), json!({}))
+        .await;
+    expect(r, StatusCode::OK).await;
+}

@@ -507,7 +507,7 @@ async fn a_launch_hands_its_create_task_to_its_own_workers() {
     let task = task_of(&vm);
     let t = task_row(&app, &task).await;
     assert_eq!((t.status.as_str(), t.attempts), ("PROCESSING", 1));
-    assert_eq!(t.lease_owner.as_deref(), Some(app.app.engine().worker_id()));
+    assert!(app.app.engine().owns(t.lease_owner.as_deref().unwrap()));
     assert!(!app.second_engine().run_once().await.unwrap());
     assert_eq!(app.drain().await, 1);
     assert_eq!(app.app.engine().handed_runs(), 1);
@@ -639,7 +639,7 @@ async fn deletes_and_power_operations_are_handed_over_too() {
     )
     .await;
     let t = task_row(&app, off["task_id"].as_str().unwrap()).await;
-    assert_eq!(t.lease_owner.as_deref(), Some(engine.worker_id()));
+    assert!(engine.owns(t.lease_owner.as_deref().unwrap()));
     assert_eq!(app.drain().await, 1);
     let gone = expect(
         alice.delete(&format!("/api/v1/instances/{id}")).await,
@@ -743,4 +743,154 @@ async fn a_run_whose_lease_cannot_be_renewed_stops_before_it_runs_out() {
     }
     assert_eq!(alice.instance(&id).await["status"], json!("rented"));
     assert_eq!(app.sim.vm_count(), 1);
+}
+
+/// Each claim leases under an owner of its own. A run whose lease ran out while a driver
+/// call hung, and whose task this same server then took again, must not write its end
+/// over the new run's lease: under one owner per server the two runs' writes could not be
+/// told apart, and the old run would finish a task another run still holds.
+#[tokio::test]
+async fn a_run_that_lost_its_lease_to_its_own_server_cannot_end_the_task() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let first_hold = app.sim.hold(Op::Create);
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let (id, task) = (vm["vm_uuid"].as_str().unwrap().to_string(), task_of(&vm));
+    let engine = app.app.engine().clone();
+    let e = engine.clone();
+    let first = tokio::spawn(async move { e.run_batch(1).await });
+    until("the first run's create is in flight", || {
+        app.sim.held_calls() == 1
+    })
+    .await;
+    let first_owner = task_row(&app, &task).await.lease_owner.unwrap();
+    // The first run's lease runs out (its beats are a third of a lease away in real time);
+    // the same server's next claim takes the task again.
+    app.clock.advance_ms(engine_config().lease_ms + 1);
+    let second_hold = app.sim.hold(Op::Create);
+    let e = engine.clone();
+    let second = tokio::spawn(async move { e.run_batch(1).await });
+    until("the second run's create is in flight", || {
+        app.sim.held_calls() == 2
+    })
+    .await;
+    let second_owner = task_row(&app, &task).await.lease_owner.unwrap();
+    assert_ne!(first_owner, second_owner);
+    assert!(engine.owns(&first_owner) && engine.owns(&second_owner));
+    // The first run's call comes back and it tries to end the task: refused.
+    drop(first_hold);
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    let t = task_row(&app, &task).await;
+    assert_eq!(
+        (t.status.as_str(), t.lease_owner.as_deref()),
+        ("PROCESSING", Some(second_owner.as_str())),
+        "the first run wrote its end over the second run's lease"
+    );
+    assert_eq!(alice.instance(&id).await["status"], json!("creating"));
+    // The second run ends it, once.
+    drop(second_hold);
+    assert_eq!(second.await.unwrap().unwrap(), 1);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 2));
+    assert_eq!(alice.instance(&id).await["status"], json!("rented"));
+    assert_eq!(app.sim.vm_count(), 1);
+}
+
+/// A host that never answers a call must not hold the task's run (and its lease) forever:
+/// the call is given up after its limit as a transient failure, the task goes back to the
+/// queue to be tried again, and the next attempt, answered, completes it.
+#[tokio::test]
+async fn a_driver_call_left_unanswered_is_given_up_and_tried_again() {
+    let limit = std::time::Duration::from_millis(200);
+    let limits = lobster_driver::timed::CallLimits {
+        read: limit,
+        change: limit,
+        long: limit,
+    };
+    let fleet = lobster_core::fleet::Fleet::demo();
+    let app = TestApp::spawn_limited(fleet, engine_config(), limits).await;
+    let alice = app.tenant("alice").await;
+    let hold = app.sim.hold(Op::Create);
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let (id, task) = (vm["vm_uuid"].as_str().unwrap().to_string(), task_of(&vm));
+    // The run returns although the hold is still in place.
+    let run = app.app.engine().run_batch(1);
+    let ran = tokio::time::timeout(std::time::Duration::from_secs(30), run).await;
+    assert_eq!(ran.expect("the run waited on the call").unwrap(), 1);
+    assert_eq!(app.sim.held_calls(), 1);
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("PENDING", 1));
+    let msg = t.message.unwrap();
+    assert!(
+        msg.contains("create on ") && msg.contains("no answer within 200 ms"),
+        "{msg}"
+    );
+    assert_eq!(alice.instance(&id).await["status"], json!("creating"));
+    drop(hold);
+    // Past the retry's backoff, the next attempt completes it.
+    app.clock.advance_ms(60_000);
+    app.drain().await;
+    let t = task_row(&app, &task).await;
+    assert_eq!((t.status.as_str(), t.attempts), ("COMPLETED", 2));
+    assert_eq!(alice.instance(&id).await["status"], json!("rented"));
+    assert_eq!(app.sim.vm_count(), 1);
+}
+
+/// Leases are judged by each server's own clock, so a server whose clock is far off the
+/// database's (the clock all servers share) would take tasks other servers still run, or
+/// write leases others take too soon. Such a server takes no leases: its launches write
+/// their tasks pending for the other servers, its workers claim nothing, and health says
+/// the task engine is degraded, until its clock is right again.
+#[tokio::test]
+async fn a_server_whose_clock_is_off_the_databases_takes_no_leases() {
+    let cfg = lobster_engine::EngineConfig {
+        max_clock_skew_ms: Some(5_000),
+        ..engine_config()
+    };
+    let app = TestApp::spawn_with(lobster_core::fleet::Fleet::demo(), cfg).await;
+    accept_handoffs(&app);
+    let engine = app.app.engine().clone();
+    // The test's manual clock starts at the system's time, which the database reads too.
+    let skew = engine.check_clock().await.unwrap();
+    assert!(skew.abs() <= 5_000 && engine.clock_ok(), "{skew}");
+    // The clock falls a minute behind. (Behind rather than ahead so that the task it
+    // writes is due at once for the servers whose clocks are right: one written ahead is
+    // due only when their clocks reach its time.)
+    app.clock.advance_ms(-60_000);
+    let skew = engine.check_clock().await.unwrap();
+    assert!(skew < -50_000 && !engine.clock_ok(), "{skew}");
+    assert_eq!(engine.clock_skew_ms(), skew);
+    let alice = app.tenant("alice").await;
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let (id, task) = (vm["vm_uuid"].as_str().unwrap().to_string(), task_of(&vm));
+    let t = task_row(&app, &task).await;
+    assert_eq!(
+        (t.status.as_str(), t.lease_owner.as_deref()),
+        ("PENDING", None),
+        "no hand-off lease"
+    );
+    assert_eq!(engine.run_batch(4).await.unwrap(), 0, "claimed nothing");
+    // Health, with a worker loop running (it claims nothing either).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loops = engine.spawn(stopped);
+    until("a worker loop has started", || engine.last_poll().is_some()).await;
+    let health = expect(
+        app.raw(reqwest::Method::GET, "/api/v1/health", None, None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(health["components"]["task_engine"], "degraded");
+    stop.send(true).unwrap();
+    for l in loops {
+        l.await.unwrap();
+    }
+    assert_eq!(task_row(&app, &task).await.status, "PENDING");
+    // The clock is set right: leases are taken again.
+    app.clock.advance_ms(60_000);
+    engine.check_clock().await.unwrap();
+    assert!(engine.clock_ok());
+    app.drain().await;
+    assert_eq!(task_row(&app, &task).await.status, "COMPLETED");
+    assert_eq!(alice.instance(&id).await["status"], json!("rented"));
 }

@@ -8,6 +8,7 @@ use lobster_app::App;
 use lobster_core::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use lobster_core::fleet::Fleet;
 use lobster_driver::sim::{SimConfig, SimDriver};
+use lobster_driver::timed::{CallLimits, Timed};
 use lobster_engine::{Engine, EngineConfig};
 use lobster_store::Store;
 use reqwest::{Method, Response, StatusCode};
@@ -35,6 +36,8 @@ pub fn engine_config() -> EngineConfig {
         poll_ms: 50,
         max_attempts: 3,
         handoff: 2,
+        // The tests move a manual clock away from the database's.
+        max_clock_skew_ms: None,
     }
 }
 
@@ -68,29 +71,36 @@ impl TestApp {
     }
 
     pub async fn spawn_with(fleet: Fleet, engine: EngineConfig) -> TestApp {
+        Self::spawn_limited(fleet, engine, CallLimits::default()).await
+    }
+
+    /// With driver calls bounded by `limits` (as `lobster serve` bounds them).
+    pub async fn spawn_limited(fleet: Fleet, engine: EngineConfig, limits: CallLimits) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = database_url(&dir).await;
-        Self::spawn_at(dir, &url, fleet, engine).await
+        Self::spawn_at(dir, &url, (fleet, engine), limits).await
     }
 
     /// Always on SQLite, whatever `LOBSTER_TEST_POSTGRES_URL` says.
     pub async fn spawn_sqlite() -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/lobster.db", dir.path().display());
-        Self::spawn_at(dir, &url, Fleet::demo(), engine_config()).await
+        let setup = (Fleet::demo(), engine_config());
+        Self::spawn_at(dir, &url, setup, CallLimits::default()).await
     }
 
     async fn spawn_at(
         dir: tempfile::TempDir,
         url: &str,
-        fleet: Fleet,
-        engine: EngineConfig,
+        (fleet, engine): (Fleet, EngineConfig),
+        limits: CallLimits,
     ) -> TestApp {
         let store = Store::connect(url).await.expect("store");
         let sim = Arc::new(SimDriver::new(SimConfig::instant()));
         let clock = ManualClock::new(SystemClock.now());
         let shared: SharedClock = clock.clone();
-        let app = App::new(store, sim.clone(), fleet.clone(), shared, engine)
+        let driver = Arc::new(Timed::new(sim.clone(), limits));
+        let app = App::new(store, driver, fleet.clone(), shared, engine)
             .await
             .expect("app");
         app.fleet_sync().await.expect("fleet sync");
