@@ -296,6 +296,10 @@ pub struct SimDriver {
     cfg: SimConfig,
     rng: Mutex<StdRng>,
     state: Mutex<SimState>,
+    /// One change of a `state_file` world at a time in this process: so that at most one
+    /// blocking thread per process waits for the file's lock (a pool of waiting threads
+    /// could fill tokio's blocking pool and leave the holder's write no thread to run on).
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl SimDriver {
@@ -305,6 +309,7 @@ impl SimDriver {
             cfg,
             rng: Mutex::new(rng),
             state: Mutex::new(SimState::default()),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -388,33 +393,26 @@ impl SimDriver {
         self.read_now(|w| used_of(w, host)).unwrap_or_default()
     }
 
-    /// Runs `f` on the world without changing it, on the calling thread (a `state_file`
-    /// world is read there, waiting for the file's lock): for the inspection helpers above,
-    /// which tests call; the driver's own calls use `read`.
+    /// Runs `f` on the world without changing it, on the calling thread: for the inspection
+    /// helpers above, which tests call; the driver's own calls use `read`. A `state_file`
+    /// world is read without its lock: every write replaces the file whole (`save`), so a
+    /// read sees the last write that landed, and never waits on a change in flight.
     fn read_now<T>(&self, f: impl FnOnce(&SimWorld) -> T) -> DriverResult<T> {
-        let st = self.state.lock().unwrap();
         match &self.cfg.state_file {
-            None => Ok(f(&st.world)),
-            Some(path) => {
-                let _lock = file_lock(path, false)?;
-                Ok(f(&SimWorld::load(path)?))
-            }
+            None => Ok(f(&self.state.lock().unwrap().world)),
+            Some(path) => Ok(f(&SimWorld::load(path)?)),
         }
     }
 
-    /// Runs `f` on the world without changing it. A `state_file` world is locked (shared)
-    /// and read on the blocking pool, so waiting for another process's lock or for the disk
-    /// never stalls a runtime thread.
+    /// Runs `f` on the world without changing it. A `state_file` world is read on the
+    /// blocking pool (the disk never stalls a runtime thread), without its lock, as in
+    /// `read_now`.
     async fn read<T>(&self, f: impl FnOnce(&SimWorld) -> T) -> DriverResult<T> {
         let Some(path) = &self.cfg.state_file else {
             return Ok(f(&self.state.lock().unwrap().world));
         };
         let path = path.clone();
-        let world = blocking(move || {
-            let _lock = file_lock(&path, false)?;
-            SimWorld::load(&path)
-        })
-        .await?;
+        let world = blocking(move || SimWorld::load(&path)).await?;
         Ok(f(&world))
     }
 
@@ -432,9 +430,10 @@ impl SimDriver {
         let Some(path) = &self.cfg.state_file else {
             return f(&mut self.state.lock().unwrap().world);
         };
+        let _turn = self.turn.lock().await;
         let p = path.clone();
         let (lock, mut world) = blocking(move || {
-            let lock = file_lock(&p, true)?;
+            let lock = file_lock(&p)?;
             Ok((lock, SimWorld::load(&p)?))
         })
         .await?;
@@ -537,9 +536,10 @@ fn used_of(w: &SimWorld, host: &str) -> Resources {
     used
 }
 
-/// An advisory lock on `<state_file>.lock` (a separate file: the state file itself is
-/// replaced by rename on every write). Released when the returned file is dropped.
-fn file_lock(path: &Path, exclusive: bool) -> DriverResult<std::fs::File> {
+/// An exclusive advisory lock on `<state_file>.lock` (a separate file: the state file
+/// itself is replaced by rename on every write), taken by changes only: reads need none.
+/// Released when the returned file is dropped.
+fn file_lock(path: &Path) -> DriverResult<std::fs::File> {
     let lock_path = path.with_extension("lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -547,8 +547,7 @@ fn file_lock(path: &Path, exclusive: bool) -> DriverResult<std::fs::File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| io_error(&lock_path, e))?;
-    let locked = if exclusive { f.lock() } else { f.lock_shared() };
-    locked.map_err(|e| io_error(&lock_path, e))?;
+    f.lock().map_err(|e| io_error(&lock_path, e))?;
     Ok(f)
 }
 
@@ -952,6 +951,47 @@ mod tests {
         }
         let backups = SimDriver::new(cfg).backups();
         assert_eq!(backups.len(), n, "{:?}", backups.keys());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Many changes of one `state_file` world at once, with a single blocking thread: a
+    /// change waiting for the file's lock must not hold that thread while the lock's holder
+    /// needs it to write and let go (that was a deadlock: every waiting change held a
+    /// blocking thread, and with the pool full the holder's write never ran).
+    #[test]
+    fn changes_queued_for_the_file_lock_leave_the_holder_a_thread_to_write_on() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("sim-state-turns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = SimConfig {
+            state_file: Some(dir.join("world.json")),
+            ..SimConfig::instant()
+        };
+        let d = std::sync::Arc::new(SimDriver::new(cfg));
+        let h = host();
+        let all = rt.block_on(async {
+            let runs: Vec<_> = (0..16)
+                .map(|i| {
+                    let (d, h) = (std::sync::Arc::clone(&d), h.clone());
+                    tokio::spawn(async move { d.create(&h, &spec(&format!("vm-{i}"), 1)).await })
+                })
+                .collect();
+            let all = async {
+                for r in runs {
+                    r.await.unwrap().unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(60), all).await
+        });
+        // Not waiting for blocking threads that may be stuck.
+        rt.shutdown_background();
+        assert!(all.is_ok(), "the changes deadlocked");
+        assert_eq!(d.vm_count(), 16);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

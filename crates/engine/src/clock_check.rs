@@ -3,8 +3,10 @@
 //! time. Between servers whose clocks differ by more than the margin a run keeps before its
 //! lease's end (a third of a lease), one would take tasks another is still running. So each
 //! server measures its clock against the database's, the one clock they all share, and
-//! takes no lease (no claim, no hand-off) while it is more than `max_clock_skew_ms` apart:
-//! the work goes to the servers whose clocks are right, and health says "degraded".
+//! takes no lease (no claim, no hand-off) while it is more than `max_clock_skew_ms` apart,
+//! and stops its runs at their next heartbeat (their leases, renewed by a clock that is off,
+//! could look expired to the others): the work goes to the servers whose clocks are right,
+//! and health says "degraded".
 
 use crate::Engine;
 use lobster_core::Error;
@@ -26,7 +28,16 @@ impl Engine {
         let before = self.clock.now().millis();
         let db = self.store.db_clock_ms().await?;
         let after = self.clock.now().millis();
-        // The database read its clock somewhere in the round trip: take the middle.
+        // The database read its clock somewhere in the round trip: take the middle, which
+        // is off by at most half the trip. A slow trip (a wait for a pooled connection)
+        // says too little: the last decision stands.
+        if after - before > most / 2 {
+            tracing::warn!(
+                "measuring the clock took {} ms: measure ignored",
+                after - before
+            );
+            return Ok(self.clock_skew_ms());
+        }
         let skew = before + (after - before) / 2 - db;
         self.clock_skew.store(skew, Ordering::Relaxed);
         let ok = skew.abs() <= most;
@@ -68,7 +79,11 @@ impl Engine {
             }
             tokio::select! {
                 _ = tokio::time::sleep(EVERY) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        return; // no one can stop it any more: the server is going
+                    }
+                }
             }
         }
     }

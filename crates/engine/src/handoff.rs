@@ -166,6 +166,12 @@ impl Engine {
     /// handed over.
     pub async fn release_handed(&self) {
         self.handoff.enable(false);
+        self.give_back_handed().await;
+    }
+
+    /// Puts the tasks waiting here back in the queue, each only if nothing happened to it
+    /// since it was handed over.
+    pub(crate) async fn give_back_handed(&self) {
         let now = self.clock.now().millis();
         for (t, _) in self.handoff.drain() {
             let was = t.lease_until.unwrap_or(0);

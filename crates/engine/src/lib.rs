@@ -43,12 +43,13 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// The clock bound for a lease of `lease_ms`: a sixth of it. Two servers each within
-    /// it differ by at most a third of a lease, the margin a run keeps between itself and
-    /// its lease's end (see `Engine::heartbeat`): so no server judges another's running
-    /// lease expired.
+    /// The clock bound for a lease of `lease_ms`: an eighth of it. A measure is off by at
+    /// most a quarter of the bound (`check_clock` ignores slower ones), so two servers that
+    /// each passed differ by at most 2.5 eighths of a lease, inside the third a run keeps
+    /// between itself and its lease's end (see `Engine::heartbeat`): no server judges
+    /// another's running lease expired.
     pub fn clock_bound(lease_ms: i64) -> Option<i64> {
-        Some((lease_ms / 6).max(1))
+        Some((lease_ms / 8).max(1))
     }
 }
 
@@ -217,6 +218,12 @@ impl Engine {
         // When claims are due, half the batch is theirs (with batches of one, turn about;
         // work this process queued in the database goes first), so that a stream of hand-offs
         // cannot hold back the database's queue; what the claim leaves goes to hand-offs.
+        if !self.clock_ok() {
+            // No leases while the clock is off: what waits here goes back to the queue, for
+            // the servers whose clocks are right.
+            self.give_back_handed().await;
+            return Ok(0);
+        }
         let due = self.claim_due();
         let room = match due {
             Due::No => limit,
@@ -239,7 +246,7 @@ impl Engine {
         // per wake-up (on PostgreSQL two statements each, 2,000 per 10,000 launches).
         let backlog = handed_now == 0 && self.backlog.load(Ordering::Relaxed);
         let mut claim_failed = None;
-        if rest > 0 && (due != Due::No || backlog) && self.clock_ok() {
+        if rest > 0 && (due != Due::No || backlog) {
             match self.claim_and_read(rest).await {
                 Ok((t, i)) => (tasks, insts) = (t, i),
                 Err(e) => claim_failed = Some(e),
@@ -408,6 +415,9 @@ impl Engine {
         loop {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             wait = third;
+            if !self.clock_ok() {
+                return "this server's clock is off the database's".into();
+            }
             let now = self.clock.now().millis();
             let until = now + self.cfg.lease_ms;
             let within = Duration::from_millis((confirmed - now - third).max(0) as u64);

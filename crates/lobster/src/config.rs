@@ -33,6 +33,9 @@ pub struct EngineSection {
     pub lease_seconds: i64,
     pub poll_ms: u64,
     pub max_attempts: i64,
+    /// How far this server's clock may be from the database's while it takes task leases;
+    /// unset: an eighth of the lease; 0: not checked (one server alone needs no agreement).
+    pub max_clock_skew_ms: Option<i64>,
 }
 
 impl Default for EngineSection {
@@ -45,6 +48,7 @@ impl Default for EngineSection {
             lease_seconds: d.lease_ms / 1000,
             poll_ms: d.poll_ms,
             max_attempts: d.max_attempts,
+            max_clock_skew_ms: None,
         }
     }
 }
@@ -58,7 +62,11 @@ impl EngineSection {
             poll_ms: self.poll_ms.max(10),
             max_attempts: self.max_attempts.max(1),
             handoff: EngineConfig::default().handoff,
-            max_clock_skew_ms: EngineConfig::clock_bound(self.lease_seconds.max(1) * 1000),
+            max_clock_skew_ms: match self.max_clock_skew_ms {
+                None => EngineConfig::clock_bound(self.lease_seconds.max(1) * 1000),
+                Some(ms) if ms <= 0 => None,
+                Some(ms) => Some(ms),
+            },
         }
     }
 }
@@ -256,6 +264,24 @@ mod tests {
         );
         let c = load(&CommonArgs::default(), None, None).unwrap();
         assert_eq!(c.driver_limits, CallLimits::default());
+    }
+
+    #[test]
+    fn the_clock_bound_follows_the_lease_unless_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        let bound = |toml: &str| {
+            std::fs::write(&p, toml).unwrap();
+            let args = CommonArgs {
+                config: Some(p.clone()),
+                ..Default::default()
+            };
+            load(&args, None, None).unwrap().engine.max_clock_skew_ms
+        };
+        assert_eq!(bound(""), Some(30_000 / 8));
+        assert_eq!(bound("[engine]\nlease_seconds = 80\n"), Some(10_000));
+        assert_eq!(bound("[engine]\nmax_clock_skew_ms = 2000\n"), Some(2_000));
+        assert_eq!(bound("[engine]\nmax_clock_skew_ms = 0\n"), None);
     }
 
     #[test]

@@ -398,6 +398,16 @@ async fn check_invariants(store: &Store, world: &SimWorld) -> String {
         );
     }
     let failed = tasks.iter().filter(|t| t.status == "FAILED").count();
+    // Why tasks failed, by operation and message (most: three attempts each cut by a kill).
+    if std::env::var("CRASH_SHOW_FAILED").is_ok() {
+        let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+        for t in tasks.iter().filter(|t| t.status == "FAILED") {
+            let m = t.message.clone().unwrap_or_default();
+            *why.entry(format!("{} {}", t.operation, &m[..m.len().min(90)]))
+                .or_default() += 1;
+        }
+        eprintln!("failed: {why:#?}");
+    }
     let of = |op: &str| tasks.iter().filter(|t| t.operation == op).count();
     format!(
         "{} tasks ({failed} failed; {} restores, {} address changes), {} instances ({} live), {} backups: invariants hold",

@@ -44,6 +44,25 @@ pub(crate) fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) 
         .join(", ")
 }
 
+/// `items` in rounds where no key repeats, each round the indexes of its items in order;
+/// None when no key repeats at all (one round of everything, the common case).
+pub(crate) fn rounds<'a, T>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> &'a str,
+) -> Option<Vec<Vec<usize>>> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (k, it) in items.iter().enumerate() {
+        let n = seen.entry(key(it)).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(k);
+        *n += 1;
+    }
+    (rounds.len() > 1).then_some(rounds)
+}
+
 /// The casts for a VALUES list: `pg` on PostgreSQL, none on SQLite (which has no `::`).
 pub(crate) fn casts<'a>(backend: crate::Backend, pg: &[&'a str]) -> Vec<&'a str> {
     match backend {
@@ -55,6 +74,17 @@ pub(crate) fn casts<'a>(backend: crate::Backend, pg: &[&'a str]) -> Vec<&'a str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_part_repeated_keys_and_keep_the_order() {
+        let items = ["a", "b", "a", "c", "a", "b"];
+        assert_eq!(
+            rounds(&items, |s| s),
+            Some(vec![vec![0, 1, 3], vec![2, 5], vec![4]])
+        );
+        assert_eq!(rounds(&["a", "b"], |s| s), None);
+        assert_eq!(rounds::<&str>(&[], |s| s), None);
+    }
 
     #[test]
     fn numbered_rows_mark_the_repeats_with_zero() {

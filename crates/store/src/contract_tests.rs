@@ -515,7 +515,7 @@ async fn a_create_task_is_finished_with_its_instance_only_by_its_lease_holder() 
         assert_eq!(before.status, "creating");
         store.task_claim("w1", 200, 1000).await.unwrap().unwrap();
         store.task_claim("w2", 1300, 1000).await.unwrap().unwrap();
-        let mut item = Created {
+        let item = Created {
             task_id: "t1".into(),
             instance_id: "i1".into(),
             firewall_version: -1,
@@ -531,9 +531,19 @@ async fn a_create_task_is_finished_with_its_instance_only_by_its_lease_holder() 
         assert_eq!(i.status, "creating", "nothing written without the lease");
         let t = store.task_by_id("t1").await.unwrap().unwrap();
         assert_eq!(t.status, "PROCESSING");
-        item.owner = "w2".into();
-        let done = store.task_finish_created("done", 1500, std::slice::from_ref(&item));
-        assert_eq!(done.await.unwrap(), [CreatedEnd::Finished]);
+        // Both runs end in one batch: each is answered for its own lease.
+        let both = [
+            item.clone(),
+            Created {
+                owner: "w2".into(),
+                ..item.clone()
+            },
+        ];
+        let done = store.task_finish_created("done", 1500, &both);
+        assert_eq!(
+            done.await.unwrap(),
+            [CreatedEnd::LeaseLost, CreatedEnd::Finished]
+        );
         let t = store.task_by_id("t1").await.unwrap().unwrap();
         assert_eq!(
             (t.status.as_str(), t.message.as_deref(), t.finished_at),
@@ -1488,7 +1498,11 @@ async fn the_database_clock_reads_in_milliseconds_since_the_epoch() {
         let before = now();
         let db = store.db_clock_ms().await.unwrap();
         let after = now();
-        // A millisecond either way for each clock's rounding.
-        assert!(before - 1 <= db && db <= after + 1, "{before} {db} {after}");
+        // Within 5 s: the database may be on another machine, whose clock NTP keeps
+        // close; seconds or microseconds would be off by a factor of a thousand.
+        assert!(
+            before - 5_000 <= db && db <= after + 5_000,
+            "{before} {db} {after}"
+        );
     }
 }

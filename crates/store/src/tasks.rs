@@ -259,6 +259,20 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(rounds) = crate::batch::rounds(items, |it| it.task_id.as_str()) {
+            // Two runs of one task (one whose lease ran out, and the run that took it over)
+            // ending together: each statement answers by task id, so each run goes in a
+            // statement of its own.
+            let mut ends = vec![CreatedEnd::LeaseLost; items.len()];
+            for round in rounds {
+                let some: Vec<Created> = round.iter().map(|&k| items[k].clone()).collect();
+                let got = Box::pin(self.task_finish_created(message, now, &some)).await?;
+                for (k, end) in round.into_iter().zip(got) {
+                    ends[k] = end;
+                }
+            }
+            return Ok(ends);
+        }
         let ends = match self.backend() {
             Backend::Postgres => self.finish_created_pg(message, now, items).await,
             Backend::Sqlite => self.finish_created_sqlite(message, now, items).await,

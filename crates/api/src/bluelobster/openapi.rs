@@ -123,9 +123,9 @@ fn augment(doc: &mut Value) {
                 add("400", "Invalid request parameters");
                 add("409", "Resource conflict");
             }
-            if method != "get" || path.ends_with("/console") {
+            if method != "get" || path.ends_with("/console") || path.ends_with("/stats") {
                 // A write PostgreSQL failed to break a deadlock (nothing was written), or a
-                // hypervisor that does not answer (console).
+                // hypervisor that does not answer in time (console, stats).
                 add("503", "Service unavailable; try again");
             }
             add("422", "Validation Error");
@@ -167,6 +167,24 @@ mod tests {
                 "schema {name}"
             );
         }
+    }
+
+    /// The reads that ask a host (stats, console) say they may answer 503, as they do when
+    /// the host does not answer in time; other reads do not.
+    #[test]
+    fn reads_that_ask_a_host_document_503() {
+        let served = served();
+        let codes = |path: &str, method: &str| -> Vec<String> {
+            let r = served["paths"][path][method]["responses"].as_object();
+            r.unwrap_or_else(|| panic!("{method} {path}"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let has = |path: &str, method: &str| codes(path, method).contains(&"503".to_string());
+        assert!(has("/api/v1/instances/{instance_id}/stats", "get"));
+        assert!(has("/api/v1/instances/{instance_id}/console", "post"));
+        assert!(!has("/api/v1/instances/{instance_id}", "get"));
     }
 
     /// The bodies the server reads where the contract's operation declares none (its prose

@@ -853,14 +853,21 @@ async fn a_server_whose_clock_is_off_the_databases_takes_no_leases() {
     // The test's manual clock starts at the system's time, which the database reads too.
     let skew = engine.check_clock().await.unwrap();
     assert!(skew.abs() <= 5_000 && engine.clock_ok(), "{skew}");
-    // The clock falls a minute behind. (Behind rather than ahead so that the task it
-    // writes is due at once for the servers whose clocks are right: one written ahead is
+    let alice = app.tenant("alice").await;
+    let handed = alice.launch("v1_cpu_small", "us-east-1").await;
+    let handed_task = task_of(&handed);
+    let t = task_row(&app, &handed_task).await;
+    assert!(
+        engine.owns(t.lease_owner.as_deref().unwrap()),
+        "handed over"
+    );
+    // The clock falls a minute behind. (Behind rather than ahead so that the tasks it
+    // writes are due at once for the servers whose clocks are right: one written ahead is
     // due only when their clocks reach its time.)
     app.clock.advance_ms(-60_000);
     let skew = engine.check_clock().await.unwrap();
     assert!(skew < -50_000 && !engine.clock_ok(), "{skew}");
     assert_eq!(engine.clock_skew_ms(), skew);
-    let alice = app.tenant("alice").await;
     let vm = alice.launch("v1_cpu_small", "us-east-1").await;
     let (id, task) = (vm["vm_uuid"].as_str().unwrap().to_string(), task_of(&vm));
     let t = task_row(&app, &task).await;
@@ -869,7 +876,13 @@ async fn a_server_whose_clock_is_off_the_databases_takes_no_leases() {
         ("PENDING", None),
         "no hand-off lease"
     );
-    assert_eq!(engine.run_batch(4).await.unwrap(), 0, "claimed nothing");
+    assert_eq!(engine.run_batch(4).await.unwrap(), 0, "ran nothing");
+    // What was handed over before is back in the queue, for the other servers.
+    let t = task_row(&app, &handed_task).await;
+    assert_eq!(
+        (t.status.as_str(), t.lease_owner.as_deref(), t.attempts),
+        ("PENDING", None, 0)
+    );
     // Health, with a worker loop running (it claims nothing either).
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let loops = engine.spawn(stopped);
@@ -891,6 +904,39 @@ async fn a_server_whose_clock_is_off_the_databases_takes_no_leases() {
     engine.check_clock().await.unwrap();
     assert!(engine.clock_ok());
     app.drain().await;
-    assert_eq!(task_row(&app, &task).await.status, "COMPLETED");
+    for t in [&task, &handed_task] {
+        assert_eq!(task_row(&app, t).await.status, "COMPLETED");
+    }
     assert_eq!(alice.instance(&id).await["status"], json!("rented"));
+}
+
+/// A run in flight when its server's clock is found off stops at its next heartbeat: the
+/// lease it would renew, in a clock that is off, could look expired to the other servers.
+#[tokio::test]
+async fn a_run_stops_when_its_servers_clock_is_found_off() {
+    let cfg = lobster_engine::EngineConfig {
+        lease_ms: 600,
+        max_clock_skew_ms: Some(5_000),
+        ..engine_config()
+    };
+    let app = TestApp::spawn_with(lobster_core::fleet::Fleet::demo(), cfg).await;
+    let engine = app.app.engine().clone();
+    engine.check_clock().await.unwrap();
+    let alice = app.tenant("alice").await;
+    let hold = app.sim.hold(Op::Create);
+    let vm = alice.launch("v1_cpu_small", "us-east-1").await;
+    let task = task_of(&vm);
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.run_batch(1).await });
+    until("the create is in flight", || app.sim.held_calls() == 1).await;
+    app.clock.advance_ms(-60_000);
+    engine.check_clock().await.unwrap();
+    assert!(!engine.clock_ok());
+    // The create is still held: only the heartbeat can end the run.
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), run).await;
+    let ran = stopped.expect("the run went on with the clock off");
+    assert_eq!(ran.unwrap().unwrap(), 1);
+    drop(hold);
+    assert_eq!(task_row(&app, &task).await.status, "PROCESSING");
+    assert_eq!(app.sim.vm_count(), 0, "stopped before the VM was built");
 }
