@@ -8,6 +8,7 @@
 //! dropped) or failed on the connection itself is closed, and a new one opened when needed.
 
 use crate::batch::Statement;
+use crate::bound::Bound;
 use crate::exec::{Fail, Row};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection};
@@ -19,29 +20,26 @@ use tokio::sync::Semaphore;
 /// found by the ping, before a statement would fail on it (as the pool's `before_acquire`).
 const IDLE_PING: Duration = Duration::from_secs(1);
 
-/// How long opening a connection (or pinging an idle one) may take, as long as the pools
-/// wait for one (`acquire_timeout`). Why a bound: a database that accepts the connection
-/// but never answers (a host gone silent, a full backlog behind a proxy) would otherwise hold
-/// the statement's caller, and with it every launch queued behind its group's write, for
-/// as long as TCP takes to give up.
-const CONNECT_WITHIN: Duration = Duration::from_secs(30);
-
 pub(crate) struct Conns {
     url: String,
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
     /// One per connection that may be open at once.
     turns: Semaphore,
-    /// `CONNECT_WITHIN` (shorter in tests).
-    connect_within: Duration,
+    /// How long opening a connection, pinging an idle one or running a statement may take
+    /// (see `bound`). Why a bound: a database that accepts the connection but never answers
+    /// (a host gone silent, a full backlog behind a proxy) would otherwise hold the
+    /// statement's caller, and with it every launch queued behind its group's write, for as
+    /// long as TCP takes to give up, or for good.
+    bound: Bound,
 }
 
 impl Conns {
-    pub(crate) fn new(url: &str, n: usize) -> Conns {
+    pub(crate) fn new(url: &str, n: usize, bound: Bound) -> Conns {
         Conns {
             url: url.to_string(),
             idle: Mutex::new(Vec::new()),
             turns: Semaphore::new(n),
-            connect_within: CONNECT_WITHIN,
+            bound,
         }
     }
 
@@ -50,7 +48,7 @@ impl Conns {
     }
 
     /// An idle connection that still answers, or a new one; an error when the database
-    /// does not answer within `connect_within`.
+    /// does not answer within the bound.
     async fn take(&self) -> Result<AnyConnection, sqlx::Error> {
         loop {
             let Some((mut c, since)) = self.idle().pop() else {
@@ -59,7 +57,7 @@ impl Conns {
             if since.elapsed() < IDLE_PING {
                 return Ok(c);
             }
-            if let Ok(Ok(())) = tokio::time::timeout(self.connect_within, c.ping()).await {
+            if let Ok(Ok(())) = tokio::time::timeout(self.bound.get(), c.ping()).await {
                 return Ok(c);
             }
         }
@@ -68,9 +66,7 @@ impl Conns {
             crate::plan_once(&mut c).await?;
             Ok(c)
         };
-        tokio::time::timeout(self.connect_within, open)
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
+        crate::bound::within(self.bound.get(), open).await
     }
 
     /// Runs `st` on one of the connections; the rows it returned.
@@ -90,7 +86,8 @@ impl Conns {
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let mut c = self.take().await?;
-        let got = st.query().fetch_all(&mut c).await;
+        // Given up on, the connection is dropped (closed) below, not reused.
+        let got = crate::bound::within(self.bound.get(), st.query().fetch_all(&mut c)).await;
         // The database refused the statement: the connection read the refusal to its end
         // and is ready for the next. Anything else may have left it mid-answer.
         if matches!(got, Ok(_) | Err(sqlx::Error::Database(_))) {
@@ -118,7 +115,7 @@ mod tests {
     fn conns() -> Option<Conns> {
         sqlx::any::install_default_drivers();
         let url = std::env::var("LOBSTER_TEST_POSTGRES_URL").ok()?;
-        Some(Conns::new(&url, 2))
+        Some(Conns::new(&url, 2, Bound::default()))
     }
 
     async fn one(c: &Conns, sql: &str) -> Result<i64, sqlx::Error> {
@@ -172,7 +169,7 @@ mod tests {
     }
 
     /// A database that takes the connection but never answers fails the statement (after
-    /// `connect_within`) instead of holding it, and its turn, forever.
+    /// the bound) instead of holding it, and its turn, forever.
     #[tokio::test]
     async fn a_database_that_never_answers_fails_the_statement() {
         sqlx::any::install_default_drivers();
@@ -185,10 +182,17 @@ mod tests {
                 open.push(s);
             }
         });
-        let mut c = Conns::new(&format!("postgres://postgres@{addr}/test"), 1);
-        c.connect_within = Duration::from_millis(200);
+        let c = Conns::new(
+            &format!("postgres://postgres@{addr}/test"),
+            1,
+            Bound::default(),
+        );
+        c.bound.set(Duration::from_millis(200));
         let got = one(&c, "SELECT 1::bigint").await;
-        assert!(matches!(got, Err(sqlx::Error::PoolTimedOut)), "{got:?}");
+        assert!(
+            got.as_ref().is_err_and(crate::bound::is_unanswered),
+            "{got:?}"
+        );
         assert_eq!(c.turns.available_permits(), 1, "the turn is given back");
         held.abort();
     }
@@ -199,7 +203,7 @@ mod tests {
     async fn a_dropped_idle_connection_is_replaced() {
         let Some(c) = conns() else { return };
         let pid = one(&c, "SELECT pg_backend_pid()::bigint").await.unwrap();
-        let other = Conns::new(&c.url, 1);
+        let other = Conns::new(&c.url, 1, Bound::default());
         let killed = one(
             &other,
             &format!("SELECT COUNT(pg_terminate_backend({pid}))::bigint"),

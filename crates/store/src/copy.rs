@@ -72,7 +72,7 @@ impl Store {
                 "the target database already holds accounts, instances or tasks",
             ));
         }
-        let mut src = self.reader().begin().await.map_err(db_err)?;
+        let mut src = self.read_pool().begin().await.map_err(db_err)?;
         let mut dst = target.begin().await?;
         // Hosts and addresses may exist from a server that started on the target; the source's win.
         for t in ["ip_addresses", "hosts"] {

@@ -14,12 +14,14 @@
 //! connection was next used).
 
 use crate::batch::{Statement, Val};
+use crate::bound::Bounded;
 use crate::{Backend, Cells};
 use lobster_core::Error;
 use rusqlite::types::Value;
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, Transaction};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// The one SQLite write connection, shared by the store's clones.
@@ -67,7 +69,8 @@ pub(crate) fn writer_connection(path: &str) -> Result<rusqlite::Connection, Erro
 
 /// What a transaction runs on.
 pub(crate) enum Inner {
-    Sqlx(Transaction<'static, Any>),
+    /// With how long each of its statements may go unanswered (see `bound`).
+    Sqlx(Transaction<'static, Any>, Duration),
     Local(Local),
 }
 
@@ -121,7 +124,7 @@ impl Drop for Local {
 /// Where a statement runs.
 pub(crate) enum Target<'t> {
     Tx(&'t mut Inner),
-    Pool(&'t AnyPool),
+    Pool(Bounded<'t>),
     Writer(&'t Writer),
 }
 
@@ -147,6 +150,9 @@ impl From<Fail> for Error {
 
 impl From<sqlx::Error> for Fail {
     fn from(e: sqlx::Error) -> Fail {
+        if crate::bound::is_unanswered(&e) {
+            return Fail::from(crate::unanswered_error(&e));
+        }
         Fail {
             unique: crate::is_unique_violation(&e),
             transient: crate::is_transient(&e),
@@ -228,7 +234,10 @@ impl<'t, 'a> Q<'t, 'a> {
 /// Runs `st` on `target`; the rows it changed.
 pub(crate) async fn run(target: Target<'_>, st: &Statement<'_>) -> Result<u64, Fail> {
     match target {
-        Target::Tx(Inner::Sqlx(tx)) => Ok(st.query().execute(&mut **tx).await?.rows_affected()),
+        Target::Tx(Inner::Sqlx(tx, within)) => {
+            let done = crate::bound::within(*within, st.query().execute(&mut **tx)).await;
+            Ok(done?.rows_affected())
+        }
         Target::Pool(pool) => Ok(st.query().execute(pool).await?.rows_affected()),
         Target::Tx(Inner::Local(l)) => local_run(l.conn()?, st),
         Target::Writer(w) => local_run(&*w.lock().await, st),
@@ -239,7 +248,10 @@ pub(crate) async fn run(target: Target<'_>, st: &Statement<'_>) -> Result<u64, F
 pub(crate) async fn fetch(target: Target<'_>, st: &Statement<'_>) -> Result<Vec<Row>, Fail> {
     let any = |rows: Vec<AnyRow>| rows.into_iter().map(Row::Any).collect();
     match target {
-        Target::Tx(Inner::Sqlx(tx)) => Ok(any(st.query().fetch_all(&mut **tx).await?)),
+        Target::Tx(Inner::Sqlx(tx, within)) => {
+            let rows = crate::bound::within(*within, st.query().fetch_all(&mut **tx)).await;
+            Ok(any(rows?))
+        }
         Target::Pool(pool) => Ok(any(st.query().fetch_all(pool).await?)),
         Target::Tx(Inner::Local(l)) => local_fetch(l.conn()?, st),
         Target::Writer(w) => local_fetch(&*w.lock().await, st),

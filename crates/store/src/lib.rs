@@ -21,6 +21,7 @@ macro_rules! processing {
 pub mod accounts;
 pub mod backups;
 mod batch;
+mod bound;
 mod cache;
 mod checkpoint;
 pub mod claims;
@@ -43,6 +44,7 @@ mod stats;
 pub mod tasks;
 mod watch;
 
+use bound::{Bound, Bounded};
 use cache::{Cache, Token};
 use exec::{Inner, Local, Named, Target, Writer, Q};
 use lobster_core::Error;
@@ -94,6 +96,8 @@ pub struct Store {
     /// For tests: the next launch or command batch's answer is lost after its commit, and so
     /// is the look that would find it written (`lose_next_batch_answer`).
     lose_batch_answer: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a statement may go unanswered (see `bound`).
+    bound: Bound,
 }
 
 /// A write transaction. Commands do all their writes through one of these.
@@ -119,7 +123,17 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    if bound::is_unanswered(&e) {
+        return unanswered_error(&e);
+    }
     db_error(is_transient(&e), &e.to_string())
+}
+
+/// A database that did not answer in time (see `bound`): 503, try again. Unlike a broken
+/// deadlock, a write's outcome is unknown here.
+pub(crate) fn unanswered_error(e: &sqlx::Error) -> Error {
+    tracing::warn!("database: {e} (answered 503)");
+    Error::Unavailable(format!("{e}; try again"))
 }
 
 /// A statement PostgreSQL failed only for bad luck: a deadlock it broke by failing this
@@ -154,10 +168,24 @@ pub(crate) fn db_error(transient: bool, message: &str) -> Error {
 const BATCH_CONNECTIONS: usize = 4;
 
 /// A pool of `n` connections to PostgreSQL at `url`, each planning a statement once.
-async fn pg_pool(url: &str, n: u32) -> Result<AnyPool, Error> {
+async fn pg_pool(url: &str, n: u32, bound: &Bound) -> Result<AnyPool, Error> {
+    let released = bound.clone();
     AnyPoolOptions::new()
         .max_connections(n)
         .acquire_timeout(Duration::from_secs(30))
+        // A connection whose statement was given up on (see `bound`) may be waiting for an
+        // answer that never comes: the pool's own check of a returned connection, a ping,
+        // would wait with it for good, holding its place in the pool. This ping is bounded,
+        // and a connection that does not answer it is closed. (The pool then pings again:
+        // one round trip more per use of the main pool; the hot batch statements run on
+        // connections of their own, see `conns`.)
+        .after_release(move |conn, _| {
+            let within = released.get();
+            Box::pin(async move {
+                bound::within(within, sqlx::Connection::ping(conn)).await?;
+                Ok(true)
+            })
+        })
         // A ping before every use is a round trip per statement or transaction; one after a
         // second idle still finds a connection the server dropped (a restart) before a
         // request does, while a busy pool pays nothing.
@@ -222,6 +250,7 @@ impl Store {
         } else {
             return Err(Error::Internal(format!("unsupported database url {url:?}")));
         };
+        let bound = Bound::default();
         let store = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') {
@@ -265,11 +294,16 @@ impl Store {
                     lose_batch_answer: Arc::default(),
                     stop: None,
                     channel: None,
+                    bound: bound.clone(),
                 }
             }
             Backend::Postgres => {
-                let pool = pg_pool(url, 16).await?;
-                let batch = Some(Arc::new(conns::Conns::new(url, BATCH_CONNECTIONS)));
+                let pool = pg_pool(url, 16, &bound).await?;
+                let batch = Some(Arc::new(conns::Conns::new(
+                    url,
+                    BATCH_CONNECTIONS,
+                    bound.clone(),
+                )));
                 Store {
                     backend,
                     read: pool.clone(),
@@ -283,6 +317,7 @@ impl Store {
                     lose_batch_answer: Arc::default(),
                     stop: None,
                     channel: None,
+                    bound: bound.clone(),
                 }
             }
         };
@@ -333,8 +368,13 @@ impl Store {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(db_err)?,
+                self.bound.get(),
             ),
-            (None, Backend::Postgres) => Inner::Sqlx(self.write.begin().await.map_err(db_err)?),
+            (None, Backend::Postgres) => {
+                let within = self.bound.get();
+                let tx = bound::within(within, self.write.begin()).await;
+                Inner::Sqlx(tx.map_err(db_err)?, within)
+            }
         };
         Ok(Tx {
             backend: self.backend,
@@ -348,7 +388,7 @@ impl Store {
     /// Liveness probe for the health endpoint.
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1")
-            .execute(&self.read)
+            .execute(self.reader())
             .await
             .map_err(db_err)?;
         Ok(())
@@ -367,14 +407,30 @@ impl Store {
             }
         };
         let row = sqlx::query(sql)
-            .fetch_one(&self.read)
+            .fetch_one(self.reader())
             .await
             .map_err(db_err)?;
         get_i64(&row, "ms")
     }
 
-    pub(crate) fn reader(&self) -> &AnyPool {
+    /// The read pool, every statement bounded (see `bound`).
+    pub(crate) fn reader(&self) -> Bounded<'_> {
+        Bounded {
+            pool: &self.read,
+            within: self.bound.get(),
+        }
+    }
+
+    /// The read pool itself, for what holds a connection for long (a copy's snapshot).
+    pub(crate) fn read_pool(&self) -> &AnyPool {
         &self.read
+    }
+
+    /// How long a statement may go unanswered on PostgreSQL before it is given up (30 s;
+    /// shortened by tests).
+    #[doc(hidden)]
+    pub fn set_statement_bound(&self, d: Duration) {
+        self.bound.set(d);
     }
 
     pub(crate) fn fast(&self) -> Option<&Arc<SqliteReads>> {
@@ -386,11 +442,19 @@ impl Store {
         &self.write
     }
 
+    /// The write pool, every statement bounded (see `bound`).
+    fn writer_bounded(&self) -> Bounded<'_> {
+        Bounded {
+            pool: &self.write,
+            within: self.bound.get(),
+        }
+    }
+
     /// A write outside a transaction (its own, on SQLite's in-process writer).
     pub(crate) fn q<'t, 'a>(&'t self, sql: &'a str) -> Q<'t, 'a> {
         let target = match &self.local {
             Some(w) => Target::Writer(w),
-            None => Target::Pool(&self.write),
+            None => Target::Pool(self.writer_bounded()),
         };
         Q::new(target, self.backend, sql)
     }
@@ -416,7 +480,7 @@ impl Store {
         let target = match (&self.local, &self.batch) {
             (Some(w), _) => Target::Writer(w),
             (None, Some(conns)) => return Ok(conns.fetch(st).await?),
-            (None, None) => Target::Pool(&self.write),
+            (None, None) => Target::Pool(self.writer_bounded()),
         };
         Ok(exec::fetch(target, st).await?)
     }
@@ -464,7 +528,7 @@ impl Tx {
             ..
         } = self;
         let done = match inner {
-            Inner::Sqlx(tx) => tx.commit().await.map_err(db_err),
+            Inner::Sqlx(tx, within) => bound::within(within, tx.commit()).await.map_err(db_err),
             Inner::Local(l) => l.end("COMMIT"),
         };
         // Even when the commit's outcome is unknown (its connection failed): a needless
@@ -499,7 +563,7 @@ impl Tx {
     /// is next used).
     pub async fn rollback(self) -> Result<(), Error> {
         match self.inner {
-            Inner::Sqlx(tx) => tx.rollback().await.map_err(db_err),
+            Inner::Sqlx(tx, within) => bound::within(within, tx.rollback()).await.map_err(db_err),
             Inner::Local(l) => l.end("ROLLBACK"),
         }
     }
@@ -526,7 +590,7 @@ impl Tx {
     /// statistics, the copy into PostgreSQL).
     pub(crate) fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, Error> {
         match &mut self.inner {
-            Inner::Sqlx(tx) => Ok(&mut **tx),
+            Inner::Sqlx(tx, _) => Ok(&mut **tx),
             Inner::Local(_) => Err(Error::Internal(
                 "a statement for sqlx's connection on the in-process writer".into(),
             )),
@@ -589,3 +653,5 @@ mod contract_tests;
 mod launches_tests;
 #[cfg(test)]
 mod lock_order_tests;
+#[cfg(test)]
+mod silent_tests;

@@ -1,0 +1,144 @@
+//! A bound on every statement sent to PostgreSQL. A database that stops answering without
+//! closing its connections (a host gone silent, a partition, a frozen VM) leaves a read
+//! waiting for an answer that never comes, and TCP never gives up on a connection that has
+//! nothing unacknowledged to send (sqlx has no keepalives). Unbounded, each such statement
+//! holds its caller and its connection until the server restarts: requests pile up behind
+//! them and, once the pool's connections are all held, nothing is answered, even after the
+//! database is back.
+//!
+//! So each statement, with its wait for a connection, is given up after the bound, and
+//! answered 503 ("try again"; a write's outcome is then unknown, as after any lost
+//! connection, and the paths that must know look for what they wrote). The connection it ran
+//! on is closed rather than reused: the pool tests a returned connection with a ping, bounded
+//! too (`pg_pool`'s `after_release`), and the batch statements' own connections drop it.
+
+use futures_util::{FutureExt, StreamExt};
+use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
+use sqlx::{Any, AnyPool, Describe, Either, Execute, Executor};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a statement may go unanswered by default: far beyond any statement this
+/// store sends (most take milliseconds; the longest wait on another transaction's row
+/// locks), short enough that a silent database is noticed while a client still waits.
+pub(crate) const DEFAULT: Duration = Duration::from_secs(30);
+
+/// The bound, shared by a store's clones, its pool's release check and its batch
+/// connections; tests shorten it.
+#[derive(Debug, Clone)]
+pub(crate) struct Bound(Arc<AtomicU64>);
+
+impl Default for Bound {
+    fn default() -> Self {
+        Bound(Arc::new(AtomicU64::new(DEFAULT.as_millis() as u64)))
+    }
+}
+
+impl Bound {
+    pub(crate) fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set(&self, d: Duration) {
+        self.0.store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+}
+
+/// The error of a statement given up on.
+pub(crate) fn unanswered(within: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "the database gave no answer within {} ms",
+            within.as_millis()
+        ),
+    ))
+}
+
+/// Whether `e` says the database did not answer in time: a statement given up on here, or no
+/// connection to be had within the pool's wait.
+pub(crate) fn is_unanswered(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
+/// `fut`, or `unanswered` once `within` has passed (the future is dropped: its connection
+/// goes back to the pool, which closes it, see the module's comment).
+pub(crate) async fn within<T>(
+    within: Duration,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(within, fut)
+        .await
+        .unwrap_or_else(|_| Err(unanswered(within)))
+}
+
+/// The pool as an executor whose every statement is bounded: what `Store::reader` hands
+/// out, so that every read written as `sqlx::query(…).fetch_…(store.reader())` is bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounded<'p> {
+    pub(crate) pool: &'p AnyPool,
+    pub(crate) within: Duration,
+}
+
+impl<'p> Executor<'p> for Bounded<'p> {
+    type Database = Any;
+
+    /// The whole answer is read within the bound, then handed on (the store reads every
+    /// answer whole anyway).
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_core::stream::BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        let all = self.pool.fetch_many(query).collect::<Vec<_>>();
+        let answer = within(self.within, all.map(Ok));
+        answer
+            .map(|got| {
+                let items = got.unwrap_or_else(|e| vec![Err(e)]);
+                futures_util::stream::iter(items)
+            })
+            .flatten_stream()
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_core::future::BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        within(self.within, self.pool.fetch_optional(query)).boxed()
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> futures_core::future::BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        within(self.within, self.pool.prepare_with(sql, parameters)).boxed()
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures_core::future::BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        within(self.within, self.pool.describe(sql)).boxed()
+    }
+}
