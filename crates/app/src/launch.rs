@@ -397,12 +397,17 @@ impl Turn {
     /// candidate has room or the region has no free address). A lone launch inserts its
     /// instance (and its name) before it waits for a host, so a batch on another server
     /// holding that host and writing the same name can deadlock with it; then it is tried
-    /// again rather than answered 503.
+    /// again rather than answered 503. Not a database that gave no answer: another try
+    /// would only wait as long again.
     async fn launch_one(&self, q: Box<Queued>) -> Written {
         let mut tries = 1;
         loop {
             match self.launch_one_try(&q).await {
-                Err(Error::Unavailable(_)) if tries < LAUNCH_TRIES => tries += 1,
+                Err(e @ Error::Unavailable(_))
+                    if tries < LAUNCH_TRIES && !lobster_store::is_unanswered_error(&e) =>
+                {
+                    tries += 1
+                }
                 Ok(Some(instance)) => return Ok((instance, q)),
                 Ok(None) => return Err(q.plan.conflict),
                 Err(e) => return Err(e),

@@ -28,15 +28,28 @@ pub(crate) const DEFAULT: Duration = Duration::from_secs(30);
 /// The bound, shared by a store's clones, its pool's release check and its batch
 /// connections; tests shorten it.
 #[derive(Debug, Clone)]
-pub(crate) struct Bound(Arc<AtomicU64>);
+pub(crate) struct Bound(Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Default for Bound {
     fn default() -> Self {
-        Bound(Arc::new(AtomicU64::new(DEFAULT.as_millis() as u64)))
+        Bound(
+            Arc::new(AtomicU64::new(DEFAULT.as_millis() as u64)),
+            Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        )
     }
 }
 
 impl Bound {
+    /// Whether statements are bounded at all (PostgreSQL only).
+    pub(crate) fn enable(&self, on: bool) {
+        self.1.store(on, Ordering::Relaxed);
+    }
+
+    /// The bound for statements of the pool and of transactions: None when not enabled.
+    pub(crate) fn within(&self) -> Option<Duration> {
+        self.1.load(Ordering::Relaxed).then(|| self.get())
+    }
+
     pub(crate) fn get(&self) -> Duration {
         Duration::from_millis(self.0.load(Ordering::Relaxed))
     }
@@ -68,14 +81,27 @@ pub(crate) fn is_unanswered(e: &sqlx::Error) -> bool {
 }
 
 /// `fut`, or `unanswered` once `within` has passed (the future is dropped: its connection
-/// goes back to the pool, which closes it, see the module's comment).
+/// goes back to the pool, which closes it, see the module's comment); no bound when None
+/// (SQLite: a file, no network; its busy timeout bounds its waits).
 pub(crate) async fn within<T>(
-    within: Duration,
+    within: Option<Duration>,
     fut: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
-    tokio::time::timeout(within, fut)
-        .await
-        .unwrap_or_else(|_| Err(unanswered(within)))
+    match within {
+        None => fut.await,
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or_else(|_| Err(unanswered(d))),
+    }
+}
+
+/// The message of `unanswered`'s error, as the store's callers see it (`is_unanswered_error`).
+pub(crate) const UNANSWERED: &str = "the database gave no answer within";
+
+/// Whether a store error says the database did not answer in time: the request's outcome
+/// is unknown (a write may yet have landed), and trying again at once is pointless.
+pub fn is_unanswered_error(e: &lobster_core::Error) -> bool {
+    matches!(e, lobster_core::Error::Unavailable(m) if m.contains(UNANSWERED))
 }
 
 /// The pool as an executor whose every statement is bounded: what `Store::reader` hands
@@ -83,14 +109,14 @@ pub(crate) async fn within<T>(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounded<'p> {
     pub(crate) pool: &'p AnyPool,
-    pub(crate) within: Duration,
+    pub(crate) within: Option<Duration>,
 }
 
 impl<'p> Executor<'p> for Bounded<'p> {
     type Database = Any;
 
     /// The whole answer is read within the bound, then handed on (the store reads every
-    /// answer whole anyway).
+    /// answer whole anyway; a caller that streams through here holds the whole answer).
     fn fetch_many<'e, 'q: 'e, E>(
         self,
         query: E,

@@ -66,7 +66,7 @@ impl Conns {
             crate::plan_once(&mut c).await?;
             Ok(c)
         };
-        crate::bound::within(self.bound.get(), open).await
+        crate::bound::within(Some(self.bound.get()), open).await
     }
 
     /// Runs `st` on one of the connections; the rows it returned.
@@ -85,15 +85,19 @@ impl Conns {
             .acquire()
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let mut c = self.take().await?;
-        // Given up on, the connection is dropped (closed) below, not reused.
-        let got = crate::bound::within(self.bound.get(), st.query().fetch_all(&mut c)).await;
-        // The database refused the statement: the connection read the refusal to its end
-        // and is ready for the next. Anything else may have left it mid-answer.
-        if matches!(got, Ok(_) | Err(sqlx::Error::Database(_))) {
-            self.idle().push((c, Instant::now()));
-        }
-        got
+        // One deadline for finding a connection and running the statement on it. Given up
+        // on, the connection goes with the dropped future (closed), never back to `idle`.
+        let run = async {
+            let mut c = self.take().await?;
+            let got = st.query().fetch_all(&mut c).await;
+            // The database refused the statement: the connection read the refusal to its
+            // end and is ready for the next. Anything else may have left it mid-answer.
+            if matches!(got, Ok(_) | Err(sqlx::Error::Database(_))) {
+                self.idle().push((c, Instant::now()));
+            }
+            got
+        };
+        crate::bound::within(Some(self.bound.get()), run).await
     }
 
     /// Closes the idle connections; no new statement may start.

@@ -69,8 +69,8 @@ pub(crate) fn writer_connection(path: &str) -> Result<rusqlite::Connection, Erro
 
 /// What a transaction runs on.
 pub(crate) enum Inner {
-    /// With how long each of its statements may go unanswered (see `bound`).
-    Sqlx(Transaction<'static, Any>, Duration),
+    /// With how long each of its statements may go unanswered (see `bound`; None on SQLite).
+    Sqlx(Transaction<'static, Any>, Option<Duration>),
     Local(Local),
 }
 

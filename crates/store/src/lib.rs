@@ -44,6 +44,7 @@ mod stats;
 pub mod tasks;
 mod watch;
 
+pub use bound::is_unanswered_error;
 use bound::{Bound, Bounded};
 use cache::{Cache, Token};
 use exec::{Inner, Local, Named, Target, Writer, Q};
@@ -179,11 +180,21 @@ async fn pg_pool(url: &str, n: u32, bound: &Bound) -> Result<AnyPool, Error> {
         // and a connection that does not answer it is closed. (The pool then pings again:
         // one round trip more per use of the main pool; the hot batch statements run on
         // connections of their own, see `conns`.)
+        //
+        // The check also asks whether the connection is still inside a transaction block
+        // (its transaction began before this statement did): a BEGIN given up on after the
+        // server ran it leaves one that sqlx does not know of (sqlx 0.8.6 counts a
+        // transaction only once BEGIN has answered), and the next user's writes would run
+        // inside it. Such a connection is closed, which rolls it back.
         .after_release(move |conn, _| {
-            let within = released.get();
+            let within = Some(released.get());
             Box::pin(async move {
-                bound::within(within, sqlx::Connection::ping(conn)).await?;
-                Ok(true)
+                // The simple protocol: a transaction begun by this very statement takes the
+                // statement's own start time; with the extended protocol the two differ.
+                // (A bare text is sent with the simple protocol.)
+                let check = conn.fetch_one("SELECT now() = statement_timestamp() AS clear");
+                let row = bound::within(within, check).await?;
+                sqlx::Row::try_get::<bool, _>(&row, "clear")
             })
         })
         // A ping before every use is a round trip per statement or transaction; one after a
@@ -251,6 +262,7 @@ impl Store {
             return Err(Error::Internal(format!("unsupported database url {url:?}")));
         };
         let bound = Bound::default();
+        bound.enable(backend == Backend::Postgres);
         let store = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') {
@@ -368,10 +380,10 @@ impl Store {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(db_err)?,
-                self.bound.get(),
+                None,
             ),
             (None, Backend::Postgres) => {
-                let within = self.bound.get();
+                let within = self.bound.within();
                 let tx = bound::within(within, self.write.begin()).await;
                 Inner::Sqlx(tx.map_err(db_err)?, within)
             }
@@ -417,7 +429,7 @@ impl Store {
     pub(crate) fn reader(&self) -> Bounded<'_> {
         Bounded {
             pool: &self.read,
-            within: self.bound.get(),
+            within: self.bound.within(),
         }
     }
 
@@ -446,7 +458,7 @@ impl Store {
     fn writer_bounded(&self) -> Bounded<'_> {
         Bounded {
             pool: &self.write,
-            within: self.bound.get(),
+            within: self.bound.within(),
         }
     }
 

@@ -100,6 +100,13 @@ async fn a_silent_database_is_given_up_on_and_its_connections_closed() {
     let Ok(base) = std::env::var("LOBSTER_TEST_POSTGRES_URL") else {
         return;
     };
+    // Without its bounds the store would wait for good: fail instead.
+    tokio::time::timeout(Duration::from_secs(120), silent_database(base))
+        .await
+        .expect("the store waited on the silent database");
+}
+
+async fn silent_database(base: String) {
     let url = fresh_pg_schema(&base).await;
     let proxy = Proxy::start(host_port(&url)).await;
     let store = Store::connect_uncached(&through(&url, proxy.port))
@@ -138,8 +145,17 @@ async fn a_silent_database_is_given_up_on_and_its_connections_closed() {
         owner: "w".into(),
     };
     unavailable(store.task_finish_created("done", 1, &[item]).await);
-    // The database answers again: so does the store, through new connections.
+    // A statement inside a transaction begun before the silence.
     proxy.silence(false);
+    let mut tx = store.begin().await.unwrap();
+    proxy.silence(true);
+    unavailable(tx.task_params("t", "{}").await);
+    drop(tx);
+    // The database answers again: so does the store, through new connections. (A longer
+    // bound now: sixteen new connections on a loaded machine take a while; connections
+    // left waiting on the silence would still fail this.)
+    proxy.silence(false);
+    store.set_statement_bound(Duration::from_secs(10));
     let again: Vec<_> = (0..24)
         .map(|_| {
             let s = store.clone();
@@ -153,6 +169,67 @@ async fn a_silent_database_is_given_up_on_and_its_connections_closed() {
     let mut tx = store.begin().await.unwrap();
     tx.task_params("t", "{}").await.unwrap();
     tx.commit().await.unwrap();
+}
+
+/// A connection that goes back to the pool inside a transaction block (a BEGIN given up on
+/// after the server ran it: sqlx 0.8.6 does not know it began) is closed, never handed to
+/// the next user, whose writes would run inside that transaction.
+#[tokio::test]
+async fn a_connection_left_inside_a_transaction_is_not_reused() {
+    let Ok(base) = std::env::var("LOBSTER_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let store = Store::connect_uncached(&fresh_pg_schema(&base).await)
+        .await
+        .unwrap();
+    let pool = store.read_pool().clone();
+    let alive = |pid: i32| {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(store.reader())
+    };
+    // A connection used as usual goes back to the pool and stays open.
+    let mut c = pool.acquire().await.unwrap();
+    let kept: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    drop(c);
+    soon("a healthy connection went back to the pool", async {
+        while pool.num_idle() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        alive(kept).await.unwrap(),
+        1,
+        "a healthy connection was closed"
+    );
+    // One left inside a transaction block is closed: the server ends its backend.
+    let mut c = pool.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
+    drop(c);
+    soon(
+        "the connection left inside a transaction was closed",
+        async {
+            while alive(pid).await.unwrap() != 0 {
+                tokio::task::yield_now().await;
+            }
+        },
+    )
+    .await;
+}
+
+/// `f`, which must end within 30 s.
+async fn soon(what: &str, f: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"))
 }
 
 #[test]

@@ -36,6 +36,22 @@ impl Store {
         if self.backend() != Backend::Postgres {
             return Ok(vec![]);
         }
+        // Its statements run on the transaction's own connection, past the statement bound
+        // (an analysis may take a while): the round as a whole is bounded instead, so that a
+        // database gone silent cannot hold the keeper for good. Dropped, the transaction is
+        // rolled back (or its connection closed, see `bound`).
+        let most = self.bound.get() * 10;
+        match tokio::time::timeout(most, self.stats_refresh_round()).await {
+            Ok(done) => done,
+            Err(_) => Err(Error::Unavailable(format!(
+                "{} {} ms (statistics)",
+                crate::bound::UNANSWERED,
+                most.as_millis()
+            ))),
+        }
+    }
+
+    async fn stats_refresh_round(&self) -> Result<Vec<String>, Error> {
         let mut tx = self.begin().await?;
         let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS ok")
             .bind(LOCK_KEY)

@@ -124,8 +124,9 @@ fn augment(doc: &mut Value) {
                 add("409", "Resource conflict");
             }
             if method != "get" || path.ends_with("/console") || path.ends_with("/stats") {
-                // A write PostgreSQL failed to break a deadlock (nothing was written), or a
-                // hypervisor that does not answer in time (console, stats).
+                // A write PostgreSQL failed to break a deadlock (nothing was written), a
+                // database that did not answer in time (outcome unknown), or a hypervisor that
+                // does not answer in time (console, stats).
                 add("503", "Service unavailable; try again");
             }
             add("422", "Validation Error");
