@@ -168,3 +168,22 @@ impl<'p> Executor<'p> for Bounded<'p> {
         within(self.within, self.pool.describe(sql)).boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_did_not_answer_is_a_503_that_says_so() {
+        let e = crate::db_err(unanswered(Duration::from_millis(300)));
+        assert!(is_unanswered_error(&e), "{e:?}");
+        assert!(e.to_string().contains("no answer within 300 ms"), "{e}");
+        // No connection to be had in time: 503 as well, but not "no answer" (nothing was
+        // sent), so a lone launch may try again.
+        let e = crate::db_err(sqlx::Error::PoolTimedOut);
+        assert!(matches!(e, lobster_core::Error::Unavailable(_)), "{e:?}");
+        assert!(!is_unanswered_error(&e));
+        // A broken deadlock keeps its own answer.
+        assert!(!is_unanswered_error(&crate::db_error(true, "deadlock")));
+    }
+}
