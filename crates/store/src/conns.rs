@@ -80,14 +80,14 @@ impl Conns {
     }
 
     async fn fetch_all(&self, st: &Statement<'_>) -> Result<Vec<AnyRow>, sqlx::Error> {
-        let _turn = self
-            .turns
-            .acquire()
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        // One deadline for finding a connection and running the statement on it. Given up
-        // on, the connection goes with the dropped future (closed), never back to `idle`.
+        // One deadline for a turn, a connection and the statement on it. Given up on, the
+        // connection goes with the dropped future (closed), never back to `idle`.
         let run = async {
+            let _turn = self
+                .turns
+                .acquire()
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
             let mut c = self.take().await?;
             let got = st.query().fetch_all(&mut c).await;
             // The database refused the statement: the connection read the refusal to its

@@ -32,6 +32,19 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(rounds) = crate::batch::rounds(items, |d| d.task_id.as_str()) {
+            // Two runs of one task ending together: each statement answers by task id, so
+            // each run goes in a statement of its own (as for creates).
+            let mut written = vec![false; items.len()];
+            for round in rounds {
+                let some: Vec<Deleted> = round.iter().map(|&k| items[k].clone()).collect();
+                let got = Box::pin(self.task_finish_deleted(message, now, &some)).await?;
+                for (k, w) in round.into_iter().zip(got) {
+                    written[k] = w;
+                }
+            }
+            return Ok(written);
+        }
         if self.backend() == crate::Backend::Postgres {
             return self.deleted_write(message, now, items).await;
         }

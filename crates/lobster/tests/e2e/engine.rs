@@ -914,8 +914,10 @@ async fn a_server_whose_clock_is_off_the_databases_takes_no_leases() {
 /// lease it would renew, in a clock that is off, could look expired to the other servers.
 #[tokio::test]
 async fn a_run_stops_when_its_servers_clock_is_found_off() {
+    // Beats every 2 s: long enough that a loaded machine's slow beats cannot stop the run
+    // by themselves (the lease fence), so that only the clock check can, within the wait.
     let cfg = lobster_engine::EngineConfig {
-        lease_ms: 600,
+        lease_ms: 6_000,
         max_clock_skew_ms: Some(5_000),
         ..engine_config()
     };
