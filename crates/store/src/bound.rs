@@ -26,36 +26,33 @@ use std::time::Duration;
 pub(crate) const DEFAULT: Duration = Duration::from_secs(30);
 
 /// The bound, shared by a store's clones, its pool's release check and its batch
-/// connections; tests shorten it.
+/// connections; tests shorten it. `on` is the backend's: PostgreSQL only.
 #[derive(Debug, Clone)]
-pub(crate) struct Bound(Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>);
-
-impl Default for Bound {
-    fn default() -> Self {
-        Bound(
-            Arc::new(AtomicU64::new(DEFAULT.as_millis() as u64)),
-            Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        )
-    }
+pub(crate) struct Bound {
+    ms: Arc<AtomicU64>,
+    on: bool,
 }
 
 impl Bound {
-    /// Whether statements are bounded at all (PostgreSQL only).
-    pub(crate) fn enable(&self, on: bool) {
-        self.1.store(on, Ordering::Relaxed);
+    pub(crate) fn new(on: bool) -> Bound {
+        Bound {
+            ms: Arc::new(AtomicU64::new(DEFAULT.as_millis() as u64)),
+            on,
+        }
     }
 
-    /// The bound for statements of the pool and of transactions: None when not enabled.
+    /// The bound for statements of the pool and of transactions: None when not on.
     pub(crate) fn within(&self) -> Option<Duration> {
-        self.1.load(Ordering::Relaxed).then(|| self.get())
+        self.on.then(|| self.get())
     }
 
     pub(crate) fn get(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::Relaxed))
+        Duration::from_millis(self.ms.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set(&self, d: Duration) {
-        self.0.store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+        self.ms
+            .store(d.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 }
 

@@ -119,7 +119,7 @@ mod tests {
     fn conns() -> Option<Conns> {
         sqlx::any::install_default_drivers();
         let url = std::env::var("LOBSTER_TEST_POSTGRES_URL").ok()?;
-        Some(Conns::new(&url, 2, Bound::default()))
+        Some(Conns::new(&url, 2, Bound::new(true)))
     }
 
     async fn one(c: &Conns, sql: &str) -> Result<i64, sqlx::Error> {
@@ -189,7 +189,7 @@ mod tests {
         let c = Conns::new(
             &format!("postgres://postgres@{addr}/test"),
             1,
-            Bound::default(),
+            Bound::new(true),
         );
         c.bound.set(Duration::from_millis(200));
         let got = one(&c, "SELECT 1::bigint").await;
@@ -207,7 +207,7 @@ mod tests {
     async fn a_dropped_idle_connection_is_replaced() {
         let Some(c) = conns() else { return };
         let pid = one(&c, "SELECT pg_backend_pid()::bigint").await.unwrap();
-        let other = Conns::new(&c.url, 1, Bound::default());
+        let other = Conns::new(&c.url, 1, Bound::new(true));
         let killed = one(
             &other,
             &format!("SELECT COUNT(pg_terminate_backend({pid}))::bigint"),

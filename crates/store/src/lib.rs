@@ -261,8 +261,7 @@ impl Store {
         } else {
             return Err(Error::Internal(format!("unsupported database url {url:?}")));
         };
-        let bound = Bound::default();
-        bound.enable(backend == Backend::Postgres);
+        let bound = Bound::new(backend == Backend::Postgres);
         let store = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') {
