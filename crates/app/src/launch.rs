@@ -397,14 +397,15 @@ impl Turn {
     /// candidate has room or the region has no free address). A lone launch inserts its
     /// instance (and its name) before it waits for a host, so a batch on another server
     /// holding that host and writing the same name can deadlock with it; then it is tried
-    /// again rather than answered 503. Not a database that gave no answer: another try
-    /// would only wait as long again.
+    /// again rather than answered 503; so is one that found no connection to be had (nothing
+    /// was sent). Not a database that gave no answer to what was sent: the outcome is
+    /// unknown, and another try would only wait as long again.
     async fn launch_one(&self, q: Box<Queued>) -> Written {
         let mut tries = 1;
         loop {
             match self.launch_one_try(&q).await {
-                Err(e @ Error::Unavailable(_))
-                    if tries < LAUNCH_TRIES && !lobster_store::is_unanswered_error(&e) =>
+                Err(Error::Unavailable(_) | Error::Unanswered { sent: false, .. })
+                    if tries < LAUNCH_TRIES =>
                 {
                     tries += 1
                 }

@@ -15,6 +15,7 @@ pub mod ips;
 pub mod launch;
 pub mod schedules;
 mod seen_hosts;
+mod settle;
 pub mod tasks;
 pub mod teams;
 
@@ -91,42 +92,6 @@ impl Turn {
             None if written.is_empty() => {}
             None => self.engine.queued(),
         }
-    }
-
-    /// A turn's answers, in order: each member the batch wrote (`Some`) answered by `done`;
-    /// each it left out (`None`, or every one when the batch's write failed as a whole)
-    /// written alone by `alone`, so that it gets the answer it would get without company.
-    /// The batched ones are counted in `counter` when the turn had company; a lone member
-    /// the batch's statement wrote (PostgreSQL's launches and commands) in `Batched::lone`.
-    pub(crate) async fn settle<I, O, R, Fut>(
-        &self,
-        (what, counter): (&str, &AtomicU64),
-        batch: Vec<I>,
-        written: Result<Vec<Option<O>>, Error>,
-        done: impl Fn(I, O) -> R,
-        mut alone: impl FnMut(I) -> Fut,
-    ) -> Vec<R>
-    where
-        O: Clone,
-        Fut: std::future::Future<Output = R>,
-    {
-        let written = written.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, batch = batch.len(), "{what} batch failed; writing each alone");
-            vec![None; batch.len()]
-        });
-        let n = written.iter().filter(|w| w.is_some()).count() as u64;
-        match batch.len() {
-            1 => self.batched.lone.fetch_add(n, Ordering::Relaxed),
-            _ => counter.fetch_add(n, Ordering::Relaxed),
-        };
-        let mut out = Vec::with_capacity(batch.len());
-        for (item, w) in batch.into_iter().zip(written) {
-            out.push(match w {
-                Some(o) => done(item, o),
-                None => alone(item).await,
-            });
-        }
-        out
     }
 }
 

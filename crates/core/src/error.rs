@@ -80,6 +80,12 @@ pub enum Error {
     TooLarge(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The database did not answer in time (503, like `Unavailable`). `sent`: a statement
+    /// had gone out, so a write's outcome is unknown; false when no connection could be had
+    /// within the wait (nothing was sent). Either way, another statement now would most
+    /// likely wait as long again: callers with more to write give up on the rest at once.
+    #[error("service unavailable: {message}")]
+    Unanswered { message: String, sent: bool },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -131,6 +137,11 @@ impl Error {
             "operation_in_progress",
             "Another operation is in progress on this Instance",
         )
+    }
+
+    /// Whether the database did not answer in time (`Unanswered`).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Error::Unanswered { .. })
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Self {

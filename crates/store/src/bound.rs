@@ -92,14 +92,8 @@ pub(crate) async fn within<T>(
     }
 }
 
-/// The message of `unanswered`'s error, as the store's callers see it (`is_unanswered_error`).
+/// The start of `unanswered`'s message.
 pub(crate) const UNANSWERED: &str = "the database gave no answer within";
-
-/// Whether a store error says the database did not answer in time: the request's outcome
-/// is unknown (a write may yet have landed), and trying again at once is pointless.
-pub fn is_unanswered_error(e: &lobster_core::Error) -> bool {
-    matches!(e, lobster_core::Error::Unavailable(m) if m.contains(UNANSWERED))
-}
 
 /// The pool as an executor whose every statement is bounded: what `Store::reader` hands
 /// out, so that every read written as `sqlx::query(…).fetch_…(store.reader())` is bounded.
@@ -172,15 +166,16 @@ mod tests {
 
     #[test]
     fn a_database_that_did_not_answer_is_a_503_that_says_so() {
+        use lobster_core::Error;
         let e = crate::db_err(unanswered(Duration::from_millis(300)));
-        assert!(is_unanswered_error(&e), "{e:?}");
+        assert!(matches!(e, Error::Unanswered { sent: true, .. }), "{e:?}");
         assert!(e.to_string().contains("no answer within 300 ms"), "{e}");
-        // No connection to be had in time: 503 as well, but not "no answer" (nothing was
-        // sent), so a lone launch may try again.
+        // No connection to be had in time: unanswered too, but nothing was sent, so a
+        // lone launch may try again.
         let e = crate::db_err(sqlx::Error::PoolTimedOut);
-        assert!(matches!(e, lobster_core::Error::Unavailable(_)), "{e:?}");
-        assert!(!is_unanswered_error(&e));
+        assert!(matches!(e, Error::Unanswered { sent: false, .. }), "{e:?}");
         // A broken deadlock keeps its own answer.
-        assert!(!is_unanswered_error(&crate::db_error(true, "deadlock")));
+        let e = crate::db_error(true, "deadlock");
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
     }
 }

@@ -44,7 +44,6 @@ mod stats;
 pub mod tasks;
 mod watch;
 
-pub use bound::is_unanswered_error;
 use bound::{Bound, Bounded};
 use cache::{Cache, Token};
 use exec::{Inner, Local, Named, Target, Writer, Q};
@@ -134,7 +133,10 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
 /// deadlock, a write's outcome is unknown here.
 pub(crate) fn unanswered_error(e: &sqlx::Error) -> Error {
     tracing::warn!("database: {e} (answered 503)");
-    Error::Unavailable(format!("{e}; try again"))
+    Error::Unanswered {
+        message: format!("{e}; try again"),
+        sent: !matches!(e, sqlx::Error::PoolTimedOut),
+    }
 }
 
 /// A statement PostgreSQL failed only for bad luck: a deadlock it broke by failing this

@@ -90,7 +90,9 @@ fn host_port(url: &str) -> String {
 
 fn unavailable(r: Result<impl std::fmt::Debug, Error>) {
     match r {
-        Err(Error::Unavailable(msg)) => assert!(msg.contains("no answer within"), "{msg}"),
+        Err(Error::Unanswered { message, .. }) => {
+            assert!(message.contains("no answer within"), "{message}")
+        }
         other => panic!("expected 503 for a silent database, got {other:?}"),
     }
 }

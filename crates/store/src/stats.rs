@@ -43,11 +43,14 @@ impl Store {
         let most = self.bound.get() * 10;
         match tokio::time::timeout(most, self.stats_refresh_round()).await {
             Ok(done) => done,
-            Err(_) => Err(Error::Unavailable(format!(
-                "{} {} ms (statistics)",
-                crate::bound::UNANSWERED,
-                most.as_millis()
-            ))),
+            Err(_) => Err(Error::Unanswered {
+                message: format!(
+                    "{} {} ms (statistics)",
+                    crate::bound::UNANSWERED,
+                    most.as_millis()
+                ),
+                sent: true,
+            }),
         }
     }
 

@@ -141,7 +141,7 @@ impl IntoResponse for BlError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Value::Object(body("payload_too_large", &msg)),
             ),
-            Error::Unavailable(msg) => (
+            Error::Unavailable(msg) | Error::Unanswered { message: msg, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Value::Object(body("service_unavailable", &msg)),
             ),
