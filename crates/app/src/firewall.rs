@@ -79,6 +79,11 @@ impl App {
         id: &str,
         opts: FirewallOptions,
     ) -> Result<Firewall, Error> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        // Who may, and which instance, before what the body says: a viewer is 403 and an
+        // unknown id 404 whatever the body holds.
+        let inst = self.firewall_instance(&mut tx, caller, id).await?;
         for p in [&opts.policy_in, &opts.policy_out].into_iter().flatten() {
             if parse_policy(p).is_none() {
                 return Err(Error::bad_request(
@@ -87,9 +92,6 @@ impl App {
                 ));
             }
         }
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
-        let inst = self.firewall_instance(&mut tx, caller, id).await?;
         let mut fw = tx.firewall_lock(&inst.id, now).await?;
         if let Some(e) = opts.enable {
             fw.enabled = e;
@@ -113,11 +115,11 @@ impl App {
         rule: Rule,
         pos: Option<i64>,
     ) -> Result<i64, Error> {
-        rule.validate()
-            .map_err(|m| Error::bad_request("invalid_rule", m))?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let inst = self.firewall_instance(&mut tx, caller, id).await?;
+        rule.validate()
+            .map_err(|m| Error::bad_request("invalid_rule", m))?;
         let mut fw = tx.firewall_lock(&inst.id, now).await?;
         let pos = pos.unwrap_or(0);
         if pos < 0 || pos as usize > fw.rules.len() {

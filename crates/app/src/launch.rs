@@ -2,7 +2,6 @@
 //! named host or anywhere in a region). Placement, capacity and IP reservation, the instance
 //! row and its create task are written in one transaction.
 
-use crate::auth::scope;
 use crate::{App, Turn};
 use lobster_core::auth::{Caller, Permission};
 use lobster_core::capacity::{custom_shape_problems, placement_order, Resources};
@@ -304,6 +303,10 @@ impl App {
         if p.hosts.is_empty() {
             return Err(p.conflict);
         }
+        // Read before the write, not after: once the launch is written, a failed read must
+        // not answer it as failed (a retry would make a second instance). Teams are never
+        // renamed, so the name read now is the name stored.
+        let team_name = self.caller_team_name(caller).await?;
         let queued = Queued {
             caller: caller.clone(),
             plan: p,
@@ -329,21 +332,26 @@ impl App {
             }),
             _ => None,
         };
-        // A team's launch is read back through the scoped query so that the answer carries
-        // the team's name; otherwise the row as written is the row as stored.
-        let instance = match instance.team_id {
-            Some(_) => self
-                .store
-                .instance_get(&scope(caller), &instance.id)
-                .await?
-                .unwrap_or(instance),
-            None => instance,
+        let instance = InstanceRow {
+            team_name,
+            ..instance
         };
         Ok(Launched {
             instance,
             task_id,
             credentials,
         })
+    }
+}
+
+impl App {
+    /// The name of the caller's team (None without one), as a launch's answer carries it.
+    async fn caller_team_name(&self, caller: &Caller) -> Result<Option<String>, Error> {
+        let Some(team_id) = &caller.team_id else {
+            return Ok(None);
+        };
+        let team = self.store.team_find(&caller.account_id, team_id).await?;
+        Ok(team.filter(|t| &t.id == team_id).map(|t| t.name))
     }
 }
 

@@ -251,6 +251,23 @@ async fn viewer_gets_the_specs_403_and_strangers_404() {
         viewer.delete(&format!("{rules}/0")).await.status(),
         StatusCode::FORBIDDEN
     );
+    // Who may and which instance come before what the body says: a body the rules refuse
+    // (400 `invalid_policy`/`invalid_rule` from a member) is still 403 for a viewer and 404
+    // for another tenant.
+    let bad_policy = json!({"policy_in": "accept"});
+    let bad_rule = json!({"type": "in", "action": "ACCEPT", "proto": "TCP", "dport": "x"});
+    let r = expect(
+        viewer.put(&fw(&id), bad_policy.clone()).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(r, json!({"error": "forbidden", "message": msg}));
+    let r = expect(
+        viewer.post(&rules, bad_rule.clone()).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(r, json!({"error": "forbidden", "message": msg}));
     let bob = app.tenant("bob").await;
     let nf = expect(bob.get(&fw(&id)).await, StatusCode::NOT_FOUND).await;
     assert_eq!(nf["error"], "instance_not_found");
@@ -259,6 +276,32 @@ async fn viewer_gets_the_specs_403_and_strangers_404() {
             .await
             .status(),
         StatusCode::NOT_FOUND
+    );
+    let nf = expect(
+        bob.put(&fw(&id), bad_policy.clone()).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(nf["error"], "instance_not_found");
+    let nf = expect(
+        bob.post(&rules, bad_rule.clone()).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(nf["error"], "instance_not_found");
+    // The owner gets the rules' own answers, and nothing was written for any of them.
+    let r = expect(
+        owner.put(&fw(&id), bad_policy).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(r["error"], "invalid_policy");
+    let r = expect(owner.post(&rules, bad_rule).await, StatusCode::BAD_REQUEST).await;
+    assert_eq!(r["error"], "invalid_rule");
+    let now = owner.get_json(&fw(&id), StatusCode::OK).await;
+    assert_eq!(
+        (now["policy_in"].clone(), now["rules"].clone()),
+        (json!("DROP"), json!([]))
     );
 }
 
