@@ -136,7 +136,9 @@ pub struct Rule {
     #[serde(rename = "type")]
     pub direction: String,
     pub action: String,
-    pub proto: String,
+    /// None: sent as null, which matches every protocol (as a Proxmox rule without one);
+    /// a rule sent without `proto` has `tcp`, the documented default.
+    pub proto: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dport: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -147,7 +149,9 @@ pub struct Rule {
     pub dest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub comment: Option<String>,
-    pub enable: i64,
+    /// None: sent as null, the documented default (1, on); a rule sent without `enable`
+    /// has 1.
+    pub enable: Option<i64>,
 }
 
 /// The parsed form the evaluator uses.
@@ -155,7 +159,7 @@ pub struct Rule {
 struct Parsed {
     direction: Direction,
     action: Action,
-    proto: String,
+    proto: Option<String>,
     dport: Option<PortSpec>,
     sport: Option<PortSpec>,
     source: Option<Cidr>,
@@ -181,16 +185,15 @@ impl Rule {
                 self.action
             )
         })?;
-        if !PROTOCOLS.contains(&self.proto.as_str()) {
+        if let Some(proto) = self.proto.as_deref().filter(|p| !PROTOCOLS.contains(p)) {
             return Err(format!(
-                "Invalid proto {:?}: must be one of {}",
-                self.proto,
+                "Invalid proto {proto:?}: must be one of {}",
                 PROTOCOLS.join(", ")
             ));
         }
         let ports = |p: &Option<String>| -> Result<Option<PortSpec>, String> {
             match p {
-                Some(s) if !has_ports(&self.proto) => {
+                Some(s) if !self.proto.as_deref().is_some_and(has_ports) => {
                     Err(format!("Ports ({s}) need proto tcp, udp or sctp"))
                 }
                 Some(s) => PortSpec::parse(s).map(Some),
@@ -204,8 +207,8 @@ impl Rule {
                 return Err("source and dest must be the same address family".into());
             }
         }
-        if !matches!(self.enable, 0 | 1) {
-            return Err(format!("Invalid enable {}: must be 1 or 0", self.enable));
+        if let Some(e) = self.enable.filter(|e| !matches!(e, 0 | 1)) {
+            return Err(format!("Invalid enable {e}: must be 1 or 0"));
         }
         if self
             .comment
@@ -222,7 +225,7 @@ impl Rule {
             sport: ports(&self.sport)?,
             source,
             dest,
-            enabled: self.enable == 1,
+            enabled: self.enable != Some(0),
         })
     }
 }
@@ -286,7 +289,7 @@ fn matches(r: &Parsed, p: &Packet) -> bool {
         (Some(_), None) => false,
     };
     r.direction == p.direction
-        && r.proto == p.proto
+        && r.proto.as_ref().is_none_or(|proto| *proto == p.proto)
         && port_ok(&r.dport, p.dport)
         && port_ok(&r.sport, p.sport)
         && r.source.as_ref().is_none_or(|c| c.contains(p.source))
@@ -308,13 +311,13 @@ mod tests {
         Rule {
             direction: direction.into(),
             action: action.into(),
-            proto: proto.into(),
+            proto: Some(proto.into()),
             dport: dport.map(Into::into),
             sport: None,
             source: source.map(Into::into),
             dest: None,
             comment: None,
-            enable: 1,
+            enable: Some(1),
         }
     }
 
@@ -407,7 +410,7 @@ mod tests {
             .validate()
             .is_err());
         let mut r = rule("in", "ACCEPT", "tcp", None, None);
-        r.enable = 2;
+        r.enable = Some(2);
         assert!(r.validate().is_err());
     }
 
@@ -441,7 +444,7 @@ mod tests {
     #[test]
     fn direction_proto_and_disabled_rules_are_respected() {
         let mut off = rule("in", "ACCEPT", "tcp", Some("22"), None);
-        off.enable = 0;
+        off.enable = Some(0);
         let f = fw(vec![
             off,
             rule("out", "ACCEPT", "tcp", Some("22"), None),
@@ -451,6 +454,37 @@ mod tests {
         let mut udp = tcp_in("1.1.1.1", 22);
         udp.proto = "udp".into();
         assert_eq!(f.evaluate(&udp), Action::Accept);
+    }
+
+    #[test]
+    fn a_null_proto_matches_every_protocol_and_a_null_enable_is_on() {
+        let mut any = rule("in", "ACCEPT", "tcp", None, Some("10.0.0.0/8"));
+        any.proto = None;
+        any.enable = None;
+        assert_eq!(any.validate(), Ok(()));
+        let f = fw(vec![any.clone()]);
+        let mut udp = tcp_in("10.1.1.1", 53);
+        udp.proto = "udp".into();
+        assert_eq!(f.evaluate(&tcp_in("10.1.1.1", 22)), Action::Accept);
+        assert_eq!(f.evaluate(&udp), Action::Accept);
+        assert_eq!(f.evaluate(&tcp_in("192.0.2.1", 22)), Action::Drop);
+        // Ports still need a protocol that has them.
+        any.dport = Some("22".into());
+        assert!(any.validate().unwrap_err().contains("need proto"));
+        // Null is kept as null, a stored rule of an earlier version still reads.
+        let json = serde_json::to_value(rule("in", "DROP", "udp", None, None)).unwrap();
+        assert_eq!(
+            (json["proto"].clone(), json["enable"].clone()),
+            (serde_json::json!("udp"), serde_json::json!(1))
+        );
+        let mut nulls = rule("in", "DROP", "udp", None, None);
+        (nulls.proto, nulls.enable) = (None, None);
+        let json = serde_json::to_value(&nulls).unwrap();
+        assert_eq!(
+            (json["proto"].clone(), json["enable"].clone()),
+            (serde_json::Value::Null, serde_json::Value::Null)
+        );
+        assert_eq!(serde_json::from_value::<Rule>(json).unwrap(), nulls);
     }
 
     #[test]

@@ -108,6 +108,25 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string that may be sent as null, told apart from one not sent: None when absent,
+    /// `Some(None)` for null.
+    pub fn nullable_str(&mut self, name: &str) -> Option<Option<String>> {
+        match self.obj.get(name) {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => self.string(name, v).map(Some),
+        }
+    }
+
+    /// An integer that may be sent as null, told apart from one not sent (as `nullable_str`).
+    pub fn nullable_int(&mut self, name: &str) -> Option<Option<i64>> {
+        match self.obj.get(name) {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => self.int(name, v, i64::MIN, i64::MAX).map(Some),
+        }
+    }
+
     fn string(&mut self, name: &str, v: &Value) -> Option<String> {
         match v {
             Value::String(s) => Some(s.clone()),

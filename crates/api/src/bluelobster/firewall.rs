@@ -77,25 +77,26 @@ pub async fn firewall_rule_add(
     let mut f = Fields::new(&obj);
     let direction = f.req_str("type");
     let action = f.req_str("action");
-    let proto = f.opt_str("proto");
+    let proto = f.nullable_str("proto");
     let dport = f.opt_str("dport");
     let sport = f.opt_str("sport");
     let source = f.opt_str("source");
     let dest = f.opt_str("dest");
     let comment = f.opt_str("comment");
-    let enable = f.opt_int("enable");
+    let enable = f.nullable_int("enable");
     let pos = f.opt_int("pos");
     f.finish()?;
     let rule = Rule {
         direction: direction.expect("checked"),
         action: action.expect("checked"),
-        proto: proto.unwrap_or_else(|| "tcp".into()),
+        // Not sent: the documented defaults. Sent as null: kept as null, and answered so.
+        proto: proto.unwrap_or_else(|| Some("tcp".into())),
         dport,
         sport,
         source,
         dest,
         comment,
-        enable: enable.unwrap_or(1),
+        enable: enable.unwrap_or(Some(1)),
     };
     let at = ctx
         .0

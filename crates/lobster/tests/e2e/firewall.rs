@@ -129,6 +129,26 @@ async fn rules_insert_at_zero_unless_pos_given_and_echo_exactly() {
     );
     let one = alice.get_json(&format!("{rules}/3"), StatusCode::OK).await;
     assert_eq!(one, r["rule"]);
+    // Sent as null, `proto` and `enable` come back null (a rule for every protocol, on), not
+    // as the defaults a rule sent without them gets.
+    let r = expect(
+        alice
+            .post(
+                &rules,
+                json!({"type": "in", "action": "ACCEPT", "proto": null, "enable": null, "dport": null, "comment": null, "source": "10.0.0.0/8", "pos": 4}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        r["rule"],
+        json!({"pos": 4, "type": "in", "action": "ACCEPT", "proto": null, "source": "10.0.0.0/8", "enable": null})
+    );
+    let one = alice.get_json(&format!("{rules}/4"), StatusCode::OK).await;
+    assert_eq!(one, r["rule"]);
+    let listed = alice.get_json(&fw(&id), StatusCode::OK).await;
+    assert_eq!(listed["rules"][4], r["rule"]);
     let r = expect(
         alice
             .post(&rules, json!({"type": "in", "action": "DROP", "pos": 9}))
