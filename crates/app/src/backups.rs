@@ -143,7 +143,7 @@ impl App {
             operation: kind.operation().into(),
             params: json!({
                 "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id,
-                "volid": volid, "storage": storage,
+                "ip_address": inst.ip_address, "volid": volid, "storage": storage,
             })
             .to_string(),
             message: "Queued".into(),

@@ -162,7 +162,7 @@ impl App {
             team_id: inst.team_id.clone(),
             instance_id: Some(inst.id.clone()),
             operation: kind.operation().into(),
-            params: serde_json::json!({ "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id })
+            params: serde_json::json!({ "vm_uuid": inst.id, "host_id": inst.host_id, "account_id": inst.account_id, "ip_address": inst.ip_address })
                 .to_string(),
             message: "Queued".into(),
             max_attempts: self.engine.config().max_attempts,

@@ -80,6 +80,13 @@ async fn a_backup_runs_alone_while_the_instance_keeps_running() {
         (t["status"].as_str(), t["operation"].as_str()),
         (Some("COMPLETED"), Some("create_backup"))
     );
+    // Every task names the instance's address, as a create's does.
+    let ip = alice.instance(&id).await["ip_address"].clone();
+    assert!(ip.is_string(), "{ip}");
+    assert_eq!(
+        (t["ip_address"].clone(), t["params"]["ip_address"].clone()),
+        (ip.clone(), ip)
+    );
 }
 
 #[tokio::test]

@@ -379,11 +379,24 @@ async fn the_driver_enforces_what_the_api_shows() {
     let tasks = alice
         .get_json("/api/v1/tasks?status=COMPLETED", StatusCode::OK)
         .await;
-    assert!(tasks["tasks"]
+    let applied = tasks["tasks"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|t| t["operation"] == "apply_firewall"));
+        .find(|t| t["operation"] == "apply_firewall")
+        .expect("an apply_firewall task");
+    let t = alice
+        .get_json(
+            &format!("/api/v1/tasks/{}", applied["task_id"].as_str().unwrap()),
+            StatusCode::OK,
+        )
+        .await;
+    let ip = alice.instance(&id).await["ip_address"].clone();
+    assert!(ip.is_string(), "{ip}");
+    assert_eq!(
+        (t["ip_address"].clone(), t["params"]["ip_address"].clone()),
+        (ip.clone(), ip)
+    );
     assert_eq!(
         alice
             .post(&format!("/api/v1/instances/{id}/reboot"), json!({}))
