@@ -171,7 +171,65 @@ pub fn load(
 fn read_file(p: &Path) -> Result<FileConfig, String> {
     let text =
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    let file: FileConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    file.check().map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(file)
+}
+
+/// A week, in seconds: the most any duration setting may be.
+const WEEK: u64 = 7 * 24 * 3600;
+
+impl FileConfig {
+    /// Every number within what the server can use: a value past its range (a lease of
+    /// 2^63 seconds overflows to a negative lease once in milliseconds) is refused by name,
+    /// not wrapped or clamped behind the operator's back.
+    fn check(&self) -> Result<(), String> {
+        let e = &self.engine;
+        let d = &self.driver_timeouts;
+        let ranges: [(&str, i128, i128, i128); 10] = [
+            ("engine.workers", e.workers as i128, 1, 1024),
+            ("engine.batch", e.batch as i128, 1, 256),
+            (
+                "engine.scheduler_seconds",
+                e.scheduler_seconds.into(),
+                1,
+                86_400,
+            ),
+            ("engine.lease_seconds", e.lease_seconds.into(), 1, 86_400),
+            ("engine.poll_ms", e.poll_ms.into(), 10, 3_600_000),
+            ("engine.max_attempts", e.max_attempts.into(), 1, 1_000),
+            (
+                "engine.max_clock_skew_ms",
+                e.max_clock_skew_ms.unwrap_or(0).into(),
+                0,
+                3_600_000,
+            ),
+            (
+                "driver_timeouts.read_seconds",
+                d.read_seconds.into(),
+                1,
+                WEEK as i128,
+            ),
+            (
+                "driver_timeouts.change_seconds",
+                d.change_seconds.into(),
+                1,
+                WEEK as i128,
+            ),
+            (
+                "driver_timeouts.long_seconds",
+                d.long_seconds.into(),
+                1,
+                WEEK as i128,
+            ),
+        ];
+        for (name, v, lo, hi) in ranges {
+            if v < lo || v > hi {
+                return Err(format!("{name} = {v} is out of range ({lo} to {hi})"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -244,7 +302,7 @@ mod tests {
         let p = dir.path().join("l.toml");
         std::fs::write(
             &p,
-            "[driver_timeouts]\nchange_seconds = 60\nlong_seconds = 0\n",
+            "[driver_timeouts]\nchange_seconds = 60\nlong_seconds = 1\n",
         )
         .unwrap();
         let args = CommonArgs {
@@ -282,6 +340,29 @@ mod tests {
         assert_eq!(bound("[engine]\nlease_seconds = 80\n"), Some(10_000));
         assert_eq!(bound("[engine]\nmax_clock_skew_ms = 2000\n"), Some(2_000));
         assert_eq!(bound("[engine]\nmax_clock_skew_ms = 0\n"), None);
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_errors_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        let err = |toml: &str| {
+            std::fs::write(&p, toml).unwrap();
+            let args = CommonArgs {
+                config: Some(p.clone()),
+                ..Default::default()
+            };
+            load(&args, None, None).err()
+        };
+        let e = err("[engine]\nlease_seconds = 9223372036854775807\n").expect("refused");
+        assert!(e.contains("engine.lease_seconds"), "{e}");
+        let e = err("[engine]\nlease_seconds = 0\n").expect("refused");
+        assert!(e.contains("engine.lease_seconds"), "{e}");
+        let e = err("[engine]\npoll_ms = 9223372036854775807\n").expect("refused");
+        assert!(e.contains("engine.poll_ms"), "{e}");
+        let e = err("[driver_timeouts]\nlong_seconds = 99999999999\n").expect("refused");
+        assert!(e.contains("driver_timeouts.long_seconds"), "{e}");
+        assert_eq!(err("[engine]\nlease_seconds = 86400\nworkers = 8\n"), None);
     }
 
     #[test]

@@ -164,14 +164,16 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/instances/log", post(history::instance_log))
         .layer(axum::middleware::map_response(json_method_not_allowed))
-        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
+        .layer(axum::middleware::from_fn(refuse_bad_uri))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
 
 /// A path or query that decodes to a NUL character (`%00`) is 400: PostgreSQL cannot take
-/// one in text, so it would otherwise end as a 500 wherever it reached a query.
-async fn refuse_nul_in_uri(
+/// one in text, so it would otherwise end as a 500 wherever it reached a query. So is a
+/// path that does not decode to UTF-8 (`%FF`): axum would answer it in plain text, outside
+/// the dialect's error shape.
+async fn refuse_bad_uri(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -181,11 +183,44 @@ async fn refuse_nul_in_uri(
             .windows(3)
             .any(|w| w.eq_ignore_ascii_case(b"%00"))
     };
-    if nul(uri.path()) || uri.query().is_some_and(nul) {
-        let e = Error::bad_request("invalid_input", "NUL characters are not allowed");
+    let refused = if nul(uri.path()) || uri.query().is_some_and(nul) {
+        Some("NUL characters are not allowed")
+    } else if std::str::from_utf8(&percent_decoded(uri.path())).is_err() {
+        Some("The path is not valid UTF-8 once decoded")
+    } else {
+        None
+    };
+    if let Some(message) = refused {
+        let e = Error::bad_request("invalid_input", message);
         return axum::response::IntoResponse::into_response(BlError(e));
     }
     next.run(req).await
+}
+
+/// `s` with each `%` and two hex digits decoded (anything else kept as it is), as axum
+/// decodes path parameters.
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// axum answers a wrong method with 405 and the `Allow` header; this keeps the header and

@@ -502,6 +502,25 @@ async fn a_nul_character_anywhere_is_refused() {
     )
     .await;
     assert_eq!(r["error"], "invalid_input");
+    // `%+0` is not an escape (a sign is not a hex digit): the text itself, found nowhere.
+    // Decoded as one, it was a NUL past the filter, and a 500 on PostgreSQL.
+    for q in ["volid=%+0", "volid=%-0", "volid=%+A"] {
+        let r = expect(
+            alice.delete(&format!("/api/v1/backups?{q}")).await,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        assert_eq!(r["error"], "backup_not_found", "{q}: {r}");
+    }
+    // A path that does not decode to UTF-8 is a 400 in the dialect's shape, not axum's text.
+    for path in [
+        "/api/v1/instances/%FF",
+        "/api/v1/tasks/%C0%80",
+        "/api/v1/teams/%ff/instances",
+    ] {
+        let r = expect(alice.get(path).await, StatusCode::BAD_REQUEST).await;
+        assert_eq!(r["error"], "invalid_input", "{path}: {r}");
+    }
     let listed = alice.get_json("/api/v1/backups", StatusCode::OK).await;
     assert!(listed["backups"][0]["notes"].is_null(), "{listed}");
     assert_eq!(app.sim.vm_count(), 1);
