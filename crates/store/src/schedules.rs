@@ -74,11 +74,22 @@ impl Store {
             if created == 1 {
                 return Ok(true);
             }
+            // The armed occurrence is kept when the schedule stays on and either it is due
+            // and not yet taken (a PUT just after 02:00, before the scheduler's tick, must
+            // not cancel that night's backup), or its timing is unchanged (re-arming from this
+            // server's clock could bring back an occurrence another server already took).
             let updated = self
                 .schedule_bind(
                     "UPDATE backup_schedules SET account_id = $2, enabled = $3, frequency = $4,
                        hour_utc = $5, minute_utc = $6, day_of_week = $7, day_of_month = $8,
-                       retention_count = $9, next_run_at = $10, updated_at = $11
+                       retention_count = $9, updated_at = $11,
+                       next_run_at = CASE
+                         WHEN $3 = 1 AND enabled = 1 AND next_run_at IS NOT NULL
+                           AND (next_run_at <= $11
+                                OR (frequency = $4 AND hour_utc = $5 AND minute_utc = $6
+                                    AND (day_of_week = $7 OR (day_of_week IS NULL AND $7 IS NULL))
+                                    AND (day_of_month = $8 OR (day_of_month IS NULL AND $8 IS NULL))))
+                         THEN next_run_at ELSE $10 END
                      WHERE instance_id = $1",
                     s,
                 )

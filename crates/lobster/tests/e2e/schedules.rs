@@ -159,6 +159,97 @@ async fn the_scheduler_fires_once_when_due() {
     assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
 }
 
+/// Scheduled backups of `id` so far.
+async fn backups_taken(app: &TestApp, t: &Tenant, id: &str) -> i64 {
+    app.drain().await;
+    let l = t
+        .get_json(&format!("/api/v1/instances/{id}/backups"), StatusCode::OK)
+        .await;
+    l["total"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_put_after_the_due_time_keeps_that_occurrence() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let daily = json!({"frequency": "daily", "hour_utc": 3});
+    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
+    to_next_firing(&app, &alice, &id).await;
+    // Due, and before the scheduler's tick a client writes the schedule again: once with
+    // only the retention changed, then with another hour. Neither cancels what is due.
+    for body in [
+        json!({"frequency": "daily", "hour_utc": 3, "retention_count": 3}),
+        json!({"frequency": "daily", "hour_utc": 5}),
+    ] {
+        let r = expect(alice.post(&path(&id), body).await, StatusCode::OK).await;
+        let next = Timestamp::parse_rfc3339(r["next_backup"].as_str().unwrap()).unwrap();
+        assert!(
+            next < app.clock.now(),
+            "the due occurrence was re-armed: {r}"
+        );
+    }
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 1);
+    assert_eq!(backups_taken(&app, &alice, &id).await, 1);
+    // Then the new hour rules: the next occurrence is at 05:00.
+    let g = alice.get_json(&path(&id), StatusCode::OK).await;
+    let next = Timestamp::parse_rfc3339(g["next_backup"].as_str().unwrap()).unwrap();
+    assert!(next > app.clock.now());
+    assert!(
+        g["next_backup"].as_str().unwrap().contains("T05:00:00"),
+        "{g}"
+    );
+    // Switched off, nothing is due, however late.
+    let off = json!({"frequency": "daily", "hour_utc": 5, "enabled": false});
+    expect(alice.post(&path(&id), off).await, StatusCode::OK).await;
+    app.clock.advance_ms(3 * 86_400_000);
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_put_with_the_same_timing_does_not_bring_back_a_taken_occurrence() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let daily = json!({"frequency": "daily", "hour_utc": 3});
+    expect(alice.post(&path(&id), daily.clone()).await, StatusCode::OK).await;
+    to_next_firing(&app, &alice, &id).await;
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 1);
+    assert_eq!(backups_taken(&app, &alice, &id).await, 1);
+    // A server whose clock is a little behind (here: the same clock set back) is asked to
+    // write the same schedule: it must not re-arm the occurrence just taken.
+    app.clock.advance_ms(-5_000);
+    let r = expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
+    let next = Timestamp::parse_rfc3339(r["next_backup"].as_str().unwrap()).unwrap();
+    assert!(
+        next.millis() > app.clock.now().millis() + 3_600_000,
+        "re-armed: {r}"
+    );
+    app.clock.advance_ms(5_000);
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
+    assert_eq!(backups_taken(&app, &alice, &id).await, 1);
+}
+
+#[tokio::test]
+async fn a_server_whose_clock_is_off_takes_no_schedule() {
+    let cfg = lobster_engine::EngineConfig {
+        max_clock_skew_ms: Some(5_000),
+        ..engine_config()
+    };
+    let app = TestApp::spawn_with(lobster_core::fleet::Fleet::demo(), cfg).await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let daily = json!({"frequency": "daily", "hour_utc": 3});
+    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
+    // Due by this server's clock, which has run a day ahead of the database's.
+    to_next_firing(&app, &alice, &id).await;
+    let engine = app.app.engine().clone();
+    engine.check_clock().await.unwrap();
+    assert!(!engine.clock_ok());
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
+    assert_eq!(backups_taken(&app, &alice, &id).await, 0);
+}
+
 #[tokio::test]
 async fn retention_prunes_only_scheduled_backups_beyond_the_count() {
     let app = TestApp::spawn().await;
