@@ -250,7 +250,9 @@ pub(crate) struct Cache {
     watching: AtomicBool,
     state: Mutex<State>,
     /// Reads of a scope's list under way, with the epoch they began at (see `list_fill`).
-    fills: Mutex<HashMap<Scope, (u64, Arc<ListFill>)>>,
+    /// Each scope's list read under way: its epoch, the read, and the ticket of the request
+    /// that began it (the age of what it reads counts from there, whoever keeps it).
+    fills: Mutex<HashMap<Scope, (u64, Arc<ListFill>, Ticket)>>,
     /// This server's invalidations waiting to be announced to the others (PostgreSQL).
     outbox: Mutex<Vec<Token>>,
     pub(crate) outbox_ready: Notify,
@@ -381,18 +383,19 @@ impl Cache {
     pub(crate) fn list_fill(self: &Arc<Self>, t: Ticket, scope: &Scope) -> Option<FillTurn> {
         let epoch = t.0?;
         let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
-        let fill = match fills.get(scope) {
-            Some((e, f)) if *e == epoch => f.clone(),
+        let (fill, began) = match fills.get(scope) {
+            Some((e, f, began)) if *e == epoch => (f.clone(), *began),
             _ => {
                 let f = Arc::new(ListFill::new());
-                fills.insert(scope.clone(), (epoch, f.clone()));
-                f
+                fills.insert(scope.clone(), (epoch, f.clone(), t));
+                (f, t)
             }
         };
         Some(FillTurn {
             cache: self.clone(),
             scope: scope.clone(),
             fill,
+            began,
         })
     }
 
@@ -631,6 +634,9 @@ pub(crate) struct FillTurn {
     cache: Arc<Cache>,
     scope: Scope,
     pub(crate) fill: Arc<ListFill>,
+    /// The ticket of the request that began the read: what a request that joined it keeps
+    /// the rows under, so that their age counts from before the read, not from the join.
+    pub(crate) began: Ticket,
 }
 
 impl Drop for FillTurn {
@@ -638,7 +644,7 @@ impl Drop for FillTurn {
         let mut fills = self.cache.fills.lock().unwrap_or_else(|p| p.into_inner());
         if fills
             .get(&self.scope)
-            .is_some_and(|(_, f)| Arc::ptr_eq(f, &self.fill))
+            .is_some_and(|(_, f, _)| Arc::ptr_eq(f, &self.fill))
         {
             fills.remove(&self.scope);
         }
@@ -791,9 +797,13 @@ mod tests {
             account_id: "a".into(),
             team_id: None,
         };
-        let first = c.list_fill(c.ticket(), &scope).unwrap();
-        let joined = c.list_fill(c.ticket(), &scope).unwrap();
+        let began = c.ticket();
+        let first = c.list_fill(began, &scope).unwrap();
+        let later = Ticket(began.0, began.1 + Duration::from_millis(200));
+        let joined = c.list_fill(later, &scope).unwrap();
         assert!(Arc::ptr_eq(&first.fill, &joined.fill));
+        // The rows a joiner keeps are as old as the read it joined, not as its own request.
+        assert_eq!(joined.began.1, began.1);
         c.invalidate(vec![Token::Instance("x".into())], false);
         let after = c.list_fill(c.ticket(), &scope).unwrap();
         assert!(!Arc::ptr_eq(&first.fill, &after.fill));

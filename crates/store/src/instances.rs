@@ -270,9 +270,9 @@ impl Store {
         }
         let ticket = cache.ticket();
         let read = || async { Ok::<_, Error>(Arc::new(self.instance_list_read(scope).await?)) };
-        let rows = match cache.list_fill(ticket, scope) {
-            Some(turn) => turn.fill.get_or_try_init(read).await?.clone(),
-            None => read().await?,
+        let (rows, ticket) = match cache.list_fill(ticket, scope) {
+            Some(turn) => (turn.fill.get_or_try_init(read).await?.clone(), turn.began),
+            None => (read().await?, ticket),
         };
         Ok(cache.keep_list(ticket, scope, rows))
     }

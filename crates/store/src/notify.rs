@@ -29,7 +29,41 @@ async fn channel(pool: &AnyPool) -> Result<String, Error> {
         .fetch_one(pool)
         .await
         .map_err(db_err)?;
-    Ok(format!("lobster_cache:{schema}"))
+    Ok(channel_for(&schema))
+}
+
+/// `lobster_cache:<schema>`, or for a schema whose name would make it longer than the 63
+/// bytes PostgreSQL allows a channel, `lobster_cache:` and a digest of the name: `LISTEN`
+/// would cut the long name short while `pg_notify` refuses it, so the cache would come on
+/// and hear nothing, and every key revocation (which announces) would fail.
+fn channel_for(schema: &str) -> String {
+    let plain = format!("lobster_cache:{schema}");
+    if plain.len() <= 63 {
+        return plain;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(schema.as_bytes());
+    format!("lobster_cache:{}", lobster_core::ids::hex(&digest[..16]))
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::channel_for;
+
+    #[test]
+    fn a_channel_fits_postgres_limit_whatever_the_schema() {
+        assert_eq!(channel_for("public"), "lobster_cache:public");
+        let long = "s".repeat(60);
+        let c = channel_for(&long);
+        assert!(c.len() <= 63 && c.starts_with("lobster_cache:"), "{c}");
+        assert_ne!(
+            c,
+            channel_for(&"s".repeat(61)),
+            "distinct schemas, distinct channels"
+        );
+        let wide = "é".repeat(30); // 60 bytes
+        assert!(channel_for(&wide).len() <= 63);
+    }
 }
 
 /// Starts announcing and, when `listen_too`, listening (a store without a listening connection
