@@ -110,6 +110,9 @@ impl Token {
 /// One read of a scope's list, shared by the requests that missed it together.
 pub(crate) type ListFill = tokio::sync::OnceCell<Arc<Vec<InstanceRow>>>;
 
+/// A list read under way: the epoch it began in, the read, and its starter's ticket.
+type Filling = (u64, Arc<ListFill>, Ticket);
+
 /// The invalidation count when a read began (`None` when the cache was off), and when it
 /// began: an entry's age counts from before its read, so that what it holds is at most `TTL`
 /// older than what the database held then (a revocation relies on it: `Store::key_revoke`).
@@ -252,7 +255,7 @@ pub(crate) struct Cache {
     /// Reads of a scope's list under way, with the epoch they began at (see `list_fill`).
     /// Each scope's list read under way: its epoch, the read, and the ticket of the request
     /// that began it (the age of what it reads counts from there, whoever keeps it).
-    fills: Mutex<HashMap<Scope, (u64, Arc<ListFill>, Ticket)>>,
+    fills: Mutex<HashMap<Scope, Filling>>,
     /// This server's invalidations waiting to be announced to the others (PostgreSQL).
     outbox: Mutex<Vec<Token>>,
     pub(crate) outbox_ready: Notify,
