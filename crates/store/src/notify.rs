@@ -46,25 +46,6 @@ fn channel_for(schema: &str) -> String {
     format!("lobster_cache:{}", lobster_core::ids::hex(&digest[..16]))
 }
 
-#[cfg(test)]
-mod channel_tests {
-    use super::channel_for;
-
-    #[test]
-    fn a_channel_fits_postgres_limit_whatever_the_schema() {
-        assert_eq!(channel_for("public"), "lobster_cache:public");
-        let long = "s".repeat(60);
-        let c = channel_for(&long);
-        assert!(c.len() <= 63 && c.starts_with("lobster_cache:"), "{c}");
-        assert_ne!(
-            c,
-            channel_for(&"s".repeat(61)),
-            "distinct schemas, distinct channels"
-        );
-        let wide = "é".repeat(30); // 60 bytes
-        assert!(channel_for(&wide).len() <= 63);
-    }
-}
 
 /// Starts announcing and, when `listen_too`, listening (a store without a listening connection
 /// keeps its cache off for good: one for tools that read beside the servers); returns their
@@ -220,4 +201,24 @@ async fn send(
         .execute(c)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::channel_for;
+
+    #[test]
+    fn a_channel_fits_postgres_limit_whatever_the_schema() {
+        assert_eq!(channel_for("public"), "lobster_cache:public");
+        let long = "s".repeat(60);
+        let c = channel_for(&long);
+        assert!(c.len() <= 63 && c.starts_with("lobster_cache:"), "{c}");
+        assert_ne!(
+            c,
+            channel_for(&"s".repeat(61)),
+            "distinct schemas, distinct channels"
+        );
+        let wide = "é".repeat(30); // 60 bytes
+        assert!(channel_for(&wide).len() <= 63);
+    }
 }
