@@ -13,6 +13,7 @@ pub mod history;
 pub mod instances;
 pub mod ips;
 pub mod launch;
+mod rate;
 pub mod schedules;
 mod seen_hosts;
 mod settle;
@@ -48,6 +49,8 @@ pub struct App {
     batched: Arc<Batched>,
     /// The hosts as the launch batches last read or wrote them (PostgreSQL's batches).
     host_view: Arc<launch::one_statement::HostView>,
+    /// Requests per API key and minute, counted across servers (see `rate`).
+    rate: rate::Limiter,
 }
 
 /// Commands written in batches of two or more since start (the rest were written alone).
@@ -128,6 +131,7 @@ impl App {
             enqueues: GroupCommit::new("command", instances::MOST),
             batched: Default::default(),
             host_view: Default::default(),
+            rate: Default::default(),
         }))
     }
 

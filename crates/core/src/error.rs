@@ -78,6 +78,9 @@ pub enum Error {
     /// The request body exceeds the size limit (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The caller's key has used its requests for now (429, with `Retry-After`).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// The database did not answer in time (503, like `Unavailable`). `sent`: a statement

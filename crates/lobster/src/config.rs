@@ -17,6 +17,7 @@ pub struct FileConfig {
     pub driver: Option<String>,
     pub engine: EngineSection,
     pub driver_timeouts: DriverTimeouts,
+    pub rate_limit: RateLimitSection,
     pub sim: SimConfig,
     /// The whole fleet; the demo fleet when absent.
     pub fleet: Option<Fleet>,
@@ -69,6 +70,14 @@ impl EngineSection {
             },
         }
     }
+}
+
+/// Requests per API key and minute, counted across every server on the database.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    /// 0: no limit (the default: the Blue Lobster API documents none).
+    pub requests_per_minute: u64,
 }
 
 /// How long a driver call may go unanswered before it is given up (a transient failure:
@@ -130,6 +139,8 @@ pub struct Config {
     pub driver: String,
     pub engine: EngineConfig,
     pub driver_limits: CallLimits,
+    /// Requests per API key and minute; 0: no limit.
+    pub rate_limit_per_minute: u64,
     pub sim: SimConfig,
     pub fleet: Fleet,
 }
@@ -163,6 +174,7 @@ pub fn load(
         engine: file.engine.to_engine(),
         scheduler_seconds: file.engine.scheduler_seconds.max(1),
         driver_limits: file.driver_timeouts.to_limits(),
+        rate_limit_per_minute: file.rate_limit.requests_per_minute,
         sim: file.sim,
         fleet: file.fleet.unwrap_or_else(Fleet::demo),
     })
@@ -186,7 +198,7 @@ impl FileConfig {
     fn check(&self) -> Result<(), String> {
         let e = &self.engine;
         let d = &self.driver_timeouts;
-        let ranges: [(&str, i128, i128, i128); 10] = [
+        let ranges: [(&str, i128, i128, i128); 11] = [
             ("engine.workers", e.workers as i128, 1, 1024),
             ("engine.batch", e.batch as i128, 1, 256),
             (
@@ -221,6 +233,12 @@ impl FileConfig {
                 d.long_seconds.into(),
                 1,
                 WEEK as i128,
+            ),
+            (
+                "rate_limit.requests_per_minute",
+                self.rate_limit.requests_per_minute.into(),
+                0,
+                10_000_000,
             ),
         ];
         for (name, v, lo, hi) in ranges {
@@ -363,6 +381,20 @@ mod tests {
         let e = err("[driver_timeouts]\nlong_seconds = 99999999999\n").expect("refused");
         assert!(e.contains("driver_timeouts.long_seconds"), "{e}");
         assert_eq!(err("[engine]\nlease_seconds = 86400\nworkers = 8\n"), None);
+        let e = err("[rate_limit]\nrequests_per_minute = 99999999999\n").expect("refused");
+        assert!(e.contains("rate_limit.requests_per_minute"), "{e}");
+        std::fs::write(&p, "[rate_limit]\nrequests_per_minute = 600\n").unwrap();
+        let args = CommonArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        assert_eq!(load(&args, None, None).unwrap().rate_limit_per_minute, 600);
+        assert_eq!(
+            load(&CommonArgs::default(), None, None)
+                .unwrap()
+                .rate_limit_per_minute,
+            0
+        );
     }
 
     #[test]

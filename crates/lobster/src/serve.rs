@@ -59,9 +59,11 @@ pub async fn build(
     let store = Store::connect(&cfg.database_url)
         .await
         .map_err(|e| e.to_string())?;
-    App::new(store, driver, cfg.fleet.clone(), clock, cfg.engine.clone())
+    let app = App::new(store, driver, cfg.fleet.clone(), clock, cfg.engine.clone())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    app.set_rate_limit(cfg.rate_limit_per_minute);
+    Ok(app)
 }
 
 pub async fn run(cfg: Config) -> Result<(), String> {

@@ -1512,3 +1512,23 @@ async fn the_database_clock_reads_in_milliseconds_since_the_epoch() {
         );
     }
 }
+
+#[tokio::test]
+async fn rate_reservations_never_grant_past_the_limit_and_old_windows_go() {
+    for (store, _dir) in stores().await {
+        let w = 60_000;
+        assert_eq!(store.rate_reserve("k1", w, 5, 8).await.unwrap(), (5, 5));
+        assert_eq!(store.rate_reserve("k1", w, 5, 8).await.unwrap(), (3, 10));
+        assert_eq!(store.rate_reserve("k1", w, 1, 8).await.unwrap(), (0, 11));
+        // Another key, its own count.
+        assert_eq!(store.rate_reserve("k2", w, 2, 8).await.unwrap(), (2, 2));
+        // The next window starts afresh, and the key's older windows are gone.
+        assert_eq!(store.rate_reserve("k1", 2 * w, 4, 8).await.unwrap(), (4, 4));
+        let windows: Vec<i64> =
+            sqlx::query_scalar("SELECT window_start FROM rate_windows WHERE key_id = 'k1'")
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+        assert_eq!(windows, vec![2 * w]);
+    }
+}

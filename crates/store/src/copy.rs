@@ -20,6 +20,7 @@ pub const TABLES: &[&str] = &[
     "backups",
     "backup_schedules",
     "ip_history",
+    "rate_windows",
 ];
 
 /// The source's integer columns of a table, by the declared type (SQLite's `table_info`), so

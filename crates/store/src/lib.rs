@@ -38,6 +38,7 @@ pub mod ips;
 pub mod launches;
 mod migrate;
 mod notify;
+mod rate;
 pub mod schedules;
 mod sqlite_read;
 mod stats;

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/0011_schedule_days_as_given.sql"),
     ),
+    (12, include_str!("../migrations/0012_rate_windows.sql")),
 ];
 
 /// PostgreSQL's own additions to a migration, run after it in its transaction.

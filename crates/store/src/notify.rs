@@ -46,7 +46,6 @@ fn channel_for(schema: &str) -> String {
     format!("lobster_cache:{}", lobster_core::ids::hex(&digest[..16]))
 }
 
-
 /// Starts announcing and, when `listen_too`, listening (a store without a listening connection
 /// keeps its cache off for good: one for tools that read beside the servers); returns their
 /// stop and the channel.

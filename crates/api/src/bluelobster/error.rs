@@ -49,6 +49,15 @@ fn body(code: &str, message: &str) -> Map<String, Value> {
 
 impl IntoResponse for BlError {
     fn into_response(self) -> Response {
+        if let Error::RateLimited {
+            message,
+            retry_after_s,
+        } = &self.0
+        {
+            let b = Value::Object(body("rate_limited", message));
+            let retry = [(axum::http::header::RETRY_AFTER, retry_after_s.to_string())];
+            return (StatusCode::TOO_MANY_REQUESTS, retry, Json(b)).into_response();
+        }
         let (status, value) = match self.0 {
             Error::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -140,6 +149,10 @@ impl IntoResponse for BlError {
             Error::TooLarge(msg) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Value::Object(body("payload_too_large", &msg)),
+            ),
+            Error::RateLimited { message, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Value::Object(body("rate_limited", &message)),
             ),
             Error::Unavailable(msg) | Error::Unanswered { message: msg, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,

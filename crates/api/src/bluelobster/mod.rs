@@ -50,7 +50,9 @@ impl FromRequestParts<Arc<App>> for Auth {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .ok_or(BlError(Error::Unauthorized))?;
-        Ok(Auth(app.authenticate(key).await?))
+        let caller = app.authenticate(key).await?;
+        app.rate_admit(&caller).await?;
+        Ok(Auth(caller))
     }
 }
 

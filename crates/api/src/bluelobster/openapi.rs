@@ -107,6 +107,8 @@ fn augment(doc: &mut Value) {
             if secured && path != "/api/v1/health" && path != "/api/v1/openapi.json" {
                 add("401", "Invalid or missing API key");
                 add("403", "Permission denied");
+                // Only where the operator set `[rate_limit] requests_per_minute`.
+                add("429", "Too many requests for this API key; see Retry-After");
             }
             let instance_path = path.contains("{instance_id}") || path.contains("{vm_uuid}");
             if instance_path {

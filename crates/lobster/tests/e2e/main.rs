@@ -17,6 +17,7 @@ mod launch;
 mod launch_custom;
 mod migrate;
 mod power;
+mod rate;
 mod schedules;
 mod tasks;
 mod teams;

@@ -150,6 +150,19 @@ impl TestApp {
         .expect("app")
     }
 
+    /// A second server answering HTTP: its app (own connections to the same database) and
+    /// the base URL it serves on.
+    pub async fn second_server(&self) -> (Arc<App>, String) {
+        let app = self.second_app().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let router = lobster_api::router(app.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+        (app, format!("http://{addr}"))
+    }
+
     /// Another worker on the same database, as a second process would have.
     pub fn second_engine(&self) -> Arc<Engine> {
         self.engine_with_fleet(self.fleet.clone())
@@ -225,6 +238,7 @@ impl TestApp {
     }
 }
 
+#[derive(Clone)]
 pub struct Tenant {
     pub key: String,
     pub key_id: String,
@@ -234,6 +248,17 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// The same key, sent to the server at `base`.
+    pub fn through(&self, base: &str) -> Tenant {
+        Tenant {
+            key: self.key.clone(),
+            key_id: self.key_id.clone(),
+            base: base.to_string(),
+            client: self.client.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
         let mut r = self
             .client
