@@ -171,7 +171,9 @@ pub fn accepts_gzip(accept_encoding: &str) -> bool {
         let mut parts = item.split(';').map(str::trim);
         let coding = parts.next().unwrap_or_default();
         let refused = parts.any(|p| {
+            // `q` is case-insensitive (RFC 9110 §12.4.2): `Q=0` refuses too.
             p.strip_prefix("q=")
+                .or_else(|| p.strip_prefix("Q="))
                 .and_then(|q| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q == 0.0)
         });
@@ -266,6 +268,7 @@ mod tests {
             "deflate, br",
             "gzip;q=0",
             "gzip; q=0.0",
+            "gzip;Q=0",
             "x-gzip2",
         ] {
             assert!(!accepts_gzip(no), "{no}");

@@ -158,10 +158,12 @@ impl App {
     /// `LOBSTER_BOOTSTRAP_KEY`: makes sure an account `default` exists and owns this key (as
     /// owner and staff, so scripts can use every endpoint). Idempotent.
     pub async fn bootstrap_key(&self, secret: &str) -> Result<AccountRow, Error> {
-        if secret.len() < 16 {
+        // What `authenticate` can match: a key sent in a header (visible ASCII, trimmed) of
+        // at most 256 bytes. Anything else would be stored and never let anyone in.
+        if !(16..=256).contains(&secret.len()) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::bad_request(
                 "invalid_key",
-                "LOBSTER_BOOTSTRAP_KEY must be at least 16 characters",
+                "LOBSTER_BOOTSTRAP_KEY must be 16 to 256 visible ASCII characters (no spaces)",
             ));
         }
         let acc = match self.store.account_find("default").await? {

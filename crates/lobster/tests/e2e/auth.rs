@@ -168,6 +168,18 @@ async fn bootstrap_key_is_idempotent_owner_and_staff() {
         .await;
     assert_eq!(r.status(), StatusCode::OK, "staff endpoint");
     assert!(app.app.bootstrap_key("short").await.is_err());
+    // Keys `authenticate` could never match are refused, not stored.
+    for unusable in [
+        " padded-bootstrap-key ".to_string(),
+        "x".repeat(257),
+        "bootstrap key with spaces".to_string(),
+        "clé-de-démarrage-1234".to_string(),
+    ] {
+        assert!(
+            app.app.bootstrap_key(&unusable).await.is_err(),
+            "{unusable:?}"
+        );
+    }
 }
 
 #[tokio::test]
