@@ -13,11 +13,10 @@
 use crate::App;
 use lobster_core::auth::Caller;
 use lobster_core::Error;
+use lobster_store::RATE_WINDOW_MS as MINUTE_MS;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-const MINUTE_MS: i64 = 60_000;
 
 /// Largest share one reservation takes.
 const MOST_SHARE: i64 = 100;
@@ -31,6 +30,8 @@ pub(crate) struct Limiter {
     /// Each key's share of its current minute; the async lock makes the requests of one key
     /// that find the share spent wait for one reservation rather than each making one.
     keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Share>>>>,
+    /// The minute the keys were last pruned in.
+    pruned: AtomicI64,
 }
 
 /// What this server holds of one key's minute.
@@ -49,7 +50,9 @@ struct Share {
 impl Limiter {
     fn share(&self, key_id: &str, window: i64) -> Arc<tokio::sync::Mutex<Share>> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.len() > KEYS_KEPT {
+        // Past minutes' keys are forgotten once there are many, at most once a minute (a
+        // scan on every request would hold every request's lock).
+        if keys.len() > KEYS_KEPT && self.pruned.swap(window, Ordering::Relaxed) != window {
             keys.retain(|_, s| s.try_lock().map_or(true, |s| s.window >= window));
         }
         keys.entry(key_id.to_string()).or_default().clone()
@@ -73,6 +76,10 @@ impl App {
         let window = now - now.rem_euclid(MINUTE_MS);
         let share = self.rate.share(&caller.key_id, window);
         let mut share = share.lock().await;
+        // A request that read the time just before the minute turned, and waited here while
+        // another began the next minute, counts in the next one: a share never goes back to
+        // a minute it left (its count there may be gone from the database).
+        let window = window.max(share.window);
         if share.window != window {
             *share = Share {
                 window,

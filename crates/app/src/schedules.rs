@@ -160,8 +160,7 @@ impl App {
                 ) => {
                     tracing::warn!(instance = %row.instance_id, "scheduled backup skipped: {e}");
                     let mut tx = self.store.begin().await?;
-                    tx.schedule_claim(&row.instance_id, expected, next, now)
-                        .await?;
+                    tx.schedule_claim(&row, expected, next, now).await?;
                     tx.commit().await?;
                 }
                 // Anything else (the database) left the occurrence due: the next tick tries
@@ -186,10 +185,7 @@ impl App {
         (expected, next, now): (i64, i64, i64),
     ) -> Result<bool, Error> {
         let mut tx = self.store.begin().await?;
-        if !tx
-            .schedule_claim(&row.instance_id, expected, next, now)
-            .await?
-        {
+        if !tx.schedule_claim(row, expected, next, now).await? {
             return Ok(false);
         }
         let caller = system_caller(&row.account_id);

@@ -1522,13 +1522,64 @@ async fn rate_reservations_never_grant_past_the_limit_and_old_windows_go() {
         assert_eq!(store.rate_reserve("k1", w, 1, 8).await.unwrap(), (0, 11));
         // Another key, its own count.
         assert_eq!(store.rate_reserve("k2", w, 2, 8).await.unwrap(), (2, 2));
-        // The next window starts afresh, and the key's older windows are gone.
+        // The next window starts afresh. The one before stays spent (a server whose clock
+        // is behind may still count in it); older ones are gone.
         assert_eq!(store.rate_reserve("k1", 2 * w, 4, 8).await.unwrap(), (4, 4));
-        let windows: Vec<i64> =
+        assert_eq!(store.rate_reserve("k1", w, 1, 8).await.unwrap(), (0, 12));
+        assert_eq!(store.rate_reserve("k1", 3 * w, 1, 8).await.unwrap(), (1, 1));
+        let mut windows: Vec<i64> =
             sqlx::query_scalar("SELECT window_start FROM rate_windows WHERE key_id = 'k1'")
                 .fetch_all(store.reader())
                 .await
                 .unwrap();
-        assert_eq!(windows, vec![2 * w]);
+        windows.sort_unstable();
+        assert_eq!(windows, vec![2 * w, 3 * w]);
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_claim_read_before_a_timing_change_takes_nothing() {
+    for (store, _dir) in stores().await {
+        let due = 1_000_000;
+        let row = schedules::ScheduleRow {
+            instance_id: "i1".into(),
+            account_id: "a1".into(),
+            enabled: true,
+            frequency: "daily".into(),
+            hour_utc: 2,
+            minute_utc: 0,
+            day_of_week: None,
+            day_of_month: None,
+            retention_count: 7,
+            next_run_at: Some(due),
+            last_run_at: None,
+            created_at: 1,
+            updated_at: 1,
+        };
+        assert!(store.schedule_put(&row).await.unwrap());
+        let read = store.schedule_due(due + 10).await.unwrap().remove(0);
+        // Due and not yet taken, the schedule is written again with another hour: the due
+        // occurrence is kept...
+        let changed = schedules::ScheduleRow {
+            hour_utc: 5,
+            next_run_at: Some(due + 86_400_000),
+            updated_at: due + 20,
+            ..row.clone()
+        };
+        assert!(!store.schedule_put(&changed).await.unwrap());
+        let now = store.schedule_get("i1").await.unwrap().unwrap();
+        assert_eq!(now.next_run_at, Some(due));
+        // ...and a claim computed from the read before the change takes nothing; one from
+        // the new timing takes it.
+        let mut tx = store.begin().await.unwrap();
+        assert!(!tx
+            .schedule_claim(&read, due, due + 86_400_000, due + 30)
+            .await
+            .unwrap());
+        assert!(tx
+            .schedule_claim(&now, due, due + 97_200_000, due + 30)
+            .await
+            .unwrap());
+        tx.commit().await.unwrap();
     }
 }

@@ -39,6 +39,7 @@ pub mod launches;
 mod migrate;
 mod notify;
 mod rate;
+pub use rate::WINDOW_MS as RATE_WINDOW_MS;
 pub mod schedules;
 mod sqlite_read;
 mod stats;

@@ -4,12 +4,15 @@
 use crate::{get_i64, Store};
 use lobster_core::Error;
 
+/// A window's length: one minute.
+pub const WINDOW_MS: i64 = 60_000;
+
 impl Store {
     /// Takes up to `want` requests from `key_id`'s window that began at `window` (ms), out
     /// of `limit`: how many were granted (0 when the window is spent), and the window's count
     /// after this reservation (on every server, granted or not). Counts are kept for
-    /// the window's own minute; a key's earlier windows go as its first reservation of a new
-    /// one is made.
+    /// the window's own minute and the next; a key's older windows go as its first
+    /// reservation of a new one is made.
     pub async fn rate_reserve(
         &self,
         key_id: &str,
@@ -30,10 +33,12 @@ impl Store {
             .await?;
         let used = get_i64(&r, "used")?;
         if used == want {
-            // The window's first reservation (on any server): the key's older ones are done.
+            // The window's first reservation (on any server): the key's windows before the
+            // last are done. Not the last: a server whose clock is a little behind may still
+            // be counting in it, and must find its count there, not start it afresh.
             self.q("DELETE FROM rate_windows WHERE key_id = $1 AND window_start < $2")
                 .bind(key_id)
-                .bind(window)
+                .bind(window - WINDOW_MS)
                 .execute()
                 .await?;
         }

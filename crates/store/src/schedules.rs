@@ -156,20 +156,31 @@ impl Tx {
     /// transaction that queues its backup, so the two commit together.
     pub async fn schedule_claim(
         &mut self,
-        instance_id: &str,
+        read: &ScheduleRow,
         expected: i64,
         next: i64,
         now: i64,
     ) -> Result<bool, Error> {
+        // Only while the timing is still the one `next` was computed from: a PUT since the
+        // read that changed it keeps the due occurrence (see `schedule_put`) and is claimed
+        // by the next tick, which reads the new timing, instead of arming the old one.
         let r = self
             .q(
                 "UPDATE backup_schedules SET next_run_at = $1, last_run_at = $2
-                 WHERE instance_id = $3 AND next_run_at = $4",
+                 WHERE instance_id = $3 AND next_run_at = $4
+                   AND frequency = $5 AND hour_utc = $6 AND minute_utc = $7
+                   AND (day_of_week = $8 OR (day_of_week IS NULL AND $8 IS NULL))
+                   AND (day_of_month = $9 OR (day_of_month IS NULL AND $9 IS NULL))",
             )
             .bind(next)
             .bind(now)
-            .bind(instance_id)
+            .bind(&read.instance_id)
             .bind(expected)
+            .bind(&read.frequency)
+            .bind(read.hour_utc)
+            .bind(read.minute_utc)
+            .bind(read.day_of_week)
+            .bind(read.day_of_month)
             .execute()
             .await?;
         Ok(r == 1)
