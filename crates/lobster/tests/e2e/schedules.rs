@@ -159,6 +159,17 @@ async fn the_scheduler_fires_once_when_due() {
     assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
 }
 
+/// A running instance of a new tenant with a daily schedule at 03:00, the clock just past
+/// its next firing.
+async fn due_daily(app: TestApp) -> (TestApp, Tenant, String) {
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let daily = json!({"frequency": "daily", "hour_utc": 3});
+    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
+    to_next_firing(&app, &alice, &id).await;
+    (app, alice, id)
+}
+
 /// Scheduled backups of `id` so far.
 async fn backups_taken(app: &TestApp, t: &Tenant, id: &str) -> i64 {
     app.drain().await;
@@ -170,12 +181,7 @@ async fn backups_taken(app: &TestApp, t: &Tenant, id: &str) -> i64 {
 
 #[tokio::test]
 async fn a_put_after_the_due_time_keeps_that_occurrence() {
-    let app = TestApp::spawn().await;
-    let alice = app.tenant("alice").await;
-    let id = app.running(&alice, "v1_cpu_small").await;
-    let daily = json!({"frequency": "daily", "hour_utc": 3});
-    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
-    to_next_firing(&app, &alice, &id).await;
+    let (app, alice, id) = due_daily(TestApp::spawn().await).await;
     // Due, and before the scheduler's tick a client writes the schedule again: once with
     // only the retention changed, then with another hour. Neither cancels what is due.
     for body in [
@@ -208,12 +214,8 @@ async fn a_put_after_the_due_time_keeps_that_occurrence() {
 
 #[tokio::test]
 async fn a_put_with_the_same_timing_does_not_bring_back_a_taken_occurrence() {
-    let app = TestApp::spawn().await;
-    let alice = app.tenant("alice").await;
-    let id = app.running(&alice, "v1_cpu_small").await;
+    let (app, alice, id) = due_daily(TestApp::spawn().await).await;
     let daily = json!({"frequency": "daily", "hour_utc": 3});
-    expect(alice.post(&path(&id), daily.clone()).await, StatusCode::OK).await;
-    to_next_firing(&app, &alice, &id).await;
     assert_eq!(app.app.schedules_run_due().await.unwrap(), 1);
     assert_eq!(backups_taken(&app, &alice, &id).await, 1);
     // A server whose clock is a little behind (here: the same clock set back) is asked to
@@ -236,13 +238,9 @@ async fn a_server_whose_clock_is_off_takes_no_schedule() {
         max_clock_skew_ms: Some(5_000),
         ..engine_config()
     };
+    // Due by this server's clock, which has run ahead of the database's.
     let app = TestApp::spawn_with(lobster_core::fleet::Fleet::demo(), cfg).await;
-    let alice = app.tenant("alice").await;
-    let id = app.running(&alice, "v1_cpu_small").await;
-    let daily = json!({"frequency": "daily", "hour_utc": 3});
-    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
-    // Due by this server's clock, which has run a day ahead of the database's.
-    to_next_firing(&app, &alice, &id).await;
+    let (app, alice, id) = due_daily(app).await;
     let engine = app.app.engine().clone();
     engine.check_clock().await.unwrap();
     assert!(!engine.clock_ok());
@@ -387,12 +385,7 @@ async fn refuse_backups(url: &str, refuse: bool) {
 /// claimed in the transaction that queues its backup, so the next tick takes it.
 #[tokio::test]
 async fn an_occurrence_the_database_failed_to_queue_stays_due() {
-    let app = TestApp::spawn().await;
-    let alice = app.tenant("alice").await;
-    let id = app.running(&alice, "v1_cpu_small").await;
-    let daily = json!({"frequency": "daily", "hour_utc": 3});
-    expect(alice.post(&path(&id), daily).await, StatusCode::OK).await;
-    to_next_firing(&app, &alice, &id).await;
+    let (app, alice, id) = due_daily(TestApp::spawn().await).await;
     refuse_backups(&app.url, true).await;
     assert_eq!(app.app.schedules_run_due().await.unwrap(), 0);
     refuse_backups(&app.url, false).await;

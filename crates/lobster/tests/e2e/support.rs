@@ -104,14 +104,9 @@ impl TestApp {
             .await
             .expect("app");
         app.fleet_sync().await.expect("fleet sync");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let router = lobster_api::router(app.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+        let base = serve(&app).await;
         TestApp {
-            base: format!("http://{addr}"),
+            base,
             app,
             sim,
             clock,
@@ -154,13 +149,8 @@ impl TestApp {
     /// the base URL it serves on.
     pub async fn second_server(&self) -> (Arc<App>, String) {
         let app = self.second_app().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let router = lobster_api::router(app.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
-        (app, format!("http://{addr}"))
+        let base = serve(&app).await;
+        (app, base)
     }
 
     /// Another worker on the same database, as a second process would have.
@@ -327,6 +317,17 @@ impl Tenant {
 }
 
 /// Asserts the status (showing the body when it differs) and decodes the JSON body.
+/// Serves `app`'s router on a port of its own; its base URL.
+async fn serve(app: &Arc<App>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let router = lobster_api::router(app.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    format!("http://{addr}")
+}
+
 pub async fn expect(r: Response, status: StatusCode) -> Value {
     let got = r.status();
     let text = r.text().await.unwrap_or_default();
