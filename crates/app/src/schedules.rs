@@ -38,10 +38,7 @@ fn to_schedule(r: &ScheduleRow) -> Option<Schedule> {
     })
 }
 
-/// When a weekly schedule gives no day: Monday.
-const DEFAULT_DAY_OF_WEEK: i64 = 0;
-/// When a monthly schedule gives no day: the 1st.
-const DEFAULT_DAY_OF_MONTH: i64 = 1;
+use lobster_core::schedule::{DEFAULT_DAY_OF_MONTH, DEFAULT_DAY_OF_WEEK};
 
 fn small(v: i64, what: &str) -> Result<u8, Error> {
     u8::try_from(v).map_err(|_| invalid(format!("{what} is out of range")))

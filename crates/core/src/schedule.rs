@@ -5,6 +5,11 @@
 use crate::clock::Timestamp;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, Weekday};
 
+/// When a weekly schedule gives no day: Monday.
+pub const DEFAULT_DAY_OF_WEEK: i64 = 0;
+/// When a monthly schedule gives no day: the 1st.
+pub const DEFAULT_DAY_OF_MONTH: i64 = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frequency {
     Daily,

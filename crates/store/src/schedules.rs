@@ -2,6 +2,7 @@
 //! a conditional UPDATE, so with several servers each occurrence fires exactly once.
 
 use crate::{db_err, get_i64, get_opt_i64, get_str, Store, Tx};
+use lobster_core::schedule::{DEFAULT_DAY_OF_MONTH, DEFAULT_DAY_OF_WEEK};
 use lobster_core::Error;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,22 +79,27 @@ impl Store {
             // and not yet taken (a PUT just after 02:00, before the scheduler's tick, must
             // not cancel that night's backup), or its timing is unchanged (re-arming from this
             // server's clock could bring back an occurrence another server already took).
-            let updated = self
-                .schedule_bind(
-                    "UPDATE backup_schedules SET account_id = $2, enabled = $3, frequency = $4,
-                       hour_utc = $5, minute_utc = $6, day_of_week = $7, day_of_month = $8,
-                       retention_count = $9, updated_at = $11,
-                       next_run_at = CASE
-                         WHEN $3 = 1 AND enabled = 1 AND next_run_at IS NOT NULL
-                           AND (next_run_at <= $11
-                                OR (frequency = $4 AND hour_utc = $5 AND minute_utc = $6
-                                    AND (day_of_week = $7 OR (day_of_week IS NULL AND $7 IS NULL))
-                                    AND (day_of_month = $8 OR (day_of_month IS NULL AND $8 IS NULL))))
-                         THEN next_run_at ELSE $10 END
-                     WHERE instance_id = $1",
-                    s,
-                )
-                .await?;
+            // The timing compares as it fires, not as sent: a daily schedule's days do not
+            // count, and a day not given is its default.
+            let sql = format!(
+                "UPDATE backup_schedules SET account_id = $2, enabled = $3, frequency = $4,
+                   hour_utc = $5, minute_utc = $6, day_of_week = $7, day_of_month = $8,
+                   retention_count = $9, updated_at = $11,
+                   next_run_at = CASE
+                     WHEN $3 = 1 AND enabled = 1 AND next_run_at IS NOT NULL
+                       AND (next_run_at <= $11
+                            OR (frequency = $4 AND hour_utc = $5 AND minute_utc = $6
+                                AND (frequency = 'daily'
+                                     OR (frequency = 'weekly'
+                                         AND COALESCE(day_of_week, {dow}) = COALESCE($7, {dow}))
+                                     OR (frequency = 'monthly'
+                                         AND COALESCE(day_of_month, {dom}) = COALESCE($8, {dom})))))
+                     THEN next_run_at ELSE $10 END
+                 WHERE instance_id = $1",
+                dow = DEFAULT_DAY_OF_WEEK,
+                dom = DEFAULT_DAY_OF_MONTH,
+            );
+            let updated = self.schedule_bind(&sql, s).await?;
             if updated == 1 {
                 return Ok(false);
             }

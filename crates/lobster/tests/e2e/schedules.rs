@@ -233,6 +233,31 @@ async fn a_put_with_the_same_timing_does_not_bring_back_a_taken_occurrence() {
 }
 
 #[tokio::test]
+async fn the_same_timing_written_another_way_keeps_the_armed_occurrence() {
+    let (app, alice, id) = due_daily(TestApp::spawn().await).await;
+    assert_eq!(app.app.schedules_run_due().await.unwrap(), 1);
+    app.drain().await;
+    // Set back 5 s, as a server whose clock is behind: a daily schedule with a day (days do
+    // not count for it) is the same timing, and must not re-arm what was just taken.
+    app.clock.advance_ms(-5_000);
+    let same = json!({"frequency": "daily", "hour_utc": 3, "day_of_week": 4});
+    let r = expect(alice.post(&path(&id), same).await, StatusCode::OK).await;
+    let next = Timestamp::parse_rfc3339(r["next_backup"].as_str().unwrap()).unwrap();
+    assert!(
+        next.millis() > app.clock.now().millis() + 3_600_000,
+        "re-armed: {r}"
+    );
+    assert_eq!(r["schedule"]["day_of_week"], 4, "answered as given");
+    // A weekly schedule: no day and Monday (0) are one timing.
+    let weekly = json!({"frequency": "weekly", "hour_utc": 3});
+    expect(alice.post(&path(&id), weekly).await, StatusCode::OK).await;
+    let monday = json!({"frequency": "weekly", "hour_utc": 3, "day_of_week": 0});
+    let before = alice.get_json(&path(&id), StatusCode::OK).await["next_backup"].clone();
+    let r = expect(alice.post(&path(&id), monday).await, StatusCode::OK).await;
+    assert_eq!(r["next_backup"], before);
+}
+
+#[tokio::test]
 async fn a_server_whose_clock_is_off_takes_no_schedule() {
     let cfg = lobster_engine::EngineConfig {
         max_clock_skew_ms: Some(5_000),
