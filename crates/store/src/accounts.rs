@@ -143,7 +143,9 @@ impl Store {
         id_or_name: &str,
     ) -> Result<Option<TeamRow>, Error> {
         let row = sqlx::query(
-            "SELECT id, account_id, name, created_at FROM teams WHERE account_id = $1 AND (id = $2 OR name = $2)",
+            // An id names its team before any team whose name happens to be that id.
+            "SELECT id, account_id, name, created_at FROM teams WHERE account_id = $1 AND (id = $2 OR name = $2)
+             ORDER BY CASE WHEN id = $2 THEN 0 ELSE 1 END LIMIT 1",
         )
         .bind(account_id)
         .bind(id_or_name)

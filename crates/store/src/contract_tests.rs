@@ -1583,3 +1583,23 @@ async fn a_schedule_claim_read_before_a_timing_change_takes_nothing() {
         tx.commit().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_team_is_found_by_its_id_before_a_team_named_like_it() {
+    for (store, _d) in stores().await {
+        store.account_create("a1", "acme", 0).await.unwrap();
+        for (id, name) in [("team_b", "team_a"), ("team_a", "ops")] {
+            let row = TeamRow {
+                id: id.into(),
+                account_id: "a1".into(),
+                name: name.into(),
+                created_at: 0,
+            };
+            store.team_create(&row).await.unwrap();
+        }
+        let found = store.team_find("a1", "team_a").await.unwrap().unwrap();
+        assert_eq!(found.id, "team_a");
+        let found = store.team_find("a1", "ops").await.unwrap().unwrap();
+        assert_eq!(found.id, "team_a");
+    }
+}
