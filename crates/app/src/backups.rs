@@ -152,6 +152,17 @@ impl App {
         }
     }
 
+    /// The size of the disk a restore of `backup` writes, in GB: its source instance's disk
+    /// (a restore replaces the target's disk with the backup's whole disk, not with the data
+    /// the backup holds, which is less); the data, rounded up, if the source is unknown.
+    async fn backup_disk_gb(&self, backup: &BackupRow) -> Result<i64, Error> {
+        let source = self.store.instances_by_ids(&[&backup.instance_id]).await?;
+        Ok(match source.first() {
+            Some(i) => i.resources.disk_gb,
+            None => (backup.size_bytes + GIB - 1) / GIB,
+        })
+    }
+
     pub async fn backup_create(&self, caller: &Caller, id: &str) -> Result<BackupQueued, Error> {
         self.backup_take(caller, id, "manual").await
     }
@@ -288,6 +299,7 @@ impl App {
                 format!("Backup {volid} is not available ({})", backup.status),
             ));
         }
+        let needs_gb = self.backup_disk_gb(&backup).await?;
         let task_id = ids::new_task_id();
         let mut tx = self.store.begin().await?;
         // Checked again, and held, in the transaction that queues the restore: a delete of
@@ -302,12 +314,12 @@ impl App {
         let inst = self
             .claim_for_backup(&mut tx, caller, id, &task_id, "restore")
             .await?;
-        if inst.resources.disk_gb * GIB < backup.size_bytes {
+        if inst.resources.disk_gb < needs_gb {
             return Err(Error::bad_request(
                 "insufficient_disk",
                 format!(
-                    "Target disk ({} GB) is smaller than the backup ({} bytes)",
-                    inst.resources.disk_gb, backup.size_bytes
+                    "Target disk ({} GB) is smaller than the backup's disk ({needs_gb} GB)",
+                    inst.resources.disk_gb
                 ),
             ));
         }

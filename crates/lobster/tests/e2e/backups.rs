@@ -340,14 +340,22 @@ async fn a_target_disk_smaller_than_the_backup_is_refused() {
     let app = TestApp::spawn().await;
     let op = app.staff("ops").await;
     let launch = |disk: i64, name: &str| json!({"name": name, "host": "wil-cpu-03", "cores": 2, "memory": 8, "disk_size": disk, "gpu_count": 0, "ssh_key": SSH_KEY});
+    // The backup holds less than its disk (the sim: 30–70 %); the target must take the
+    // whole disk: 800 GB is room for the data of a 1,000 GB disk, not for the disk.
     let big = expect(
-        op.post("/api/v1/instances/launch-custom", launch(4000, "big-disk"))
+        op.post("/api/v1/instances/launch-custom", launch(1000, "big-disk"))
             .await,
         StatusCode::OK,
     )
     .await;
     let small = expect(
-        op.post("/api/v1/instances/launch-custom", launch(40, "small-disk"))
+        op.post("/api/v1/instances/launch-custom", launch(800, "small-disk"))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let same = expect(
+        op.post("/api/v1/instances/launch-custom", launch(1000, "same-disk"))
             .await,
         StatusCode::OK,
     )
@@ -360,6 +368,7 @@ async fn a_target_disk_smaller_than_the_backup_is_refused() {
     );
     let r = expect(op.post(&q, json!({})).await, StatusCode::BAD_REQUEST).await;
     assert_eq!(r["error"], "insufficient_disk");
+    assert!(r["message"].as_str().unwrap().contains("(1000 GB)"), "{r}");
     // Nothing was queued and the target is free for other work.
     assert_eq!(app.drain().await, 0);
     assert_eq!(
@@ -374,6 +383,13 @@ async fn a_target_disk_smaller_than_the_backup_is_refused() {
         .status(),
         StatusCode::OK
     );
+    // A target as large as the source's disk takes it.
+    let q = format!(
+        "/api/v1/backups/restore?volid={volid}&target_vm_uuid={}",
+        same["vm_uuid"].as_str().unwrap()
+    );
+    expect(op.post(&q, json!({})).await, StatusCode::OK).await;
+    app.drain().await;
 }
 
 #[tokio::test]
