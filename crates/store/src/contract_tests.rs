@@ -1603,3 +1603,72 @@ async fn a_team_is_found_by_its_id_before_a_team_named_like_it() {
         assert_eq!(found.id, "team_a");
     }
 }
+
+/// Migration 13 on rows as migrations 3 and 6 left them: a primary held since before 3
+/// (no flag, no interface) and addresses held since before 6 (no history). It marks the
+/// primary, leaves an additional address alone, and records each holding once.
+#[tokio::test]
+async fn addresses_held_since_before_migrations_3_and_6_are_backfilled() {
+    for (store, _d) in stores().await {
+        with_pool(&store, "10.9.0.1-10.9.0.4").await;
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let primary = take_one(&store, "vm0").await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let extra = IpClaim {
+            instance_id: "vm0",
+            interface_name: "net1",
+            mac_address: "bc:24:11:00:00:02",
+            is_primary: false,
+        };
+        let extra = tx
+            .ip_allocate("us-east-1", &extra, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let row = InstanceRow {
+            ip_address: Some(primary.clone()),
+            ..sample_instance("vm0", "a1")
+        };
+        tx.instance_insert(&row).await.unwrap();
+        tx.commit().await.unwrap();
+        let run = |sql: &'static str| {
+            let store = store.clone();
+            async move {
+                for stmt in sql.split(';').filter(|s| !crate::migrate::only_comments(s)) {
+                    sqlx::query(stmt).execute(store.read_pool()).await.unwrap();
+                }
+            }
+        };
+        // Back to before migrations 3 and 6.
+        run(
+            "UPDATE ip_addresses SET is_primary = 0, interface_name = NULL, mac_address = NULL
+             WHERE address = '10.9.0.1'; DELETE FROM ip_history",
+        )
+        .await;
+        assert_eq!(primary, "10.9.0.1");
+        run(crate::migrate::BACKFILL_HELD_ADDRESSES).await;
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT address, is_primary, interface_name FROM ip_addresses
+             WHERE instance_id = 'vm0' ORDER BY address",
+        )
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (primary.clone(), 1, Some("net0".into())),
+                (extra.clone(), 0, Some("net1".into()))
+            ]
+        );
+        // Run again (as a server of this version would not, but harmlessly): nothing doubles.
+        run(crate::migrate::BACKFILL_HELD_ADDRESSES).await;
+        let held: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT address, is_primary FROM ip_history WHERE instance_id = 'vm0' ORDER BY address",
+        )
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+        assert_eq!(held, vec![(primary, 1), (extra, 0)]);
+    }
+}
