@@ -342,18 +342,21 @@ mod tests {
         assert_eq!(c.driver_limits, CallLimits::default());
     }
 
-    #[test]
-    fn the_clock_bound_follows_the_lease_unless_set() {
+    /// `load` with `toml` as the configuration file.
+    fn load_toml(toml: &str) -> Result<Config, String> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("l.toml");
-        let bound = |toml: &str| {
-            std::fs::write(&p, toml).unwrap();
-            let args = CommonArgs {
-                config: Some(p.clone()),
-                ..Default::default()
-            };
-            load(&args, None, None).unwrap().engine.max_clock_skew_ms
+        std::fs::write(&p, toml).unwrap();
+        let args = CommonArgs {
+            config: Some(p),
+            ..Default::default()
         };
+        load(&args, None, None)
+    }
+
+    #[test]
+    fn the_clock_bound_follows_the_lease_unless_set() {
+        let bound = |toml: &str| load_toml(toml).unwrap().engine.max_clock_skew_ms;
         assert_eq!(bound(""), Some(30_000 / 8));
         assert_eq!(bound("[engine]\nlease_seconds = 80\n"), Some(10_000));
         assert_eq!(bound("[engine]\nmax_clock_skew_ms = 2000\n"), Some(2_000));
@@ -362,16 +365,7 @@ mod tests {
 
     #[test]
     fn numbers_out_of_range_are_errors_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("l.toml");
-        let err = |toml: &str| {
-            std::fs::write(&p, toml).unwrap();
-            let args = CommonArgs {
-                config: Some(p.clone()),
-                ..Default::default()
-            };
-            load(&args, None, None).err()
-        };
+        let err = |toml: &str| load_toml(toml).err();
         let e = err("[engine]\nlease_seconds = 9223372036854775807\n").expect("refused");
         assert!(e.contains("engine.lease_seconds"), "{e}");
         let e = err("[engine]\nlease_seconds = 0\n").expect("refused");
@@ -383,12 +377,8 @@ mod tests {
         assert_eq!(err("[engine]\nlease_seconds = 86400\nworkers = 8\n"), None);
         let e = err("[rate_limit]\nrequests_per_minute = 99999999999\n").expect("refused");
         assert!(e.contains("rate_limit.requests_per_minute"), "{e}");
-        std::fs::write(&p, "[rate_limit]\nrequests_per_minute = 600\n").unwrap();
-        let args = CommonArgs {
-            config: Some(p.clone()),
-            ..Default::default()
-        };
-        assert_eq!(load(&args, None, None).unwrap().rate_limit_per_minute, 600);
+        let c = load_toml("[rate_limit]\nrequests_per_minute = 600\n").unwrap();
+        assert_eq!(c.rate_limit_per_minute, 600);
         assert_eq!(
             load(&CommonArgs::default(), None, None)
                 .unwrap()
@@ -399,13 +389,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("l.toml");
-        std::fs::write(&p, "lisen = \"typo\"\n").unwrap();
-        let args = CommonArgs {
-            config: Some(p),
-            ..Default::default()
-        };
-        assert!(load(&args, None, None).unwrap_err().contains("lisen"));
+        assert!(load_toml("lisen = \"typo\"\n")
+            .unwrap_err()
+            .contains("lisen"));
     }
 }

@@ -63,6 +63,30 @@ pub(crate) fn rounds<'a, T>(
     (rounds.len() > 1).then_some(rounds)
 }
 
+/// The answers to `items`, written `rounds` (from `rounds`) one after another by `write`,
+/// each answer in its item's place (`fill` until written).
+pub(crate) async fn in_rounds<T, O, F, Fut>(
+    items: &[T],
+    rounds: Vec<Vec<usize>>,
+    fill: O,
+    mut write: F,
+) -> Result<Vec<O>, lobster_core::Error>
+where
+    T: Clone,
+    O: Clone,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<O>, lobster_core::Error>>,
+{
+    let mut answers = vec![fill; items.len()];
+    for round in rounds {
+        let some: Vec<T> = round.iter().map(|&k| items[k].clone()).collect();
+        for (k, a) in round.into_iter().zip(write(some).await?) {
+            answers[k] = a;
+        }
+    }
+    Ok(answers)
+}
+
 /// The casts for a VALUES list: `pg` on PostgreSQL, none on SQLite (which has no `::`).
 pub(crate) fn casts<'a>(backend: crate::Backend, pg: &[&'a str]) -> Vec<&'a str> {
     match backend {

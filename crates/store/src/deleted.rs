@@ -35,16 +35,21 @@ impl Store {
         if let Some(rounds) = crate::batch::rounds(items, |d| d.task_id.as_str()) {
             // Two runs of one task ending together: each statement answers by task id, so
             // each run goes in a statement of its own (as for creates).
-            let mut written = vec![false; items.len()];
-            for round in rounds {
-                let some: Vec<Deleted> = round.iter().map(|&k| items[k].clone()).collect();
-                let got = Box::pin(self.task_finish_deleted(message, now, &some)).await?;
-                for (k, w) in round.into_iter().zip(got) {
-                    written[k] = w;
-                }
-            }
-            return Ok(written);
+            let write = |some: Vec<Deleted>| async move {
+                self.finish_deleted_once(message, now, &some).await
+            };
+            return crate::batch::in_rounds(items, rounds, false, write).await;
         }
+        self.finish_deleted_once(message, now, items).await
+    }
+
+    /// `task_finish_deleted` of items whose task ids are all different.
+    async fn finish_deleted_once(
+        &self,
+        message: &str,
+        now: i64,
+        items: &[Deleted],
+    ) -> Result<Vec<bool>, Error> {
         if self.backend() == crate::Backend::Postgres {
             return self.deleted_write(message, now, items).await;
         }

@@ -263,16 +263,21 @@ impl Store {
             // Two runs of one task (one whose lease ran out, and the run that took it over)
             // ending together: each statement answers by task id, so each run goes in a
             // statement of its own.
-            let mut ends = vec![CreatedEnd::LeaseLost; items.len()];
-            for round in rounds {
-                let some: Vec<Created> = round.iter().map(|&k| items[k].clone()).collect();
-                let got = Box::pin(self.task_finish_created(message, now, &some)).await?;
-                for (k, end) in round.into_iter().zip(got) {
-                    ends[k] = end;
-                }
-            }
-            return Ok(ends);
+            let write = |some: Vec<Created>| async move {
+                self.finish_created_once(message, now, &some).await
+            };
+            return crate::batch::in_rounds(items, rounds, CreatedEnd::LeaseLost, write).await;
         }
+        self.finish_created_once(message, now, items).await
+    }
+
+    /// `task_finish_created` of items whose task ids are all different.
+    async fn finish_created_once(
+        &self,
+        message: &str,
+        now: i64,
+        items: &[Created],
+    ) -> Result<Vec<CreatedEnd>, Error> {
         let ends = match self.backend() {
             Backend::Postgres => self.finish_created_pg(message, now, items).await,
             Backend::Sqlite => self.finish_created_sqlite(message, now, items).await,

@@ -187,7 +187,7 @@ async fn refuse_bad_uri(
     };
     let refused = if nul(uri.path()) || uri.query().is_some_and(nul) {
         Some("NUL characters are not allowed")
-    } else if std::str::from_utf8(&percent_decoded(uri.path())).is_err() {
+    } else if std::str::from_utf8(&percent_decoded(uri.path(), false)).is_err() {
         Some("The path is not valid UTF-8 once decoded")
     } else {
         None
@@ -199,9 +199,10 @@ async fn refuse_bad_uri(
     next.run(req).await
 }
 
-/// `s` with each `%` and two hex digits decoded (anything else kept as it is), as axum
-/// decodes path parameters.
-fn percent_decoded(s: &str) -> Vec<u8> {
+/// `s` with each `%` and two hex digits decoded (anything else kept as it is, a `%` with a
+/// sign too), as axum decodes path parameters; `+` as a space too when `plus_is_space` (a
+/// form-encoded query).
+pub(crate) fn percent_decoded(s: &str, plus_is_space: bool) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -215,6 +216,10 @@ fn percent_decoded(s: &str) -> Vec<u8> {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
+            }
+            (b'+', _, _) if plus_is_space => {
+                out.push(b' ');
+                i += 1;
             }
             (c, _, _) => {
                 out.push(c);

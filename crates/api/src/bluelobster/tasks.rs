@@ -85,26 +85,8 @@ pub(crate) fn form_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A query value decoded: `+` is a space, `%` and two hex digits a byte (`%+0` is not an
+/// escape: decoded as one, it was a NUL the filter for `%00` never saw).
 fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            // Two hex digits exactly: `from_str_radix` alone also takes a sign, so `%+0`
-            // would decode to a NUL the filter for `%00` never sees (a 500 on PostgreSQL).
-            b'%' if i + 2 < b.len()
-                && b[i + 1].is_ascii_hexdigit()
-                && b[i + 2].is_ascii_hexdigit() =>
-            {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("ASCII");
-                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&super::percent_decoded(s, true)).into_owned()
 }

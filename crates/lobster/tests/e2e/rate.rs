@@ -22,16 +22,23 @@ async fn without_a_limit_nothing_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn a_keys_limit_holds_whichever_server_answers() {
+/// Two servers on one database, both limiting keys to `limit` requests a minute, the clock
+/// at a minute's start; a tenant's key as sent to each.
+async fn two_servers_limited(limit: u64) -> (TestApp, [Tenant; 2]) {
     let app = TestApp::spawn().await;
     let (second, base) = app.second_server().await;
-    app.app.set_rate_limit(10);
-    second.set_rate_limit(10);
+    app.app.set_rate_limit(limit);
+    second.set_rate_limit(limit);
     to_next_minute(&app);
     let alice = app.tenant("alice").await;
-    let bob = app.tenant("bob").await;
     let servers = [alice.clone(), alice.through(&base)];
+    (app, servers)
+}
+
+#[tokio::test]
+async fn a_keys_limit_holds_whichever_server_answers() {
+    let (app, servers) = two_servers_limited(10).await;
+    let bob = app.tenant("bob").await;
     // Ten requests, alternating between the servers: all answered.
     for i in 0..10 {
         let r = servers[i % 2].get("/api/v1/instances").await;
@@ -65,13 +72,7 @@ async fn a_keys_limit_holds_whichever_server_answers() {
 
 #[tokio::test]
 async fn concurrent_requests_over_two_servers_never_pass_the_limit() {
-    let app = TestApp::spawn().await;
-    let (second, base) = app.second_server().await;
-    app.app.set_rate_limit(40);
-    second.set_rate_limit(40);
-    to_next_minute(&app);
-    let alice = app.tenant("alice").await;
-    let servers = [alice.clone(), alice.through(&base)];
+    let (_app, servers) = two_servers_limited(40).await;
     let mut sent = tokio::task::JoinSet::new();
     for i in 0..60 {
         let t = servers[i % 2].clone();
