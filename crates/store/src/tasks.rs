@@ -233,11 +233,11 @@ pub(crate) fn finish_created_pg_sql(rows: usize) -> String {
                     WHERE instances.id = t.instance_id AND instances.active_task_id = t.id
                       AND instances.status = 'creating'
                     RETURNING instances.id)
-         SELECT v.task_id AS id,
-                (SELECT COUNT(*) FROM t WHERE t.id = v.task_id) AS finished,
-                (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = v.owner
-                   AND ", processing!("h."), ") AS held
-         FROM v"),
+         SELECT v.task_id AS id, CASE WHEN t.id IS NULL THEN 0 ELSE 1 END::bigint AS finished,
+                CASE WHEN t.id IS NOT NULL THEN 1
+                     ELSE (SELECT COUNT(*) FROM tasks h WHERE h.id = v.task_id AND h.lease_owner = v.owner
+                             AND ", processing!("h."), ") END::bigint AS held
+         FROM v LEFT JOIN t ON t.id = v.task_id"),
         values_list(3, rows, 4, &["", "", "::bigint", ""])
     )
 }
@@ -300,7 +300,8 @@ impl Store {
         let rows = self.fetch(&st).await?;
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
-            // `held` reads the statement's snapshot, from before its own update: a task
+            // `held` (asked only of a task not finished) reads the statement's snapshot, from
+            // before its own update: a task
             // held but not finished was refused for its firewall alone.
             let end = match (get_i64(r, "finished")?, get_i64(r, "held")?) {
                 (1, _) => CreatedEnd::Finished,
