@@ -171,19 +171,20 @@ async fn wait_idle(store: &Store) {
 
 /// Launches `n` instances; the accepted rate, then the rate and latency through COMPLETED
 /// (from the tasks' own created/finished times).
-async fn launches(
-    args: &Args,
-    p: &Proc,
-    store: &Store,
-    n: u64,
-) -> (Stat, f64, Vec<u32>, Vec<String>) {
+async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
     let since = now_ms() - 1;
+    let cpu_before = machine_cpu_ms();
     let accepted = drive(p.addr, args.connections, Budget::Count(n), true, {
         let addr = p.addr;
         move |_| launch(addr)
     })
     .await;
     wait_idle(store).await;
+    // The machine's CPU per launch, accepted through COMPLETED, all processes (server,
+    // database, this client): a steadier measure than the rate on a shared 2-core machine.
+    let cpu_us = machine_cpu_ms()
+        .zip(cpu_before)
+        .map(|(a, b)| (a - b) * 1000.0 / n as f64);
     let tasks: Vec<_> = store
         .task_all()
         .await
@@ -206,7 +207,40 @@ async fn launches(
     let completed = lat.len() as f64;
     let rate = completed / ((last - first).max(1) as f64 / 1000.0);
     let ids = vm_ids(&accepted.bodies);
-    (accepted, rate, lat, ids)
+    Launched {
+        accepted,
+        rate,
+        lat,
+        ids,
+        cpu_us,
+    }
+}
+
+/// What `launches` measured.
+struct Launched {
+    accepted: Stat,
+    /// Launches through COMPLETED per second.
+    rate: f64,
+    /// Latency through COMPLETED, sorted, in microseconds.
+    lat: Vec<u32>,
+    ids: Vec<String>,
+    cpu_us: Option<f64>,
+}
+
+/// The machine's busy CPU time so far (all cores, all processes) from /proc/stat, in
+/// milliseconds: the work a phase cost, whatever ran it and however it was scheduled (a
+/// steadier measure than a rate on a loaded 2-core machine).
+fn machine_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq: busy is all but idle and iowait (steal, the
+    // hypervisor's, is not this machine's work).
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| v.get(i)).sum();
+    Some(busy as f64 * 10.0)
 }
 
 fn now_ms() -> i64 {
@@ -248,7 +282,7 @@ async fn bench_lobster(
     let store = Store::connect_uncached(url).await.unwrap();
     let addr = p.addr;
     // 100 instances, then reads.
-    let (_, _, _, ids) = launches(args, &p, &store, 100).await;
+    let ids = launches(args, &p, &store, 100).await.ids;
     let one = format!("/api/v1/instances/{}", ids[0]);
     let (status, _) = once(addr, get(addr, &one, Some(KEY))).await;
     assert_eq!(status, 200, "GET {one}");
@@ -260,7 +294,18 @@ async fn bench_lobster(
         return;
     }
     // 9,900 more: the launch rates.
-    let (accepted, rate, lat, launched) = launches(args, &p, &store, 9_900).await;
+    let Launched {
+        accepted,
+        rate,
+        lat,
+        ids: launched,
+        cpu_us,
+    } = launches(args, &p, &store, 9_900).await;
+    if let Some(us) = cpu_us {
+        r.note(format!(
+            "{target}: the machine's CPU per launch (9,900, accepted through COMPLETED, all processes): {us:.0} µs"
+        ));
+    }
     r.add(target, "launch accepted", &accepted);
     r.rows.push(Row {
         target: target.into(),
@@ -311,7 +356,7 @@ async fn bench_lobster(
         // The churn launched as many as it deleted.
         let more = args.big - 10_000 + ids.len() as u64 + n_gone;
         let t0 = Instant::now();
-        let (accepted, _, _, _) = launches(args, &p, &store, more).await;
+        let accepted = launches(args, &p, &store, more).await.accepted;
         for f in &accepted.failures {
             r.note(format!("{target} bulk launches: failed with {f}"));
         }
@@ -436,9 +481,16 @@ async fn bench_moto(args: &Args, r: &mut Report) {
         p.stop().await;
         return;
     }
-    // moto launches about 20 a second: 1,000 single launches are measured, and the rest of
+    // moto launches under a hundred a second: 1,000 single launches are measured, and the rest of
     // the 10,000 are made 500 per call.
+    let cpu_before = machine_cpu_ms();
     let s = drive(addr, args.connections, Budget::Count(1_000), false, run).await;
+    if let Some(ms) = machine_cpu_ms().zip(cpu_before).map(|(a, b)| a - b) {
+        r.note(format!(
+            "{target}: the machine's CPU per launch (1,000 RunInstances, all processes): {:.0} µs",
+            ms
+        ));
+    }
     r.add(target, "launch accepted", &s);
     let bulk = drive(addr, 1, Budget::Count(18), false, move |_| {
         ec2(
