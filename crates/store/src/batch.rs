@@ -35,7 +35,7 @@ pub(crate) fn marks(first: usize, n: usize) -> String {
 pub(crate) fn values_list(first: usize, n: usize, width: usize, casts: &[&str]) -> String {
     use std::fmt::Write;
     // Written into one string: a batch statement has hundreds of cells, and a string for
-    // each cell and row was a tenth of the server's work in a burst of launches.
+    // each cell and row was about a twentieth of the server's work in a burst of launches.
     let mut out = String::with_capacity(n * width * 8);
     for r in 0..n {
         out.push_str(if r == 0 { "(" } else { ", (" });
