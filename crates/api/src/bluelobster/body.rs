@@ -182,9 +182,9 @@ impl<'a> Fields<'a> {
                 }
                 None => None,
             },
-            Value::String(s) => match s.trim().parse::<i64>() {
-                Ok(n) => Some(n),
-                Err(_) => {
+            Value::String(s) => match super::int_text(s) {
+                Some(n) => Some(n),
+                None => {
                     self.err(
                         name,
                         "int_parsing",

@@ -28,7 +28,7 @@ fn status_json(fw: &Firewall) -> Value {
 
 /// `pos` is an integer path parameter; anything else is a 422 like FastAPI's.
 fn pos_param(raw: &str) -> Result<i64, BlError> {
-    raw.parse::<i64>().map_err(|_| {
+    super::int_text(raw).ok_or_else(|| {
         invalid(vec![FieldError::new(
             &["path", "pos"],
             "int_parsing",

@@ -199,6 +199,24 @@ async fn refuse_bad_uri(
     next.run(req).await
 }
 
+/// An integer written as text (a query, a path, a JSON string), as the contract's FastAPI
+/// reads one: surrounding blanks ignored, and a whole number beyond i64 taken as the bound on
+/// its side (Python's integers have no bound; each field's own range then caps it). None when
+/// the text is not a whole number.
+pub(crate) fn int_text(s: &str) -> Option<i64> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i64>() {
+        return Some(n);
+    }
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    whole.then_some(if negative { i64::MIN } else { i64::MAX })
+}
+
 /// `s` with each `%` and two hex digits decoded (anything else kept as it is, a `%` with a
 /// sign too), as axum decodes path parameters; `+` as a space too when `plus_is_space` (a
 /// form-encoded query).
@@ -248,9 +266,16 @@ async fn json_method_not_allowed(res: axum::response::Response) -> axum::respons
     axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-/// Reads a body; a body over the limit is 413 in the dialect's shape.
+/// Reads a body; a body over the limit is 413 in the dialect's shape, and one that could not
+/// be read at all (a malformed chunk, a connection cut short) is 400, not 413.
 pub(crate) fn body_bytes(
     b: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::body::Bytes, BlError> {
-    b.map_err(|e| BlError(Error::TooLarge(e.body_text())))
+    use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+    b.map_err(|e| match &e {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            BlError(Error::TooLarge(e.body_text()))
+        }
+        _ => BlError(Error::bad_request("invalid_input", e.body_text())),
+    })
 }

@@ -125,9 +125,15 @@ fn augment(doc: &mut Value) {
                 add("400", "Invalid request parameters");
                 add("409", "Resource conflict");
             }
-            if method != "get" || path.ends_with("/console") || path.ends_with("/stats") {
-                // A write PostgreSQL failed to break a deadlock (nothing was written), a
-                // database that did not answer in time (outcome unknown), or a hypervisor that
+            if path == "/api/v1/backups/restore" {
+                // The backup still being created or deleted, the target busy, or the new
+                // instance's name taken.
+                add("409", "Backup or target busy, or name already in use");
+            }
+            if path != "/api/v1/health" && path != "/api/v1/openapi.json" {
+                // Every operation that reaches the database: a database that did not answer
+                // in time (a read or a write whose outcome is unknown), a write PostgreSQL
+                // failed to break a deadlock (nothing was written); and a hypervisor that
                 // does not answer in time (console, stats).
                 add("503", "Service unavailable; try again");
             }
@@ -172,10 +178,11 @@ mod tests {
         }
     }
 
-    /// The reads that ask a host (stats, console) say they may answer 503, as they do when
-    /// the host does not answer in time; other reads do not.
+    /// Every operation that reaches the database or a host says it may answer 503 (the
+    /// database or the host did not answer in time); the health check and the document
+    /// itself do not.
     #[test]
-    fn reads_that_ask_a_host_document_503() {
+    fn operations_that_reach_the_database_document_503() {
         let served = served();
         let codes = |path: &str, method: &str| -> Vec<String> {
             let r = served["paths"][path][method]["responses"].as_object();
@@ -187,7 +194,18 @@ mod tests {
         let has = |path: &str, method: &str| codes(path, method).contains(&"503".to_string());
         assert!(has("/api/v1/instances/{instance_id}/stats", "get"));
         assert!(has("/api/v1/instances/{instance_id}/console", "post"));
-        assert!(!has("/api/v1/instances/{instance_id}", "get"));
+        assert!(has("/api/v1/instances/{instance_id}", "get"));
+        assert!(has("/api/v1/instances", "get"));
+        assert!(has("/api/v1/tasks", "get"));
+        assert!(!has("/api/v1/health", "get"));
+    }
+
+    /// A restore's conflicts (the backup busy, the target busy, a name taken) are 409s.
+    #[test]
+    fn restore_documents_its_conflicts() {
+        let served = served();
+        let r = &served["paths"]["/api/v1/backups/restore"]["post"]["responses"];
+        assert!(r.get("409").is_some());
     }
 
     /// The bodies the server reads where the contract's operation declares none (its prose

@@ -58,9 +58,9 @@ pub async fn task_list(
 /// Any integer is schema-valid (the contract sets no bounds); out-of-range values are capped
 /// by the caller. Only non-integers are 422.
 fn query_int(errors: &mut Vec<FieldError>, name: &str, v: &str) -> Option<i64> {
-    match v.trim().parse::<i64>() {
-        Ok(n) => Some(n),
-        Err(_) => {
+    match super::int_text(v) {
+        Some(n) => Some(n),
+        None => {
             errors.push(
                 FieldError::new(
                     &["query", name],

@@ -485,6 +485,33 @@ async fn a_prefixed_restore_name_of_wide_characters_is_an_answer_not_a_panic() {
 
 /// A NUL character (which PostgreSQL cannot store in text) is a 4xx wherever it comes: in a
 /// body's string (422, the field named), in a path or a query (400); nothing is written.
+/// Notes are bounded at 1,024 characters (docs/compatibility.md): 1,024 are kept as sent,
+/// 1,025 are a 400 and change nothing.
+#[tokio::test]
+async fn notes_are_bounded_at_1024_characters() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let volid = backup(&app, &alice, &id).await;
+    let notes = format!("/api/v1/backups/notes?volid={volid}");
+    let most = "é".repeat(1024);
+    expect(
+        alice.put(&notes, json!({ "notes": most })).await,
+        StatusCode::OK,
+    )
+    .await;
+    let r = expect(
+        alice
+            .put(&notes, json!({ "notes": "a".repeat(1025) }))
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(r["error"], "invalid_notes");
+    let listed = alice.get_json("/api/v1/backups", StatusCode::OK).await;
+    assert_eq!(listed["backups"][0]["notes"], json!(most));
+}
+
 #[tokio::test]
 async fn a_nul_character_anywhere_is_refused() {
     let app = TestApp::spawn().await;

@@ -204,6 +204,12 @@ async fn delete_shifts_later_rules_up() {
         alice.get(&format!("{rules}/-1")).await.status(),
         StatusCode::NOT_FOUND
     );
+    // A whole number beyond i64 is a position like any other (FastAPI's integers have no
+    // bound), not a 422.
+    for pos in ["99999999999999999999", "-99999999999999999999"] {
+        let r = alice.get(&format!("{rules}/{pos}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{pos}");
+    }
     let bad = expect(
         alice.get(&format!("{rules}/first")).await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -244,6 +250,42 @@ async fn invalid_rules_are_400_and_missing_fields_422() {
         alice.get_json(&fw(&id), StatusCode::OK).await["rules"],
         json!([])
     );
+}
+
+/// A rule's comment is bounded at 256 characters and an instance at 256 rules
+/// (docs/compatibility.md); the bounds themselves are accepted.
+#[tokio::test]
+async fn comments_and_rules_are_bounded_at_256() {
+    let app = TestApp::spawn().await;
+    let alice = app.tenant("alice").await;
+    let (id, _) = vm(&app, &alice).await;
+    let rules = format!("{}/rules", fw(&id));
+    let rule = |comment: String| json!({"type": "in", "action": "ACCEPT", "comment": comment});
+    let r = expect(
+        alice.post(&rules, rule("c".repeat(257))).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(r["error"], "invalid_rule");
+    for k in 0..256 {
+        let comment = if k == 0 {
+            "ü".repeat(256)
+        } else {
+            format!("r{k}")
+        };
+        let r = alice.post(&rules, rule(comment)).await;
+        assert_eq!(r.status(), StatusCode::OK, "rule {k}");
+    }
+    let r = expect(
+        alice.post(&rules, rule("one more".into())).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(r["error"], "invalid_rule");
+    let b = alice.get_json(&fw(&id), StatusCode::OK).await;
+    let listed = b["rules"].as_array().unwrap();
+    assert_eq!(listed.len(), 256);
+    assert_eq!(listed[255]["comment"], json!("ü".repeat(256)));
 }
 
 #[tokio::test]
