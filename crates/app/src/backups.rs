@@ -107,14 +107,10 @@ impl App {
             }
         }
         let running = match &row.active_task_id {
-            Some(t) => self
-                .store
-                .task_by_id(t)
-                .await?
-                .map(|t| t.operation)
-                .unwrap_or_default(),
-            None => String::new(),
-        };
+            Some(t) => tx.task_by_id(t).await?.map(|t| t.operation),
+            None => None,
+        }
+        .unwrap_or_default();
         let busy = match running.as_str() {
             "create_backup" => "backup is already in progress",
             "restore_backup" => "restore is already in progress",
@@ -369,6 +365,14 @@ impl App {
         let backup = self.backup_find(caller, volid).await?;
         let now = self.now();
         let task_id = ids::new_task_id();
+        // Read before the transaction, not inside it on a second connection (a backup's
+        // instance does not change): sixteen deletes at once each holding a connection and
+        // waiting for another would hold the pool until they all gave up.
+        let inst = self
+            .store
+            .instance_by_id(&backup.instance_id)
+            .await?
+            .ok_or_else(|| Error::not_found("backup", volid))?;
         let mut tx = self.store.begin().await?;
         if !tx
             .backup_transition(volid, "available", "deleting", Some(&task_id), now)
@@ -392,11 +396,6 @@ impl App {
                 format!("Backup {volid} is being restored"),
             ));
         }
-        let inst = self
-            .store
-            .instance_by_id(&backup.instance_id)
-            .await?
-            .ok_or_else(|| Error::not_found("backup", volid))?;
         tx.task_insert(&self.backup_task(
             TaskKind::DeleteBackup,
             &inst,

@@ -437,7 +437,14 @@ impl Turn {
             is_primary: true,
         };
         let Some(ip) = tx.ip_allocate(&p.region, &claim, now).await? else {
-            return Err(no_address());
+            // Its batch may have been written after all, with the last free address: its
+            // instance then exists, and the launch is answered as written, not refused.
+            tx.rollback().await?;
+            return self
+                .written_before(&p.id)
+                .await?
+                .map(Some)
+                .ok_or_else(no_address);
         };
         // Written as if placed on the best candidate; moved below in the rare case that a
         // concurrent launch took its room since the candidates were read.

@@ -172,6 +172,9 @@ pub(crate) fn db_error(transient: bool, message: &str) -> Error {
 /// connection, but whoever holds the lock runs on the main pool.
 const BATCH_CONNECTIONS: usize = 4;
 
+/// The main pool's connections on PostgreSQL (reads and transactions share it).
+pub const PG_POOL_CONNECTIONS: u32 = 16;
+
 /// A pool of `n` connections to PostgreSQL at `url`, each planning a statement once.
 async fn pg_pool(url: &str, n: u32, bound: &Bound) -> Result<AnyPool, Error> {
     let released = bound.clone();
@@ -313,7 +316,7 @@ impl Store {
                 }
             }
             Backend::Postgres => {
-                let pool = pg_pool(url, 16, &bound).await?;
+                let pool = pg_pool(url, PG_POOL_CONNECTIONS, &bound).await?;
                 let batch = Some(Arc::new(conns::Conns::new(
                     url,
                     BATCH_CONNECTIONS,

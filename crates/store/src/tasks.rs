@@ -301,8 +301,10 @@ impl Store {
         let mut by_id = std::collections::HashMap::new();
         for r in &rows {
             // `held` (asked only of a task not finished) reads the statement's snapshot, from
-            // before its own update: a task
-            // held but not finished was refused for its firewall alone.
+            // before its own update: a task held but not finished was refused for its
+            // firewall, or lost its lease to a claim that committed after that snapshot (read
+            // committed lets the update see the claim). The second is answered as the first;
+            // harmless, since a run that lost its lease was stopped by its heartbeat already.
             let end = match (get_i64(r, "finished")?, get_i64(r, "held")?) {
                 (1, _) => CreatedEnd::Finished,
                 (_, 0) => CreatedEnd::LeaseLost,
@@ -802,6 +804,15 @@ impl Tx {
         let st = Statement::new(self.backend, &sql, vals);
         self.run(&st).await?;
         Ok(())
+    }
+
+    /// A task by id, read on the transaction's own connection: a transaction that took a
+    /// second connection of the pool for a read could wait for it behind others doing the same,
+    /// each holding one, until the pool ran dry.
+    pub async fn task_by_id(&mut self, id: &str) -> Result<Option<TaskRow>, Error> {
+        let sql = format!("SELECT {COLS} FROM tasks WHERE id = $1");
+        let r = self.q(&sql).bind(id).fetch_optional().await?;
+        r.as_ref().map(row).transpose()
     }
 
     /// Rewrites the parameters of a task not yet run (a launch moved to another host, in the

@@ -485,6 +485,41 @@ async fn a_prefixed_restore_name_of_wide_characters_is_an_answer_not_a_panic() {
 
 /// A NUL character (which PostgreSQL cannot store in text) is a 4xx wherever it comes: in a
 /// body's string (422, the field named), in a path or a query (400); nothing is written.
+/// A backup request reads what it needs on its own transaction's connection or before it
+/// begins, never on a second connection while it holds one: with the pool all but used up,
+/// a busy instance's backup is its 409 and a delete goes through (each waited 30 s for a
+/// connection that requests like it held, then answered 503).
+#[tokio::test]
+async fn backup_requests_never_wait_for_a_second_connection() {
+    let app = TestApp::spawn().await;
+    let store = app.app.store().clone();
+    if store.backend() != lobster_store::Backend::Postgres {
+        return; // SQLite reads on connections of their own
+    }
+    let alice = app.tenant("alice").await;
+    let id = app.running(&alice, "v1_cpu_small").await;
+    let volid = backup(&app, &alice, &id).await;
+    let path = format!("/api/v1/instances/{id}/backup");
+    expect(alice.post(&path, json!({})).await, StatusCode::OK).await;
+    let mut held = Vec::new();
+    for _ in 1..lobster_store::PG_POOL_CONNECTIONS {
+        held.push(store.begin().await.unwrap());
+    }
+    let r = expect(alice.post(&path, json!({})).await, StatusCode::CONFLICT).await;
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("backup is already in progress"),
+        "{r}"
+    );
+    let r = alice
+        .delete(&format!("/api/v1/backups?volid={volid}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(held);
+}
+
 /// Notes are bounded at 1,024 characters (docs/compatibility.md): 1,024 are kept as sent,
 /// 1,025 are a 400 and change nothing.
 #[tokio::test]

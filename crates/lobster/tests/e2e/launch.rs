@@ -815,6 +815,33 @@ async fn a_launch_whose_written_batch_was_answered_as_failed_is_answered_as_writ
     assert_eq!(store.ip_assignments().await.unwrap().len(), 1);
 }
 
+/// The same when the batch took the region's last free address: the launch sent alone finds
+/// no address for itself, and must look for its instance before it refuses (it was answered
+/// 409 while its instance existed, and would run and be billed).
+#[tokio::test]
+async fn a_written_batch_that_took_the_last_address_is_answered_as_written() {
+    let mut fleet = tiny_fleet(3);
+    fleet.regions[0].ip_pools = vec!["10.77.0.5-10.77.0.5".into()];
+    let app = TestApp::spawn_with(fleet, engine_config()).await;
+    let store = app.app.store().clone();
+    if store.backend() != lobster_store::Backend::Postgres {
+        return; // only PostgreSQL writes a batch in one statement whose answer can be lost
+    }
+    let alice = app.tenant("alice").await;
+    store.lose_next_batch_answer();
+    let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY});
+    let b = expect(alice.launch_body(body).await, StatusCode::OK).await;
+    assert_eq!(b["assigned_ip"], "10.77.0.5");
+    let list = alice.get_json("/api/v1/instances", StatusCode::OK).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["uuid"].as_str())
+        .collect();
+    assert_eq!(ids, [b["vm_uuid"].as_str().unwrap()], "{list}");
+}
+
 /// `n` launch bodies of a small instance.
 fn small_launches(n: usize) -> impl Iterator<Item = Value> {
     (0..n).map(
