@@ -20,6 +20,17 @@ use tokio::sync::Semaphore;
 /// found by the ping, before a statement would fail on it (as the pool's `before_acquire`).
 const IDLE_PING: Duration = Duration::from_secs(1);
 
+/// PostgreSQL ends a batch statement itself before this server would give up on it (a tenth
+/// of the bound sooner). Why: a batch statement is a transaction of its own, so one given up
+/// on while it waited (say for a host row another transaction held) could still commit once
+/// that lock was released, after its caller had looked for its rows, found none and answered
+/// its launches as failed or sent them alone. Ended by the database, it is rolled back, and
+/// the caller's answer is true.
+fn statement_timeout(bound: Duration) -> String {
+    let ms = bound.as_millis() * 9 / 10;
+    format!("SET statement_timeout = {}", ms.max(1))
+}
+
 pub(crate) struct Conns {
     url: String,
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
@@ -61,9 +72,11 @@ impl Conns {
                 return Ok(c);
             }
         }
+        let timeout = statement_timeout(self.bound.get());
         let open = async {
             let mut c = AnyConnection::connect(&self.url).await?;
             crate::plan_once(&mut c).await?;
+            sqlx::Executor::execute(&mut c, timeout.as_str()).await?;
             Ok(c)
         };
         crate::bound::within(Some(self.bound.get()), open).await

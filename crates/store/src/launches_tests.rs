@@ -392,3 +392,31 @@ async fn postgres_with_pool(range: &str) -> Option<Store> {
     store.account_create("a1", "acme", 0).await.unwrap();
     Some(store)
 }
+
+/// A batch statement that waits longer than the store's bound (here for a host row another
+/// transaction holds) is ended by PostgreSQL itself, rolled back, before the store gives up on
+/// it: once the row is free it does not go on to write launches already answered as failed.
+#[tokio::test]
+async fn a_batch_given_up_on_is_ended_by_the_database_too() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        // Before the batch connections open: their statement timeout follows the bound.
+        store.set_statement_bound(std::time::Duration::from_millis(300));
+        with_pool(&store, "10.9.0.1-10.9.0.3").await;
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let mut holder = store.begin().await.unwrap();
+        holder.hosts_lock(&["wil-cpu-03"]).await.unwrap();
+        let waited = [launch("vm0", "web-0", 2)];
+        assert!(write(&store, &waited, None, &on_cpu_host(2)).await.is_err());
+        holder.rollback().await.unwrap();
+        // A batch on the same host waits behind anything still queued for its row: once it
+        // is written, the first one has ended, one way or the other.
+        let next = [launch("vm1", "web-1", 2)];
+        let got = write(&store, &next, None, &on_cpu_host(2)).await.unwrap();
+        assert!(matches!(got, LaunchesWritten::Written(_)), "{got:?}");
+        nothing_of(&store, &["vm0"]).await;
+        assert_eq!(cpu_cores_used(&store).await, 2);
+    }
+}
