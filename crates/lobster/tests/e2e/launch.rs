@@ -802,14 +802,7 @@ async fn a_launch_whose_written_batch_was_answered_as_failed_is_answered_as_writ
     let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY, "name": "once"});
     let b = expect(alice.launch_body(body).await, StatusCode::OK).await;
     let id = b["vm_uuid"].as_str().unwrap();
-    let list = alice.get_json("/api/v1/instances", StatusCode::OK).await;
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i["uuid"].as_str())
-        .collect();
-    assert_eq!(ids, [id], "{list}");
+    assert_eq!(listed_ids(&alice).await, [id]);
     let row = store.instance_by_id(id).await.unwrap().unwrap();
     assert_eq!(json!(row.ip_address), b["assigned_ip"]);
     assert_eq!(store.ip_assignments().await.unwrap().len(), 1);
@@ -832,14 +825,15 @@ async fn a_written_batch_that_took_the_last_address_is_answered_as_written() {
     let body = json!({"region": "us-east-1", "instance_type": "v1_cpu_small", "ssh_key": SSH_KEY});
     let b = expect(alice.launch_body(body).await, StatusCode::OK).await;
     assert_eq!(b["assigned_ip"], "10.77.0.5");
-    let list = alice.get_json("/api/v1/instances", StatusCode::OK).await;
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i["uuid"].as_str())
-        .collect();
-    assert_eq!(ids, [b["vm_uuid"].as_str().unwrap()], "{list}");
+    assert_eq!(listed_ids(&alice).await, [b["vm_uuid"].as_str().unwrap()]);
+}
+
+/// The ids of the instances `t` lists, in the list's order.
+async fn listed_ids(t: &Tenant) -> Vec<String> {
+    let list = t.get_json("/api/v1/instances", StatusCode::OK).await;
+    let ids = list.as_array().unwrap().iter();
+    ids.filter_map(|i| i["uuid"].as_str().map(String::from))
+        .collect()
 }
 
 /// `n` launch bodies of a small instance.
