@@ -238,6 +238,49 @@ impl Fleet {
                 errs.push(format!("host {:?} has GPUs but no gpu_model", h.id));
             }
         }
+        // Sizes and prices as the capacity checks and bills use them: a negative one would
+        // pass every room check and then break the database's own (a 500 on every launch of
+        // the type), and a type of no cores, memory or disk is no machine.
+        for h in &self.hosts {
+            let sizes = [
+                ("cores", h.cores),
+                ("memory_gb", h.memory_gb),
+                ("disk_gb", h.disk_gb),
+                ("gpus", h.gpus),
+            ];
+            for (what, n) in sizes {
+                if n < 0 {
+                    errs.push(format!("host {:?}: {what} {n} is negative", h.id));
+                }
+            }
+        }
+        for t in &self.instance_types {
+            let sizes = [
+                ("vcpus", t.vcpus, 1),
+                ("memory_gib", t.memory_gib, 1),
+                ("storage_gib", t.storage_gib, 1),
+                ("gpus", t.gpus, 0),
+                ("price_cents_per_hour", t.price_cents_per_hour, 0),
+            ];
+            for (what, n, least) in sizes {
+                if n < least {
+                    errs.push(format!(
+                        "instance type {:?}: {what} {n} is below {least}",
+                        t.name
+                    ));
+                }
+            }
+        }
+        let p = &self.custom_pricing;
+        for (what, n) in [
+            ("cents_per_vcpu", p.cents_per_vcpu),
+            ("cents_per_8gb_memory", p.cents_per_8gb_memory),
+            ("cents_per_gpu", p.cents_per_gpu),
+        ] {
+            if n < 0 {
+                errs.push(format!("custom_pricing.{what} {n} is negative"));
+            }
+        }
         for r in &self.regions {
             for p in &r.ip_pools {
                 if let Err(e) = crate::ip::parse_pool(p) {
@@ -482,6 +525,26 @@ mod tests {
         f.regions[0].ip_pools.push("bogus".into());
         f.default_gpu_template = "NOPE".into();
         assert_eq!(f.validate().unwrap_err().len(), 3);
+    }
+
+    /// Negative sizes and prices, and types of no cores, memory or disk, are refused by name.
+    #[test]
+    fn validation_reports_impossible_sizes_and_prices() {
+        let mut f = Fleet::demo();
+        f.instance_types[0].vcpus = -8;
+        f.instance_types[1].storage_gib = 0;
+        f.instance_types[2].price_cents_per_hour = -1;
+        f.hosts[0].memory_gb = -1;
+        f.custom_pricing.cents_per_gpu = -40;
+        let errs = f.validate().unwrap_err();
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        let name = &f.instance_types[0].name;
+        assert!(
+            errs[1].contains(name.as_str()) && errs[1].contains("vcpus -8"),
+            "{errs:?}"
+        );
+        assert!(errs[0].contains("memory_gb -1"), "{errs:?}");
+        assert!(errs[4].contains("custom_pricing.cents_per_gpu"), "{errs:?}");
     }
 
     #[test]

@@ -168,18 +168,15 @@ pub async fn run(cfg: Config, cmd: AdminCmd) -> Result<(), String> {
                 app.store().table_counts().await.map_err(e)?,
                 target.table_counts().await.map_err(e)?,
             );
-            for ((table, n), (_, m)) in src.iter().zip(&dst) {
-                let c = copied
-                    .iter()
-                    .find(|(t, _)| t == table)
-                    .map(|(_, c)| *c)
-                    .unwrap_or(0);
-                println!("{table}\tcopied {c}\tsource {n}\ttarget {m}");
-            }
-            if src != dst {
-                return Err("row counts differ between source and target".into());
-            }
+            let moved = copy_checked(&copied, &src, &dst)?;
             println!("migrated: every table's row count matches");
+            if moved {
+                println!(
+                    "note: the source changed during the copy (a server kept running): what it \
+                     wrote after the snapshot is not in the target; for a final copy, stop every \
+                     server, empty the target and run this again"
+                );
+            }
             target.close().await;
         }
         AdminCmd::Team(TeamCmd::List { account }) => {
@@ -190,4 +187,48 @@ pub async fn run(cfg: Config, cmd: AdminCmd) -> Result<(), String> {
     }
     app.store().close().await;
     Ok(())
+}
+
+/// Prints each table's counts and checks the copy against the snapshot it read (`copied`):
+/// the target must hold exactly that. Whether the live source moved since (a server left
+/// running wrote after the snapshot): not a failed copy, and a second run would be refused
+/// (the target no longer empty), but the operator is told.
+fn copy_checked(
+    copied: &[(&'static str, u64)],
+    src: &[(&'static str, i64)],
+    dst: &[(&'static str, i64)],
+) -> Result<bool, String> {
+    let mut moved = false;
+    for ((table, n), (_, m)) in src.iter().zip(dst) {
+        let c = copied
+            .iter()
+            .find(|(t, _)| t == table)
+            .map(|(_, c)| *c)
+            .unwrap_or(0);
+        println!("{table}\tcopied {c}\tsource {n}\ttarget {m}");
+        if i64::try_from(c).ok() != Some(*m) {
+            return Err(format!(
+                "{table}: {c} rows copied but {m} in the target; the target is not a copy"
+            ));
+        }
+        moved |= i64::try_from(c).ok() != Some(*n);
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_checked;
+
+    /// A copy is judged by what it read: a source that grew since is said, not a failure; a
+    /// target that does not hold what was copied is one.
+    #[test]
+    fn a_copy_is_checked_against_its_snapshot() {
+        let copied = [("accounts", 1), ("instances", 5)];
+        let same = [("accounts", 1), ("instances", 5)];
+        let grown = [("accounts", 1), ("instances", 6)];
+        assert_eq!(copy_checked(&copied, &same, &same), Ok(false));
+        assert_eq!(copy_checked(&copied, &grown, &same), Ok(true));
+        assert!(copy_checked(&copied, &same, &grown).is_err());
+    }
 }

@@ -246,6 +246,17 @@ impl FileConfig {
                 return Err(format!("{name} = {v} is out of range ({lo} to {hi})"));
             }
         }
+        // Two servers that each pass the clock check differ by at most twice the bound, and
+        // a lease's heartbeat margin is a third of it: past a sixth of the lease, two servers
+        // could both hold one task.
+        let most = e.lease_seconds * 1000 / 6;
+        if let Some(skew) = e.max_clock_skew_ms.filter(|&s| s > most) {
+            return Err(format!(
+                "engine.max_clock_skew_ms = {skew} is more than a sixth of engine.lease_seconds \
+                 ({most} ms for a lease of {} s)",
+                e.lease_seconds
+            ));
+        }
         Ok(())
     }
 }
@@ -352,6 +363,27 @@ mod tests {
             ..Default::default()
         };
         load(&args, None, None)
+    }
+
+    /// The README's example configuration loads, and its fleet is valid.
+    #[test]
+    fn the_readmes_example_configuration_starts() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n[engine]").expect("the example") + "```toml\n".len();
+        let len = readme[start..].find("```").unwrap();
+        let c = load_toml(&readme[start..start + len]).unwrap();
+        c.fleet.validate().unwrap();
+        assert_eq!(c.fleet.default_cpu_template, "UBUNTU-22-04");
+    }
+
+    /// The clock bound keeps two servers that pass it within a third of a lease of each
+    /// other (each at most a sixth off the database's): a larger one is refused by name.
+    #[test]
+    fn a_clock_bound_past_a_sixth_of_the_lease_is_refused() {
+        assert!(load_toml("[engine]\nmax_clock_skew_ms = 5000\n").is_ok());
+        let err = load_toml("[engine]\nmax_clock_skew_ms = 10000\n").unwrap_err();
+        assert!(err.contains("engine.max_clock_skew_ms"), "{err}");
+        assert!(load_toml("[engine]\nlease_seconds = 60\nmax_clock_skew_ms = 10000\n").is_ok());
     }
 
     #[test]

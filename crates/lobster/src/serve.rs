@@ -67,6 +67,15 @@ pub async fn build(
 }
 
 pub async fn run(cfg: Config) -> Result<(), String> {
+    // The port and the signal handlers first: a server that cannot listen (a port taken, an
+    // address mistyped) stops before it syncs the fleet or claims a task. Its workers would
+    // otherwise have claimed other servers' tasks (an attempt each) and been cut off as the
+    // process exited, leaving the leases to run out.
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = shutdown_signal();
     let app = match cfg.driver.as_str() {
         "sim" => sim_driver(&cfg, system_clock()).await?.0,
         other => return Err(format!("unknown driver {other:?}: this build has `sim`")),
@@ -93,11 +102,6 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         stop_rx.clone(),
     ));
     workers.push(spawn_stats_keeper(Arc::clone(&app), stop_rx));
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let stop = shutdown_signal();
     announce(&cfg, addr, bootstrap.is_some());
     let router = lobster_api::router(Arc::clone(&app));
     let served = axum::serve(listener, router)
@@ -195,13 +199,38 @@ fn announce(cfg: &Config, addr: std::net::SocketAddr, bootstrapped: bool) {
     if bootstrapped {
         text.push_str("LOBSTER_BOOTSTRAP_KEY is an owner+staff key of account `default`.\n");
     } else {
-        let dd = cfg.data_dir.display();
+        let at = admin_target(cfg);
         text.push_str(&format!(
-            "Get an API key:\n  lobster admin --data-dir {dd} account create acme\n  \
-             lobster admin --data-dir {dd} key create --account acme --role owner\n"
+            "Get an API key:\n  lobster admin {at} account create acme\n  \
+             lobster admin {at} key create --account acme --role owner\n"
         ));
     }
     say(&text);
+}
+
+/// How `lobster admin` reaches this server's database: its data directory when the database
+/// is the one there, else the database's URL (a password in it shown as `***`).
+fn admin_target(cfg: &Config) -> String {
+    let dd = cfg.data_dir.display();
+    if cfg.database_url == format!("sqlite://{dd}/lobster.db") {
+        return format!("--data-dir {dd}");
+    }
+    format!("--database-url '{}'", redacted(&cfg.database_url))
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some((auth, host)) if !auth.contains('/') => (auth, host),
+        _ => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
 }
 
 fn say(text: &str) {
@@ -248,5 +277,24 @@ mod tests {
         }
         assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(stats_wait(wait, true), STATS_EVERY);
+    }
+
+    /// The banner's admin commands reach the server's own database: its data directory's
+    /// file, else its URL without the password.
+    #[test]
+    fn the_banner_names_the_database_the_server_uses() {
+        let mut cfg = crate::config::load(&Default::default(), None, None).unwrap();
+        assert_eq!(admin_target(&cfg), "--data-dir lobster-data");
+        cfg.database_url = "sqlite:///srv/other.db".into();
+        assert_eq!(
+            admin_target(&cfg),
+            "--database-url 'sqlite:///srv/other.db'"
+        );
+        cfg.database_url = "postgres://lob:s3cret@db:5432/lobster?sslmode=require".into();
+        assert_eq!(
+            admin_target(&cfg),
+            "--database-url 'postgres://lob:***@db:5432/lobster?sslmode=require'"
+        );
+        assert_eq!(redacted("postgres://lob@db/x"), "postgres://lob@db/x");
     }
 }

@@ -177,6 +177,27 @@ async fn bootstrap_key_and_start_banner() {
     );
 }
 
+/// A server that cannot listen stops before it touches anything: no database made, no fleet
+/// synced, no task claimed (its workers used to start first and claim other servers' tasks).
+#[test]
+fn a_server_that_cannot_listen_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .env_remove("LOBSTER_CONFIG")
+        .env_remove("LOBSTER_DATABASE_URL")
+        .env_remove("LOBSTER_BOOTSTRAP_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!dir.path().join("lobster.db").exists());
+}
+
 #[test]
 fn admin_errors_are_reported_and_exit_nonzero() {
     let dir = tempfile::tempdir().unwrap();
