@@ -210,6 +210,51 @@ pub(crate) async fn with_pool(store: &Store, pool: &str) -> Fleet {
     fleet
 }
 
+/// A pool narrowed in the configuration stops being given out at the next sync: its free
+/// addresses go, a held one stays with its instance (and goes at the sync after its release);
+/// a pool moved to another region takes its free addresses there.
+#[tokio::test]
+async fn pools_dropped_or_moved_stop_being_given_out() {
+    for (store, _d) in stores().await {
+        with_pool(&store, "10.9.0.1-10.9.0.3").await;
+        assert_eq!(take_one(&store, "vm0").await.as_deref(), Some("10.9.0.1"));
+        with_pool(&store, "10.9.0.2-10.9.0.2").await;
+        assert_eq!(take_one(&store, "vm1").await.as_deref(), Some("10.9.0.2"));
+        assert_eq!(take_one(&store, "vm2").await, None, "10.9.0.3 is no pool's");
+        let held = store.ip_assignments().await.unwrap();
+        assert!(
+            held.contains(&("10.9.0.1".into(), "vm0".into())),
+            "{held:?}"
+        );
+        let mut tx = store.begin().await.unwrap();
+        tx.ip_release_all("vm0", 2).await.unwrap();
+        tx.commit().await.unwrap();
+        with_pool(&store, "10.9.0.2-10.9.0.2").await;
+        assert_eq!(
+            take_one(&store, "vm3").await,
+            None,
+            "10.9.0.1 went at the sync"
+        );
+
+        // The pool moved to another region: its free addresses are that region's.
+        let mut fleet = Fleet::demo();
+        fleet.regions[0].ip_pools = vec![];
+        fleet.regions[1].ip_pools.push("10.9.0.7-10.9.0.8".into());
+        with_pool(&store, "10.9.0.7-10.9.0.8").await;
+        store.fleet_sync(&fleet).await.unwrap();
+        assert_eq!(take_one(&store, "vm4").await, None, "no pool in us-east-1");
+        for address in ["10.9.0.7", "10.9.0.8"] {
+            let r = sqlx::query("SELECT region FROM ip_addresses WHERE address = $1")
+                .bind(address)
+                .fetch_one(store.read_pool())
+                .await
+                .unwrap();
+            let region: String = sqlx::Row::get(&r, "region");
+            assert_eq!(region, fleet.regions[1].name, "{address}");
+        }
+    }
+}
+
 async fn take_one(store: &Store, id: &str) -> Option<String> {
     let mut tx = store.begin().await.unwrap();
     let got = tx.ip_allocate("us-east-1", &claim(id), 1).await.unwrap();

@@ -1,7 +1,7 @@
 //! Hosts, their reserved capacity, and the IP pools. Reservation is a conditional UPDATE that
 //! only succeeds while the host still has room, so it holds across processes (invariant 1).
 
-use crate::{db_err, Backend, Cells, Store, Tx};
+use crate::{db_err, get_str, Backend, Cells, Store, Tx};
 use lobster_core::capacity::{HostFree, Resources};
 use lobster_core::fleet::Fleet;
 use lobster_core::Error;
@@ -111,11 +111,16 @@ impl Store {
         tx.commit().await
     }
 
-    /// Adds every configured pool address the database does not have yet.
+    /// Adds every configured pool address the database does not have yet; a free address no
+    /// pool holds any more is removed, and one whose pool moved to another region moves with
+    /// it. (An address still held when its pool is dropped stays with its instance; it goes
+    /// back to the free ones when released, and is removed at the next start.)
     async fn ip_pools_sync(&self, fleet: &Fleet) -> Result<(), Error> {
         let mut tx = self.begin().await?;
         // New addresses may sort before the hints.
         tx.ips_added();
+        let mut configured: std::collections::HashMap<String, &str> =
+            std::collections::HashMap::new();
         for r in &fleet.regions {
             let mut addrs = Vec::new();
             for pool in &r.ip_pools {
@@ -130,6 +135,7 @@ impl Store {
                     crate::ips::POOL_SPAN - 1
                 )));
             }
+            configured.extend(addrs.iter().map(|a| (a.to_string(), r.name.as_str())));
             // Many rows per statement: a /15 pool is 130,000 addresses, synced on every start.
             for (n, chunk) in addrs.chunks(500).enumerate() {
                 let values: Vec<String> = (0..chunk.len())
@@ -147,6 +153,7 @@ impl Store {
                 q.execute().await?;
             }
         }
+        ip_pools_prune(&mut tx, &configured).await?;
         tx.commit().await
     }
 
@@ -387,4 +394,47 @@ impl Store {
         let st = crate::batch::Statement::new(self.backend(), &sql, vals);
         self.fetch(&st).await?.iter().map(host).collect()
     }
+}
+
+/// The free addresses no configured pool holds are removed; those configured in another
+/// region than the one they are in are moved there. Why: a pool dropped from the
+/// configuration (or narrowed, or moved) must stop being given out, and the insert of the
+/// configured ones leaves existing rows as they were.
+async fn ip_pools_prune(
+    tx: &mut Tx,
+    configured: &std::collections::HashMap<String, &str>,
+) -> Result<(), Error> {
+    let free = tx
+        .q("SELECT address, region FROM ip_addresses WHERE instance_id IS NULL")
+        .fetch_all()
+        .await?;
+    let mut gone = Vec::new();
+    let mut moved = Vec::new();
+    for r in &free {
+        let (address, region) = (get_str(r, "address")?, get_str(r, "region")?);
+        match configured.get(&address) {
+            None => gone.push(address),
+            Some(to) if *to != region => moved.push((address, to.to_string())),
+            Some(_) => {}
+        }
+    }
+    for chunk in gone.chunks(500) {
+        let sql = format!(
+            "DELETE FROM ip_addresses WHERE instance_id IS NULL AND address IN ({})",
+            crate::batch::marks(1, chunk.len())
+        );
+        let mut q = tx.q(&sql);
+        for a in chunk {
+            q = q.bind(a.as_str());
+        }
+        q.execute().await?;
+    }
+    for (address, region) in &moved {
+        tx.q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND instance_id IS NULL")
+            .bind(region.as_str())
+            .bind(address.as_str())
+            .execute()
+            .await?;
+    }
+    Ok(())
 }
