@@ -175,12 +175,15 @@ impl App {
                 Err(e) => return Err(e),
             },
         };
-        if self
-            .store
-            .key_by_digest(&key_digest(secret))
-            .await?
-            .is_none()
-        {
+        let known = self.store.key_by_digest(&key_digest(secret)).await?;
+        if known.as_ref().is_some_and(|k| k.revoked_at.is_some()) {
+            // A revoked key stays revoked: starting as if it let anyone in would mislead.
+            return Err(Error::bad_request(
+                "key_revoked",
+                "this key was revoked; set LOBSTER_BOOTSTRAP_KEY to a new one",
+            ));
+        }
+        if known.is_none() {
             let name = Some("bootstrap key".to_string());
             match self
                 .key_insert(&acc.id, secret, Role::Owner, true, None, None, name)

@@ -2,9 +2,15 @@
 //! read from one consistent snapshot and written in one transaction, so the target holds
 //! either everything or nothing.
 
-use crate::{db_err, get_i64, Store};
+use crate::{db_err, get_i64, Store, Tx};
+use futures_util::TryStreamExt;
 use lobster_core::Error;
+use sqlx::any::AnyRow;
 use sqlx::{Column, Row};
+
+/// Rows per insert of a copy: at most 30 columns a row keeps a statement's bound values far
+/// below PostgreSQL's 65,535.
+const COPY_ROWS: usize = 500;
 
 /// Tables in an order that satisfies the foreign keys.
 pub const TABLES: &[&str] = &[
@@ -85,33 +91,52 @@ impl Store {
         let mut copied = Vec::new();
         for t in TABLES {
             let ints = int_columns(&mut src, t).await?;
-            let rows = sqlx::query(&format!("SELECT * FROM {t}"))
-                .fetch_all(&mut *src)
-                .await
-                .map_err(db_err)?;
-            for row in &rows {
-                let cols: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
-                let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "INSERT INTO {t} ({}) VALUES ({})",
-                    cols.join(", "),
-                    marks.join(", ")
-                );
-                let mut q = sqlx::query(&sql);
-                for (i, name) in cols.iter().enumerate() {
-                    q = if ints.iter().any(|c| c == name) {
-                        q.bind(row.try_get::<Option<i64>, _>(i).map_err(db_err)?)
-                    } else {
-                        q.bind(row.try_get::<Option<String>, _>(i).map_err(db_err)?)
-                    };
+            // Read as a stream and written in multi-row statements: a long-lived deployment's
+            // tasks and address history run to millions of rows, which neither fit in memory
+            // at once nor copy in a sensible time one round trip each.
+            let select = format!("SELECT * FROM {t}");
+            let mut rows = sqlx::query(&select).fetch(&mut *src);
+            let mut batch = Vec::new();
+            let mut n = 0u64;
+            while let Some(row) = rows.try_next().await.map_err(db_err)? {
+                batch.push(row);
+                if batch.len() == COPY_ROWS {
+                    n += insert_rows(&mut dst, t, &ints, &batch).await?;
+                    batch.clear();
                 }
-                q.execute(dst.conn()?).await.map_err(db_err)?;
             }
-            copied.push((*t, rows.len() as u64));
+            n += insert_rows(&mut dst, t, &ints, &batch).await?;
+            copied.push((*t, n));
         }
         // Servers already running on the target forget what they had read of it.
         dst.written.push(crate::cache::Token::All);
         dst.commit().await?;
         Ok(copied)
     }
+}
+
+/// Writes `rows` of table `t` (all read by one `SELECT *`, so with the same columns) in one
+/// statement; the number written.
+async fn insert_rows(tx: &mut Tx, t: &str, ints: &[String], rows: &[AnyRow]) -> Result<u64, Error> {
+    let Some(first) = rows.first() else {
+        return Ok(0);
+    };
+    let cols: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
+    let sql = format!(
+        "INSERT INTO {t} ({}) VALUES {}",
+        cols.join(", "),
+        crate::batch::values_list(1, rows.len(), cols.len(), &vec![""; cols.len()])
+    );
+    let mut q = sqlx::query(&sql);
+    for row in rows {
+        for (i, name) in cols.iter().enumerate() {
+            q = if ints.iter().any(|c| c == name) {
+                q.bind(row.try_get::<Option<i64>, _>(i).map_err(db_err)?)
+            } else {
+                q.bind(row.try_get::<Option<String>, _>(i).map_err(db_err)?)
+            };
+        }
+    }
+    q.execute(tx.conn()?).await.map_err(db_err)?;
+    Ok(rows.len() as u64)
 }

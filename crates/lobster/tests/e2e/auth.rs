@@ -167,6 +167,13 @@ async fn bootstrap_key_is_idempotent_owner_and_staff() {
         .raw(Method::GET, "/api/v1/resources", Some(key), None)
         .await;
     assert_eq!(r.status(), StatusCode::OK, "staff endpoint");
+    // Revoked, it is refused at the next start rather than announced as a working key.
+    let id = app.app.key_list(Some("default")).await.unwrap()[0]
+        .id
+        .clone();
+    app.app.key_revoke(&id).await.unwrap();
+    let err = app.app.bootstrap_key(key).await.unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
     assert!(app.app.bootstrap_key("short").await.is_err());
     // Keys `authenticate` could never match are refused, not stored.
     for unusable in [
