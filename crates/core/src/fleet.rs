@@ -241,34 +241,32 @@ impl Fleet {
         // Sizes and prices as the capacity checks and bills use them: a negative one would
         // pass every room check and then break the database's own (a 500 on every launch of
         // the type), and a type of no cores, memory or disk is no machine.
+        let mut at_least = |what: String, n: i64, least: i64| {
+            if n < least {
+                errs.push(format!("{what} {n} is below {least}"));
+            }
+        };
         for h in &self.hosts {
-            let sizes = [
+            let who = format!("host {:?}", h.id);
+            for (what, n) in [
                 ("cores", h.cores),
                 ("memory_gb", h.memory_gb),
                 ("disk_gb", h.disk_gb),
                 ("gpus", h.gpus),
-            ];
-            for (what, n) in sizes {
-                if n < 0 {
-                    errs.push(format!("host {:?}: {what} {n} is negative", h.id));
-                }
+            ] {
+                at_least(format!("{who}: {what}"), n, 0);
             }
         }
         for t in &self.instance_types {
-            let sizes = [
+            let who = format!("instance type {:?}", t.name);
+            for (what, n, least) in [
                 ("vcpus", t.vcpus, 1),
                 ("memory_gib", t.memory_gib, 1),
                 ("storage_gib", t.storage_gib, 1),
                 ("gpus", t.gpus, 0),
                 ("price_cents_per_hour", t.price_cents_per_hour, 0),
-            ];
-            for (what, n, least) in sizes {
-                if n < least {
-                    errs.push(format!(
-                        "instance type {:?}: {what} {n} is below {least}",
-                        t.name
-                    ));
-                }
+            ] {
+                at_least(format!("{who}: {what}"), n, least);
             }
         }
         let p = &self.custom_pricing;
@@ -277,9 +275,7 @@ impl Fleet {
             ("cents_per_8gb_memory", p.cents_per_8gb_memory),
             ("cents_per_gpu", p.cents_per_gpu),
         ] {
-            if n < 0 {
-                errs.push(format!("custom_pricing.{what} {n} is negative"));
-            }
+            at_least(format!("custom_pricing.{what}"), n, 0);
         }
         for r in &self.regions {
             for p in &r.ip_pools {

@@ -206,12 +206,13 @@ fn copy_checked(
             .map(|(_, c)| *c)
             .unwrap_or(0);
         println!("{table}\tcopied {c}\tsource {n}\ttarget {m}");
-        if i64::try_from(c).ok() != Some(*m) {
+        let c = i64::try_from(c).unwrap_or(i64::MAX);
+        if c != *m {
             return Err(format!(
                 "{table}: {c} rows copied but {m} in the target; the target is not a copy"
             ));
         }
-        moved |= i64::try_from(c).ok() != Some(*n);
+        moved |= c != *n;
     }
     Ok(moved)
 }
