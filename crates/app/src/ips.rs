@@ -51,11 +51,9 @@ impl App {
             .map(|n| format!("net{n}"))
             .find(|name| held.iter().all(|h| &h.interface_name != name))
             .expect("a free interface name");
-        let mac = ip::mac_for(&inst.id, &iface);
         let claim = IpClaim {
             instance_id: &inst.id,
             interface_name: &iface,
-            mac_address: &mac,
             is_primary: false,
         };
         let Some(address) = tx.ip_allocate(&inst.region, &claim, now).await? else {
@@ -69,10 +67,10 @@ impl App {
         tx.commit().await?;
         self.wake_workers();
         Ok(IpRow {
+            mac_address: ip::mac_for_address(&address),
             address,
             instance_id: inst.id,
             interface_name: iface,
-            mac_address: mac,
             is_primary: false,
             assigned_at: now,
         })

@@ -429,11 +429,9 @@ impl Turn {
         let (caller, p, task_id) = (&q.caller, &q.plan, &q.task_id);
         let now = self.now;
         let mut tx = self.store.begin().await?;
-        let mac = lobster_core::ip::mac_for(&p.id, "net0");
         let claim = IpClaim {
             instance_id: &p.id,
             interface_name: "net0",
-            mac_address: &mac,
             is_primary: true,
         };
         let Some(ip) = tx.ip_allocate(&p.region, &claim, now).await? else {
@@ -589,10 +587,6 @@ async fn take_addresses(
     placed: &[Option<usize>],
     now: i64,
 ) -> Result<Vec<Option<String>>, Error> {
-    let macs: Vec<String> = batch
-        .iter()
-        .map(|q| lobster_core::ip::mac_for(&q.plan.id, "net0"))
-        .collect();
     let mut by_region: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (k, q) in batch.iter().enumerate() {
         if placed[k].is_some() {
@@ -606,7 +600,6 @@ async fn take_addresses(
             .map(|&k| IpClaim {
                 instance_id: &batch[k].plan.id,
                 interface_name: "net0",
-                mac_address: &macs[k],
                 is_primary: true,
             })
             .collect();

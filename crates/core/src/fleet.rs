@@ -283,6 +283,15 @@ impl Fleet {
                     errs.push(format!("region {:?}: {e}", r.name));
                 }
             }
+            // An interface's MAC is its address's low 24 bits (`ip::mac_for_address`).
+            if let Some((a, b)) = crate::ip::low_bits_clash(&r.ip_pools) {
+                errs.push(format!(
+                    "region {:?}: pools give {a} and {b} the same MAC address ({}); \
+                     a region's pools must differ in their low 24 bits",
+                    r.name,
+                    crate::ip::mac_for_address(&a.to_string())
+                ));
+            }
         }
         for t in [&self.default_gpu_template, &self.default_cpu_template] {
             if self.template(t).is_none() {
@@ -521,6 +530,23 @@ mod tests {
         f.regions[0].ip_pools.push("bogus".into());
         f.default_gpu_template = "NOPE".into();
         assert_eq!(f.validate().unwrap_err().len(), 3);
+    }
+
+    /// Two pools of one region whose addresses would share MACs are refused, naming both
+    /// addresses; the same low bits in two regions (separate networks) are fine.
+    #[test]
+    fn validation_refuses_pools_that_would_share_macs() {
+        let mut f = Fleet::demo();
+        let pool = f.regions[0].ip_pools[0].clone();
+        let (net, _) = pool.split_once('.').unwrap();
+        let other: u8 = net.parse::<u8>().unwrap().wrapping_add(1);
+        let moved = format!("{other}.{}", pool.split_once('.').unwrap().1);
+        f.regions[1].ip_pools.push(moved.clone());
+        f.validate().unwrap();
+        f.regions[0].ip_pools.push(moved);
+        let errs = f.validate().unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("the same MAC address"), "{errs:?}");
     }
 
     /// Negative sizes and prices, and types of no cores, memory or disk, are refused by name.

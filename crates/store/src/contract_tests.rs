@@ -50,7 +50,6 @@ fn claim(instance_id: &str) -> IpClaim<'_> {
     IpClaim {
         instance_id,
         interface_name: "net0",
-        mac_address: "bc:24:11:00:00:01",
         is_primary: true,
     }
 }
@@ -260,6 +259,43 @@ async fn take_one(store: &Store, id: &str) -> Option<String> {
     let got = tx.ip_allocate("us-east-1", &claim(id), 1).await.unwrap();
     tx.commit().await.unwrap();
     got
+}
+
+/// A held address shows the MAC of its address (`ip::mac_for_address`), except one held
+/// since before MACs came from addresses: that keeps the MAC stored with it, the one its VM
+/// was made with. Released and taken again, it shows its address's MAC.
+#[tokio::test]
+async fn an_addresss_mac_is_its_own_unless_one_was_stored_before() {
+    for (store, _d) in stores().await {
+        with_pool(&store, "10.9.0.1-10.9.0.4").await;
+        let a = take_one(&store, "vm0").await.unwrap();
+        let b = take_one(&store, "vm1").await.unwrap();
+        let list = |id: &'static str| {
+            let store = store.clone();
+            async move { store.ip_list(id).await.unwrap()[0].mac_address.clone() }
+        };
+        assert_eq!(list("vm0").await, lobster_core::ip::mac_for_address(&a));
+        assert_eq!(list("vm0").await, "bc:24:11:09:00:01");
+        sqlx::query("UPDATE ip_addresses SET mac_address = 'bc:24:11:aa:bb:cc' WHERE address = $1")
+            .bind(&b)
+            .execute(store.read_pool())
+            .await
+            .unwrap();
+        assert_eq!(list("vm1").await, "bc:24:11:aa:bb:cc");
+        let mut tx = store.begin().await.unwrap();
+        tx.ip_release_all("vm1", 2).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let again = tx
+            .ips_allocate("us-east-1", &[claim("vm2"), claim("vm3"), claim("vm4")], 3)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(again.contains(&b), "{again:?}");
+        for (id, address) in ["vm2", "vm3", "vm4"].into_iter().zip(&again) {
+            assert_eq!(list(id).await, lobster_core::ip::mac_for_address(address));
+        }
+    }
 }
 
 /// A server searches a region's free addresses from just past the last one it took (see
@@ -1662,7 +1698,6 @@ async fn addresses_held_since_before_migrations_3_and_6_are_backfilled() {
         let extra = IpClaim {
             instance_id: "vm0",
             interface_name: "net1",
-            mac_address: "bc:24:11:00:00:02",
             is_primary: false,
         };
         let extra = tx

@@ -26,21 +26,27 @@ pub struct IpRow {
     pub assigned_at: i64,
 }
 
-/// Who takes an address, and on which interface.
+/// Who takes an address, and on which interface. (Its MAC follows from the address:
+/// `ip::mac_for_address`.)
 #[derive(Debug, Clone, PartialEq)]
 pub struct IpClaim<'a> {
     pub instance_id: &'a str,
     pub interface_name: &'a str,
-    pub mac_address: &'a str,
     pub is_primary: bool,
 }
 
 fn row(r: &impl crate::exec::Named) -> Result<IpRow, Error> {
+    let address = get_str(r, "address")?;
+    // Held since before MACs came from addresses (session 24): the MAC its VM was made with.
+    let mac_address = match get_opt_str(r, "mac_address")? {
+        Some(mac) if !mac.is_empty() => mac,
+        _ => lobster_core::ip::mac_for_address(&address),
+    };
     Ok(IpRow {
-        address: get_str(r, "address")?,
+        address,
         instance_id: get_str(r, "instance_id")?,
         interface_name: get_opt_str(r, "interface_name")?.unwrap_or_else(|| "net0".into()),
-        mac_address: get_opt_str(r, "mac_address")?.unwrap_or_default(),
+        mac_address,
         is_primary: get_i64(r, "is_primary")? != 0,
         assigned_at: get_opt_i64(r, "assigned_at")?.unwrap_or(0),
     })
@@ -241,10 +247,10 @@ impl Tx {
             Backend::Sqlite => "",
         };
         let take = format!(
-            "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2, interface_name = $4, mac_address = $5,
-               is_primary = $6
+            "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2, interface_name = $4,
+               is_primary = $5
              WHERE address = (SELECT address FROM ip_addresses WHERE region = $3 AND instance_id IS NULL
-                              AND seq >= $7 ORDER BY seq LIMIT 1{lock})
+                              AND seq >= $6 ORDER BY seq LIMIT 1{lock})
                AND instance_id IS NULL
              RETURNING address, seq"
         );
@@ -254,7 +260,7 @@ impl Tx {
             Backend::Postgres => format!(
                 "WITH a AS ({take}),
                       h AS (INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
-                            SELECT address, $1, $4, $6, $2 FROM a)
+                            SELECT address, $1, $4, $5, $2 FROM a)
                  SELECT address, seq FROM a"
             ),
             Backend::Sqlite => take,
@@ -267,7 +273,6 @@ impl Tx {
                 .bind(now)
                 .bind(region)
                 .bind(claim.interface_name)
-                .bind(claim.mac_address)
                 .bind(claim.is_primary as i64)
                 .bind(from)
                 .fetch_optional()
@@ -474,13 +479,13 @@ impl Tx {
         self.ip_took(region, get_i64(last, "seq")?);
         let taken: Vec<(&String, &IpClaim)> = addresses.iter().zip(claims).collect();
         let rows = crate::batch::numbered(&taken);
-        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", "::bigint"]);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "::bigint"]);
         let v = format!(
-            "v(n, address, instance_id, iface, mac, prim) AS (VALUES {})",
-            crate::batch::values_list(2, rows.len(), 6, &casts)
+            "v(n, address, instance_id, iface, prim) AS (VALUES {})",
+            crate::batch::values_list(2, rows.len(), 5, &casts)
         );
         let update = "UPDATE ip_addresses SET instance_id = v.instance_id, assigned_at = $1,
-               interface_name = v.iface, mac_address = v.mac, is_primary = v.prim
+               interface_name = v.iface, is_primary = v.prim
              FROM v WHERE ip_addresses.address = v.address AND v.n > 0
                AND ip_addresses.instance_id IS NULL";
         let history = "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)";
@@ -502,7 +507,6 @@ impl Tx {
                 Val::from(address.as_str()),
                 c.instance_id.into(),
                 c.interface_name.into(),
-                c.mac_address.into(),
                 (c.is_primary as i64).into(),
             ]);
         }

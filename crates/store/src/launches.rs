@@ -17,14 +17,14 @@ use lobster_core::capacity::Resources;
 use lobster_core::Error;
 
 /// What `launches_write` is asked to write: launches of one region, each instance with its
-/// create task (task k belongs to instance k) and its primary interface's MAC address.
+/// create task (task k belongs to instance k). (Each primary interface's MAC follows from
+/// the address the statement takes: `ip::mac_for_address`.)
 pub struct LaunchBatch<'a> {
     pub region: &'a str,
     /// The instances as they will be written but for `ip_address`, which the statement sets.
     pub instances: &'a [NewInstance],
     /// The create tasks; `"ip_address":null` in their parameters becomes the address taken.
     pub tasks: &'a [NewTask],
-    pub macs: &'a [String],
     /// Written claimed under this lease (handed to this server's workers), else pending.
     pub lease: Option<&'a Lease>,
     /// What each host reserves for the batch, one entry per host.
@@ -153,16 +153,15 @@ impl Store {
     }
 }
 
-/// What the statement relies on and does not check itself: a task and a MAC address per
-/// instance (else instances could be written without their tasks), and each host once among
-/// the additions (else each share would be checked alone and the host overbooked).
+/// What the statement relies on and does not check itself: a task per instance (else
+/// instances could be written without their tasks), and each host once among the additions
+/// (else each share would be checked alone and the host overbooked).
 fn check(b: &LaunchBatch<'_>) -> Result<(), Error> {
     let n = b.instances.len();
-    if b.tasks.len() != n || b.macs.len() != n {
+    if b.tasks.len() != n {
         return Err(Error::Internal(format!(
-            "a launch batch of {n} instances with {} tasks and {} addresses",
-            b.tasks.len(),
-            b.macs.len()
+            "a launch batch of {n} instances with {} tasks",
+            b.tasks.len()
         )));
     }
     let mut hosts: Vec<&str> = b.adds.iter().map(|(h, _)| h.as_str()).collect();
@@ -184,7 +183,7 @@ enum Outcome {
 
 /// The statement. `$1` region, `$2` where the address search starts, `$3` launches, `$4`
 /// now, `$5` hosts, `$6`/`$7` the lease's owner and end; then the VALUES rows: instances
-/// (`v`, with each one's MAC), tasks (`t`), hosts' additions (`h`). Every write is gated
+/// (`v`), tasks (`t`), hosts' additions (`h`). Every write is gated
 /// on `ok`, computed once, after the hosts are locked in id order (`FOR NO KEY UPDATE`, as a
 /// single launch locks its host, re-checks their room on their latest versions) and the addresses locked (`SKIP LOCKED`: those another launch
 /// holds are passed over). The instances are inserted in name order, so that two servers'
@@ -203,12 +202,10 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
         b.lease.map(|l| l.owner.as_str()).into(),
         b.lease.map(|l| l.until).into(),
     ];
-    let mut inst_casts = casts(Backend::Postgres, &instances::INSERT_CASTS);
-    inst_casts.push("");
+    let inst_casts = casts(Backend::Postgres, &instances::INSERT_CASTS);
     let v_first = vals.len() + 1;
     for (n, i) in &inst {
         vals.extend(instances::insert_vals(*n, i));
-        vals.push(b.macs[(*n as usize).max(1) - 1].as_str().into());
     }
     let task_casts = casts(Backend::Postgres, &tasks::INSERT_CASTS);
     let t_first = vals.len() + 1;
@@ -233,7 +230,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
         })
         .collect();
     let sql = format!(
-        "WITH v(n, {icols}, mac) AS (VALUES {v}),
+        "WITH v(n, {icols}) AS (VALUES {v}),
          t(n, {tcols}) AS (VALUES {t}),
          h(n, id, c, m, d, g) AS (VALUES {h}),
          locked AS MATERIALIZED (
@@ -256,7 +253,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
                WHERE (SELECT ok FROM ok) = 1),
          taken AS (
            UPDATE ip_addresses SET instance_id = a.id, assigned_at = $4::bigint, interface_name = 'net0',
-             mac_address = a.mac, is_primary = 1
+             is_primary = 1
            FROM a WHERE ip_addresses.address = a.address),
          history AS (
            INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)

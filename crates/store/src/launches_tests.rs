@@ -36,7 +36,6 @@ fn launch(id: &str, name: &str, cores: i64) -> (InstanceRow, NewTask) {
 struct Rows {
     instances: Vec<InstanceRow>,
     tasks: Vec<NewTask>,
-    macs: Vec<String>,
 }
 
 impl Rows {
@@ -44,10 +43,6 @@ impl Rows {
         Rows {
             instances: launches.iter().map(|(i, _)| i.clone()).collect(),
             tasks: launches.iter().map(|(_, t)| t.clone()).collect(),
-            macs: launches
-                .iter()
-                .map(|(i, _)| format!("mac-{}", i.id))
-                .collect(),
         }
     }
 
@@ -61,7 +56,6 @@ impl Rows {
             region: "us-east-1",
             instances: &self.instances,
             tasks: &self.tasks,
-            macs: &self.macs,
             lease,
             adds,
             now: 7,

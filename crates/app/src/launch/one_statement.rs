@@ -142,7 +142,6 @@ async fn write_placed(
     let (max_attempts, now) = (w.max_attempts, w.now);
     let mut instances = Vec::new();
     let mut tasks: Vec<NewTask> = Vec::new();
-    let mut macs = Vec::new();
     let mut adds: BTreeMap<String, Resources> = BTreeMap::new();
     let mut which = Vec::new();
     for (k, q) in launches.iter().enumerate() {
@@ -156,7 +155,6 @@ async fn write_placed(
             q.plan
                 .create_task(&q.caller, &instance, &q.task_id, max_attempts, now),
         );
-        macs.push(lobster_core::ip::mac_for(&q.plan.id, "net0"));
         let add = adds.entry(instance.host_id.clone()).or_default();
         *add = add.plus(&q.plan.resources);
         instances.push(instance);
@@ -172,7 +170,6 @@ async fn write_placed(
         region,
         instances: &instances,
         tasks: &tasks,
-        macs: &macs,
         lease: lease.as_ref(),
         adds: &adds,
         now,
