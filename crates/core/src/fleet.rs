@@ -278,6 +278,10 @@ impl Fleet {
             at_least(format!("custom_pricing.{what}"), n, 0);
         }
         for r in &self.regions {
+            // An empty name marks the addresses of dropped pools in the database.
+            if r.name.is_empty() {
+                errs.push("a region has an empty name".into());
+            }
             for p in &r.ip_pools {
                 if let Err(e) = crate::ip::parse_pool(p) {
                     errs.push(format!("region {:?}: {e}", r.name));

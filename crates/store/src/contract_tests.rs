@@ -210,8 +210,9 @@ pub(crate) async fn with_pool(store: &Store, pool: &str) -> Fleet {
 }
 
 /// A pool narrowed in the configuration stops being given out at the next sync: its free
-/// addresses go, a held one stays with its instance (and goes at the sync after its release);
-/// a pool moved to another region takes its free addresses there.
+/// addresses go, and a held one stays with its instance but is never given out again once
+/// released (it goes at the sync after its release). A pool moved to another region takes
+/// its addresses there: the free ones at the sync, a held one when released.
 #[tokio::test]
 async fn pools_dropped_or_moved_stop_being_given_out() {
     for (store, _d) in stores().await {
@@ -228,30 +229,50 @@ async fn pools_dropped_or_moved_stop_being_given_out() {
         let mut tx = store.begin().await.unwrap();
         tx.ip_release_all("vm0", 2).await.unwrap();
         tx.commit().await.unwrap();
-        with_pool(&store, "10.9.0.2-10.9.0.2").await;
         assert_eq!(
             take_one(&store, "vm3").await,
             None,
-            "10.9.0.1 went at the sync"
+            "10.9.0.1 is no pool's, released before any sync"
+        );
+        with_pool(&store, "10.9.0.2-10.9.0.2").await;
+        assert_eq!(
+            region_of(&store, "10.9.0.1").await,
+            None,
+            "gone at the sync"
         );
 
-        // The pool moved to another region: its free addresses are that region's.
+        // The pool moved to another region while one of its addresses was held.
+        with_pool(&store, "10.9.0.7-10.9.0.8").await;
+        assert_eq!(take_one(&store, "vm4").await.as_deref(), Some("10.9.0.7"));
         let mut fleet = Fleet::demo();
         fleet.regions[0].ip_pools = vec![];
         fleet.regions[1].ip_pools.push("10.9.0.7-10.9.0.8".into());
-        with_pool(&store, "10.9.0.7-10.9.0.8").await;
         store.fleet_sync(&fleet).await.unwrap();
-        assert_eq!(take_one(&store, "vm4").await, None, "no pool in us-east-1");
+        let mut tx = store.begin().await.unwrap();
+        tx.ip_release_all("vm4", 3).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(take_one(&store, "vm5").await, None, "no pool in us-east-1");
         for address in ["10.9.0.7", "10.9.0.8"] {
-            let r = sqlx::query("SELECT region FROM ip_addresses WHERE address = $1")
-                .bind(address)
-                .fetch_one(store.read_pool())
-                .await
-                .unwrap();
-            let region: String = sqlx::Row::get(&r, "region");
-            assert_eq!(region, fleet.regions[1].name, "{address}");
+            let region = region_of(&store, address).await;
+            assert_eq!(
+                region.as_deref(),
+                Some(fleet.regions[1].name.as_str()),
+                "{address}"
+            );
         }
+        let held = store.ip_assignments().await.unwrap();
+        assert!(!held.iter().any(|(a, _)| a == "10.9.0.7"), "{held:?}");
     }
+}
+
+/// The region `address` is in; None when there is no such row.
+async fn region_of(store: &Store, address: &str) -> Option<String> {
+    let r = sqlx::query("SELECT region FROM ip_addresses WHERE address = $1")
+        .bind(address)
+        .fetch_optional(store.read_pool())
+        .await
+        .unwrap()?;
+    Some(sqlx::Row::get(&r, "region"))
 }
 
 async fn take_one(store: &Store, id: &str) -> Option<String> {

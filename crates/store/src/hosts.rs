@@ -113,8 +113,8 @@ impl Store {
 
     /// Adds every configured pool address the database does not have yet; a free address no
     /// pool holds any more is removed, and one whose pool moved to another region moves with
-    /// it. (An address still held when its pool is dropped stays with its instance; it goes
-    /// back to the free ones when released, and is removed at the next start.)
+    /// it. (An address still held when its pool is dropped stays with its instance, retired:
+    /// never given out again once released, and removed at the next start after that.)
     async fn ip_pools_sync(&self, fleet: &Fleet) -> Result<(), Error> {
         let mut tx = self.begin().await?;
         // New addresses may sort before the hints.
@@ -396,21 +396,29 @@ impl Store {
     }
 }
 
-/// The free addresses no configured pool holds are removed; those configured in another
-/// region than the one they are in are moved there. Why: a pool dropped from the
-/// configuration (or narrowed, or moved) must stop being given out, and the insert of the
-/// configured ones leaves existing rows as they were.
+/// The region of an address no configured pool holds any more, while an instance still
+/// holds it: no launch asks for it (region names are not empty), so once released it is
+/// never given out, and the next sync removes it.
+pub(crate) const RETIRED_REGION: &str = "";
+
+/// The free addresses no configured pool holds are removed, and the held ones retired
+/// (`RETIRED_REGION`); those configured in another region than the one they are in, free or
+/// held, are moved there. Why: a pool dropped from the configuration (or narrowed, or moved)
+/// must stop being given out, and the insert of the configured ones leaves existing rows as
+/// they were. A held address is changed too, so that its release frees it where it now
+/// belongs: left as it was, it went back to its old region's free addresses and was given
+/// out again until the next start.
 async fn ip_pools_prune(
     tx: &mut Tx,
     configured: &std::collections::HashMap<String, &str>,
 ) -> Result<(), Error> {
-    let free = tx
-        .q("SELECT address, region FROM ip_addresses WHERE instance_id IS NULL")
+    let rows = tx
+        .q("SELECT address, region FROM ip_addresses")
         .fetch_all()
         .await?;
     let mut gone = Vec::new();
     let mut moved = Vec::new();
-    for r in &free {
+    for r in &rows {
         let (address, region) = (get_str(r, "address")?, get_str(r, "region")?);
         match configured.get(&address) {
             None => gone.push(address),
@@ -418,19 +426,27 @@ async fn ip_pools_prune(
             Some(_) => {}
         }
     }
+    // Free ones go; what is left of them is held (or was released since the read) and is
+    // retired.
     for chunk in gone.chunks(500) {
-        let sql = format!(
-            "DELETE FROM ip_addresses WHERE instance_id IS NULL AND address IN ({})",
-            crate::batch::marks(1, chunk.len())
-        );
-        let mut q = tx.q(&sql);
-        for a in chunk {
-            q = q.bind(a.as_str());
+        for sql in [
+            "DELETE FROM ip_addresses WHERE instance_id IS NULL AND address IN",
+            "UPDATE ip_addresses SET region = $1 WHERE region <> $1 AND address IN",
+        ] {
+            let first = if sql.starts_with("UPDATE") { 2 } else { 1 };
+            let sql = format!("{sql} ({})", crate::batch::marks(first, chunk.len()));
+            let mut q = tx.q(&sql);
+            if first == 2 {
+                q = q.bind(RETIRED_REGION);
+            }
+            for a in chunk {
+                q = q.bind(a.as_str());
+            }
+            q.execute().await?;
         }
-        q.execute().await?;
     }
     for (address, region) in &moved {
-        tx.q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND instance_id IS NULL")
+        tx.q("UPDATE ip_addresses SET region = $1 WHERE address = $2")
             .bind(region.as_str())
             .bind(address.as_str())
             .execute()
