@@ -553,6 +553,17 @@ mod tests {
         assert!(errs[0].contains("the same MAC address"), "{errs:?}");
     }
 
+    /// An empty region name is refused: it marks the addresses of dropped pools.
+    #[test]
+    fn validation_refuses_an_empty_region_name() {
+        let mut f = Fleet::demo();
+        let name = f.regions[2].name.clone();
+        f.regions[2].name = String::new();
+        f.hosts.retain(|h| h.region != name);
+        let errs = f.validate().unwrap_err();
+        assert_eq!(errs, ["a region has an empty name"]);
+    }
+
     /// Negative sizes and prices, and types of no cores, memory or disk, are refused by name.
     #[test]
     fn validation_reports_impossible_sizes_and_prices() {
