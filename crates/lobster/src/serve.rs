@@ -75,7 +75,19 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Served from now on: 503 until the app is ready, then the API (`lobster_api::starting`).
+    let ready = Arc::new(std::sync::OnceLock::new());
+    let front = lobster_api::starting(Arc::clone(&ready));
     let stop = shutdown_signal();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, front)
+            .with_graceful_shutdown(stop)
+            .await
+    });
+    say_err(&format!(
+        "lobster starting on http://{addr}: opening the database and syncing the fleet \
+         (requests are answered 503 until it is ready)\n"
+    ));
     let app = match cfg.driver.as_str() {
         "sim" => sim_driver(&cfg, system_clock()).await?.0,
         other => return Err(format!("unknown driver {other:?}: this build has `sim`")),
@@ -88,6 +100,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         app.bootstrap_key(key)
             .await
             .map_err(|e| format!("LOBSTER_BOOTSTRAP_KEY: {e}"))?;
+    }
+    if server.is_finished() {
+        // Told to stop while it started: nothing was claimed, nothing to hand back.
+        let served = (&mut server).await.map_err(|e| e.to_string())?;
+        served.map_err(|e| e.to_string())?;
+        app.store().close().await;
+        say("lobster stopped\n");
+        return Ok(());
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     // Measured before the first claim (a failed measure leaves claims on: the database
@@ -102,11 +122,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         stop_rx.clone(),
     ));
     workers.push(spawn_stats_keeper(Arc::clone(&app), stop_rx));
+    let _ = ready.set(lobster_api::router(Arc::clone(&app)));
     announce(&cfg, addr, bootstrap.is_some());
-    let router = lobster_api::router(Arc::clone(&app));
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await;
+    let served = server.await.map_err(|e| e.to_string())?;
     tracing::info!("stopping task workers");
     let _ = stop_tx.send(true);
     for w in workers {
@@ -231,6 +249,14 @@ fn redacted(url: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
     }
+}
+
+/// A line for the operator on stderr (the log's stream; stdout's first line stays the
+/// banner of a server that is ready), written with errors ignored as `say` is.
+fn say_err(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stderr().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 fn say(text: &str) {

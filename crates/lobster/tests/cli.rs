@@ -392,3 +392,67 @@ async fn migrate_command_moves_a_data_dir_into_postgres() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+/// A server answers from the moment it listens: while it starts (here its fleet sync waits
+/// on the database, which another writer holds), every request gets 503 with `Retry-After`
+/// in the Blue Lobster error shape, not a connection left waiting in the backlog; once
+/// ready, the API. Its banner (stdout's first line) still comes when it is ready.
+#[tokio::test]
+async fn a_starting_server_answers_503_until_it_is_ready() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    admin(dir.path(), &["account", "create", "acme"]);
+    let db = format!("sqlite://{}", dir.path().join("lobster.db").display());
+    let mut hold = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut hold)
+        .await
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("LOBSTER_CONFIG")
+        .env_remove("LOBSTER_DATABASE_URL")
+        .env_remove("LOBSTER_BOOTSTRAP_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let starting = err
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("lobster starting on "))
+        .expect("no starting line");
+    std::thread::spawn(move || err.for_each(drop));
+    let base = starting
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let answer = reqwest::get(format!("{base}/api/v1/health")).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+    assert_eq!(answer.headers()["retry-after"], "1");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "service_unavailable", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("starting"),
+        "{body}"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut hold).await.unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = out.next().unwrap().unwrap();
+    assert!(banner.starts_with("lobster listening on "), "{banner}");
+    std::thread::spawn(move || out.for_each(drop));
+    let answer = reqwest::get(format!("{base}/api/v1/health")).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+}

@@ -133,9 +133,13 @@ fn augment(doc: &mut Value) {
             if path != "/api/v1/health" && path != "/api/v1/openapi.json" {
                 // Every operation that reaches the database: a database that did not answer
                 // in time (a read or a write whose outcome is unknown), a write PostgreSQL
-                // failed to break a deadlock (nothing was written); and a hypervisor that
-                // does not answer in time (console, stats).
+                // failed to break a deadlock (nothing was written); a hypervisor that does
+                // not answer in time (console, stats); and a server still starting.
                 add("503", "Service unavailable; try again");
+            } else {
+                // A server answers from the moment it listens, 503 until it is ready
+                // (`lobster_api::starting`).
+                add("503", "The server is starting; try again shortly");
             }
             add("422", "Validation Error");
             // A path or query carrying a NUL character (`refuse_nul_in_uri`).
@@ -180,7 +184,7 @@ mod tests {
 
     /// Every operation that reaches the database or a host says it may answer 503 (the
     /// database or the host did not answer in time); the health check and the document
-    /// itself do not.
+    /// itself too, as every operation may while the server starts.
     #[test]
     fn operations_that_reach_the_database_document_503() {
         let served = served();
@@ -197,7 +201,7 @@ mod tests {
         assert!(has("/api/v1/instances/{instance_id}", "get"));
         assert!(has("/api/v1/instances", "get"));
         assert!(has("/api/v1/tasks", "get"));
-        assert!(!has("/api/v1/health", "get"));
+        assert!(has("/api/v1/health", "get"));
     }
 
     /// A restore's conflicts (the backup busy, the target busy, a name taken) are 409s.
