@@ -265,6 +265,73 @@ async fn pools_dropped_or_moved_stop_being_given_out() {
     }
 }
 
+/// A free address whose MAC an interface of its region already has is not given out: here
+/// one held since before MACs came from addresses (its stored MAC is a free address's), and
+/// one held in a pool dropped since (a new pool has its low bits). The sync after its holder
+/// lets go gives it back.
+#[tokio::test]
+async fn free_addresses_whose_mac_a_held_interface_has_are_parked() {
+    for (store, _d) in stores().await {
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let hold = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let address = take_one(&store, id).await.unwrap();
+                let mut tx = store.begin().await.unwrap();
+                let row = InstanceRow {
+                    ip_address: Some(address.clone()),
+                    name: format!("web-{id}"),
+                    ..sample_instance(id, "a1")
+                };
+                tx.instance_insert(&row).await.unwrap();
+                tx.commit().await.unwrap();
+                address
+            }
+        };
+        let release = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.ip_release_all(id, 5).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        // Held since before: its MAC, from a hash, happens to be 10.9.0.3's.
+        with_pool(&store, "10.9.0.1-10.9.0.4").await;
+        assert_eq!(hold("vm0").await, "10.9.0.1");
+        sqlx::query(
+            "UPDATE ip_addresses SET mac_address = 'bc:24:11:09:00:03' WHERE address = '10.9.0.1'",
+        )
+        .execute(store.read_pool())
+        .await
+        .unwrap();
+        with_pool(&store, "10.9.0.1-10.9.0.4").await;
+        assert_eq!(take_one(&store, "vm1").await.as_deref(), Some("10.9.0.2"));
+        assert_eq!(take_one(&store, "vm2").await.as_deref(), Some("10.9.0.4"));
+        assert_eq!(take_one(&store, "vm3").await, None, "10.9.0.3 is parked");
+        release("vm0").await;
+        with_pool(&store, "10.9.0.1-10.9.0.4").await;
+        assert_eq!(
+            region_of(&store, "10.9.0.3").await.as_deref(),
+            Some("us-east-1")
+        );
+
+        // Held in a pool dropped since: the new pool's 11.9.0.x would have its MAC.
+        release("vm1").await;
+        release("vm2").await;
+        let vm4 = hold("vm4").await;
+        let x: u8 = vm4.rsplit('.').next().unwrap().parse().unwrap();
+        let (same, other) = (format!("11.9.0.{x}"), format!("11.9.0.{}", x + 1));
+        let pool = format!("{same}-{other}");
+        with_pool(&store, &pool).await;
+        assert_eq!(take_one(&store, "vm5").await, Some(other));
+        assert_eq!(take_one(&store, "vm6").await, None, "{same} is parked");
+        release("vm4").await;
+        with_pool(&store, &pool).await;
+        assert_eq!(take_one(&store, "vm7").await, Some(same));
+    }
+}
+
 /// The region `address` is in; None when there is no such row.
 async fn region_of(store: &Store, address: &str) -> Option<String> {
     let r = sqlx::query("SELECT region FROM ip_addresses WHERE address = $1")
@@ -297,6 +364,11 @@ async fn an_addresss_mac_is_its_own_unless_one_was_stored_before() {
         };
         assert_eq!(list("vm0").await, lobster_core::ip::mac_for_address(&a));
         assert_eq!(list("vm0").await, "bc:24:11:09:00:01");
+        // Stored too, for a server of an earlier version, which reads the column.
+        assert_eq!(
+            stored_mac(&store, &a).await.as_deref(),
+            Some("bc:24:11:09:00:01")
+        );
         sqlx::query("UPDATE ip_addresses SET mac_address = 'bc:24:11:aa:bb:cc' WHERE address = $1")
             .bind(&b)
             .execute(store.read_pool())
@@ -315,8 +387,22 @@ async fn an_addresss_mac_is_its_own_unless_one_was_stored_before() {
         assert!(again.contains(&b), "{again:?}");
         for (id, address) in ["vm2", "vm3", "vm4"].into_iter().zip(&again) {
             assert_eq!(list(id).await, lobster_core::ip::mac_for_address(address));
+            assert_eq!(
+                stored_mac(&store, address).await,
+                Some(lobster_core::ip::mac_for_address(address))
+            );
         }
     }
+}
+
+/// The MAC stored with `address`, if any.
+pub(crate) async fn stored_mac(store: &Store, address: &str) -> Option<String> {
+    let r = sqlx::query("SELECT mac_address FROM ip_addresses WHERE address = $1")
+        .bind(address)
+        .fetch_one(store.read_pool())
+        .await
+        .unwrap();
+    sqlx::Row::get(&r, "mac_address")
 }
 
 /// A server searches a region's free addresses from just past the last one it took (see

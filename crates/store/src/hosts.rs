@@ -1,7 +1,7 @@
 //! Hosts, their reserved capacity, and the IP pools. Reservation is a conditional UPDATE that
 //! only succeeds while the host still has room, so it holds across processes (invariant 1).
 
-use crate::{db_err, get_str, Backend, Cells, Store, Tx};
+use crate::{db_err, get_opt_str, get_str, Backend, Cells, Store, Tx};
 use lobster_core::capacity::{HostFree, Resources};
 use lobster_core::fleet::Fleet;
 use lobster_core::Error;
@@ -153,8 +153,10 @@ impl Store {
                 q.execute().await?;
             }
         }
-        ip_pools_prune(&mut tx, &configured).await?;
-        tx.commit().await
+        let rehome = ip_pools_prune(&mut tx, &configured).await?;
+        tx.commit().await?;
+        self.ip_held_rehome(&rehome).await;
+        Ok(())
     }
 
     pub async fn host_list(&self) -> Result<Vec<HostRow>, Error> {
@@ -401,56 +403,107 @@ impl Store {
 /// never given out, and the next sync removes it.
 pub(crate) const RETIRED_REGION: &str = "";
 
-/// The free addresses no configured pool holds are removed, and the held ones retired
-/// (`RETIRED_REGION`); those configured in another region than the one they are in, free or
-/// held, are moved there. Why: a pool dropped from the configuration (or narrowed, or moved)
-/// must stop being given out, and the insert of the configured ones leaves existing rows as
-/// they were. A held address is changed too, so that its release frees it where it now
-/// belongs: left as it was, it went back to its old region's free addresses and was given
-/// out again until the next start.
+/// Where the sync puts addresses: in its transaction, the free ones (`ip_pools_prune`); after
+/// it, the held ones (`Store::ip_held_rehome`).
+struct Rehome {
+    /// Held addresses and the region each belongs in now.
+    held: Vec<(String, String)>,
+}
+
+/// The free addresses no configured pool holds are removed; those configured in another
+/// region than the one they are in are moved there; and a free address whose MAC an
+/// interface of its region already has is parked (`RETIRED_REGION`) until the next sync
+/// looks again. The held ones to retire or move are returned, for after the transaction.
+///
+/// Why: a pool dropped from the configuration (or narrowed, or moved) must stop being given
+/// out, and the insert of the configured ones leaves existing rows as they were. A held
+/// address is moved too, so that its release frees it where it now belongs: left as it was,
+/// it went back to its old region's free addresses and was given out again until the next
+/// start. Parking keeps MACs unique in a region (`ip::mac_for_address`) beside interfaces
+/// whose MAC did not come from their address: one held since before MACs came from
+/// addresses (a hash of its instance id), or one whose pool was dropped or moved while held
+/// (its address's low bits may be a new pool's).
 async fn ip_pools_prune(
     tx: &mut Tx,
     configured: &std::collections::HashMap<String, &str>,
-) -> Result<(), Error> {
+) -> Result<Rehome, Error> {
+    use lobster_core::ip::mac_for_address;
     let rows = tx
-        .q("SELECT address, region FROM ip_addresses")
+        .q(
+            "SELECT a.address, a.region, a.instance_id, a.mac_address, i.region AS holder_region
+            FROM ip_addresses a LEFT JOIN instances i ON i.id = a.instance_id",
+        )
         .fetch_all()
         .await?;
-    let mut gone = Vec::new();
-    let mut moved = Vec::new();
+    let mut held_macs: std::collections::HashSet<(String, String)> = Default::default();
+    let mut free = Vec::new();
+    let mut rehome = Rehome { held: Vec::new() };
     for r in &rows {
         let (address, region) = (get_str(r, "address")?, get_str(r, "region")?);
-        match configured.get(&address) {
-            None => gone.push(address),
-            Some(to) if *to != region => moved.push((address, to.to_string())),
-            Some(_) => {}
+        let to = configured.get(&address).copied().unwrap_or(RETIRED_REGION);
+        if get_opt_str(r, "instance_id")?.is_none() {
+            free.push((address, region, to));
+            continue;
+        }
+        let mac = match get_opt_str(r, "mac_address")? {
+            Some(m) if !m.is_empty() => m,
+            _ => mac_for_address(&address),
+        };
+        let holder = get_opt_str(r, "holder_region")?.unwrap_or_else(|| region.clone());
+        held_macs.insert((holder, mac));
+        if to != region {
+            rehome.held.push((address, to.to_string()));
         }
     }
-    // Free ones go; what is left of them is held (or was released since the read) and is
-    // retired.
+    let mut gone = Vec::new();
+    for (address, region, to) in free {
+        if to == RETIRED_REGION {
+            gone.push(address);
+            continue;
+        }
+        let clash = held_macs.contains(&(to.to_string(), mac_for_address(&address)));
+        let to = if clash { RETIRED_REGION } else { to };
+        if to != region {
+            tx.q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND instance_id IS NULL")
+                .bind(to)
+                .bind(address.as_str())
+                .execute()
+                .await?;
+        }
+    }
     for chunk in gone.chunks(500) {
-        for sql in [
-            "DELETE FROM ip_addresses WHERE instance_id IS NULL AND address IN",
-            "UPDATE ip_addresses SET region = $1 WHERE region <> $1 AND address IN",
-        ] {
-            let first = if sql.starts_with("UPDATE") { 2 } else { 1 };
-            let sql = format!("{sql} ({})", crate::batch::marks(first, chunk.len()));
-            let mut q = tx.q(&sql);
-            if first == 2 {
-                q = q.bind(RETIRED_REGION);
+        let sql = format!(
+            "DELETE FROM ip_addresses WHERE instance_id IS NULL AND address IN ({})",
+            crate::batch::marks(1, chunk.len())
+        );
+        let mut q = tx.q(&sql);
+        for a in chunk {
+            q = q.bind(a.as_str());
+        }
+        q.execute().await?;
+    }
+    Ok(rehome)
+}
+
+impl Store {
+    /// Moves each held address of `rehome` to its region (`RETIRED_REGION` for one no pool
+    /// holds), one row per statement, outside any transaction. Why one at a time: a release
+    /// locks the held addresses of the instances it frees, several per statement; the sync
+    /// locking several held ones in one transaction could deadlock with it (on PostgreSQL),
+    /// and a start that lost that would stop the server. An address released since the read
+    /// is moved all the same (a retired one is never given out; the next sync removes it).
+    /// A failure is logged: the next start tries again.
+    async fn ip_held_rehome(&self, rehome: &Rehome) {
+        for (address, region) in &rehome.held {
+            let moved = self
+                .q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND region <> $1")
+                .bind(region.as_str())
+                .bind(address.as_str())
+                .execute()
+                .await;
+            if let Err(e) = moved {
+                tracing::warn!("address {address} held, to move to region {region:?}: {e}");
             }
-            for a in chunk {
-                q = q.bind(a.as_str());
-            }
-            q.execute().await?;
         }
     }
-    for (address, region) in &moved {
-        tx.q("UPDATE ip_addresses SET region = $1 WHERE address = $2")
-            .bind(region.as_str())
-            .bind(address.as_str())
-            .execute()
-            .await?;
-    }
-    Ok(())
 }

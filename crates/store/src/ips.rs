@@ -280,6 +280,12 @@ impl Tx {
             if let Some(r) = row {
                 let address = get_str(&r, "address")?;
                 self.ip_took(region, get_i64(&r, "seq")?);
+                // Stored as well as derived on read: a server of an earlier version reads it.
+                self.q("UPDATE ip_addresses SET mac_address = $1 WHERE address = $2")
+                    .bind(lobster_core::ip::mac_for_address(&address))
+                    .bind(&address)
+                    .execute()
+                    .await?;
                 if self.backend == Backend::Postgres {
                     return Ok(Some(address));
                 }
@@ -479,13 +485,13 @@ impl Tx {
         self.ip_took(region, get_i64(last, "seq")?);
         let taken: Vec<(&String, &IpClaim)> = addresses.iter().zip(claims).collect();
         let rows = crate::batch::numbered(&taken);
-        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "::bigint"]);
+        let casts = crate::batch::casts(self.backend, &["::bigint", "", "", "", "", "::bigint"]);
         let v = format!(
-            "v(n, address, instance_id, iface, prim) AS (VALUES {})",
-            crate::batch::values_list(2, rows.len(), 5, &casts)
+            "v(n, address, instance_id, iface, mac, prim) AS (VALUES {})",
+            crate::batch::values_list(2, rows.len(), 6, &casts)
         );
         let update = "UPDATE ip_addresses SET instance_id = v.instance_id, assigned_at = $1,
-               interface_name = v.iface, is_primary = v.prim
+               interface_name = v.iface, mac_address = v.mac, is_primary = v.prim
              FROM v WHERE ip_addresses.address = v.address AND v.n > 0
                AND ip_addresses.instance_id IS NULL";
         let history = "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)";
@@ -507,6 +513,7 @@ impl Tx {
                 Val::from(address.as_str()),
                 c.instance_id.into(),
                 c.interface_name.into(),
+                Val::Text(Some(lobster_core::ip::mac_for_address(address).into())),
                 (c.is_primary as i64).into(),
             ]);
         }

@@ -117,6 +117,13 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
         let addresses = vec!["10.9.0.1".to_string(), "10.9.0.2".to_string()];
         assert_eq!(got.unwrap(), LaunchesWritten::Written(addresses.clone()));
         assert_eq!(found(&store, &first).await, Some(addresses.clone()));
+        for address in &addresses {
+            // Written by the statement, as the server computes it.
+            assert_eq!(
+                crate::contract_tests::stored_mac(&store, address).await,
+                Some(lobster_core::ip::mac_for_address(address))
+            );
+        }
 
         for ((instance, task), address) in first.iter().zip(&addresses) {
             let want = InstanceRow {
@@ -412,5 +419,24 @@ async fn a_batch_given_up_on_is_ended_by_the_database_too() {
         assert!(matches!(got, LaunchesWritten::Written(_)), "{got:?}");
         nothing_of(&store, &["vm0"]).await;
         assert_eq!(cpu_cores_used(&store).await, 2);
+    }
+}
+
+/// PostgreSQL computes an address's MAC as the server does (`ip::mac_for_address`), for
+/// addresses whose octets need every hex digit.
+#[tokio::test]
+async fn postgres_computes_the_mac_the_server_does() {
+    let Some(store) = postgres_with_pool("10.9.0.1-10.9.0.2").await else {
+        return;
+    };
+    for address in ["10.0.0.2", "98.115.241.74", "203.255.16.1", "192.0.2.254"] {
+        let sql = format!("SELECT {} AS mac", crate::launches::pg_mac("$1::text"));
+        let r = sqlx::query(&sql)
+            .bind(address)
+            .fetch_one(store.read_pool())
+            .await
+            .unwrap();
+        let mac: String = sqlx::Row::get(&r, "mac");
+        assert_eq!(mac, lobster_core::ip::mac_for_address(address), "{address}");
     }
 }
