@@ -556,48 +556,33 @@ async fn bench_moto(args: &Args, r: &mut Report) {
     })
     .await;
     r.add(target, "list of 10,000 (gzip)", &s);
-    let s = drive(
-        addr,
-        args.connections,
-        Budget::Count(ids.len() as u64),
-        false,
-        move |i| {
-            ec2(
-                addr,
-                format!(
-                    "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
-                    ids[i as usize]
-                ),
-            )
-        },
-    )
-    .await;
+    let s = moto_terminate(args, addr, ids).await;
     r.add(target, "delete accepted", &s);
     // The sample the throughput is compared on: 100 deletes are a burst of a few tens of
     // milliseconds on lobster (the ramp of its connections, not a rate), so lobster's 2,000
     // are compared with these 1,000, each a sample of a second or more.
-    let s = drive(
-        addr,
-        args.connections,
-        Budget::Count(singles.len() as u64),
-        false,
-        move |i| {
-            ec2(
-                addr,
-                format!(
-                    "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
-                    singles[i as usize]
-                ),
-            )
-        },
-    )
-    .await;
+    let s = moto_terminate(args, addr, singles).await;
     r.add(target, "delete accepted (1,000)", &s);
     r.note(format!(
         "moto EC2: RSS at 10,000 instances: {:.0} MiB",
         p.rss_mib()
     ));
     p.stop().await;
+}
+
+/// Terminates each of `ids` in moto once, as fast as it answers.
+async fn moto_terminate(args: &Args, addr: SocketAddr, ids: Vec<String>) -> Stat {
+    let n = ids.len() as u64;
+    drive(addr, args.connections, Budget::Count(n), false, move |i| {
+        ec2(
+            addr,
+            format!(
+                "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
+                ids[i as usize]
+            ),
+        )
+    })
+    .await
 }
 
 /// A URL whose connections use a new, empty schema of the database at `base`.
