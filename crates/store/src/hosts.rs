@@ -403,13 +403,6 @@ impl Store {
 /// never given out, and the next sync removes it.
 pub(crate) const RETIRED_REGION: &str = "";
 
-/// Where the sync puts addresses: in its transaction, the free ones (`ip_pools_prune`); after
-/// it, the held ones (`Store::ip_held_rehome`).
-struct Rehome {
-    /// Held addresses and the region each belongs in now.
-    held: Vec<(String, String)>,
-}
-
 /// The free addresses no configured pool holds are removed; those configured in another
 /// region than the one they are in are moved there; and a free address whose MAC an
 /// interface of its region already has is parked (`RETIRED_REGION`) until the next sync
@@ -426,7 +419,7 @@ struct Rehome {
 async fn ip_pools_prune(
     tx: &mut Tx,
     configured: &std::collections::HashMap<String, &str>,
-) -> Result<Rehome, Error> {
+) -> Result<Vec<(String, String)>, Error> {
     use lobster_core::ip::mac_for_address;
     let rows = tx
         .q(
@@ -437,7 +430,8 @@ async fn ip_pools_prune(
         .await?;
     let mut held_macs: std::collections::HashSet<(String, String)> = Default::default();
     let mut free = Vec::new();
-    let mut rehome = Rehome { held: Vec::new() };
+    // Held addresses and the region each belongs in now, for `Store::ip_held_rehome`.
+    let mut rehome = Vec::new();
     for r in &rows {
         let (address, region) = (get_str(r, "address")?, get_str(r, "region")?);
         let to = configured.get(&address).copied().unwrap_or(RETIRED_REGION);
@@ -445,14 +439,11 @@ async fn ip_pools_prune(
             free.push((address, region, to));
             continue;
         }
-        let mac = match get_opt_str(r, "mac_address")? {
-            Some(m) if !m.is_empty() => m,
-            _ => mac_for_address(&address),
-        };
+        let mac = crate::ips::mac_of(get_opt_str(r, "mac_address")?, &address);
         let holder = get_opt_str(r, "holder_region")?.unwrap_or_else(|| region.clone());
         held_macs.insert((holder, mac));
         if to != region {
-            rehome.held.push((address, to.to_string()));
+            rehome.push((address, to.to_string()));
         }
     }
     let mut gone = Vec::new();
@@ -486,15 +477,15 @@ async fn ip_pools_prune(
 }
 
 impl Store {
-    /// Moves each held address of `rehome` to its region (`RETIRED_REGION` for one no pool
+    /// Moves each held address of `rehome` (address, region) to its region (`RETIRED_REGION` for one no pool
     /// holds), one row per statement, outside any transaction. Why one at a time: a release
     /// locks the held addresses of the instances it frees, several per statement; the sync
     /// locking several held ones in one transaction could deadlock with it (on PostgreSQL),
     /// and a start that lost that would stop the server. An address released since the read
     /// is moved all the same (a retired one is never given out; the next sync removes it).
     /// A failure is logged: the next start tries again.
-    async fn ip_held_rehome(&self, rehome: &Rehome) {
-        for (address, region) in &rehome.held {
+    async fn ip_held_rehome(&self, rehome: &[(String, String)]) {
+        for (address, region) in rehome {
             let moved = self
                 .q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND region <> $1")
                 .bind(region.as_str())

@@ -35,13 +35,33 @@ pub struct IpClaim<'a> {
     pub is_primary: bool,
 }
 
+/// The MAC of the interface holding `address`: the one stored with it (for an address held
+/// since before MACs came from addresses, session 24, the MAC its VM was made with), else the
+/// address's own (`ip::mac_for_address`).
+pub(crate) fn mac_of(stored: Option<String>, address: &str) -> String {
+    match stored {
+        Some(mac) if !mac.is_empty() => mac,
+        _ => lobster_core::ip::mac_for_address(address),
+    }
+}
+
+/// The MAC of the address in column `col` (`ip::mac_for_address`), computed by PostgreSQL:
+/// `bc:24:11` and the address's low 24 bits. Stored as well as derived on read, so that a
+/// server of an earlier version, which reads the column, shows and pushes the same MAC.
+pub(crate) fn pg_mac(col: &str) -> String {
+    let n = format!("({col}::inet - '0.0.0.0'::inet)");
+    let octet = |shift: u32| format!("lpad(to_hex(({n} >> {shift}) & 255), 2, '0')");
+    format!(
+        "'bc:24:11:' || {} || ':' || {} || ':' || {}",
+        octet(16),
+        octet(8),
+        octet(0)
+    )
+}
+
 fn row(r: &impl crate::exec::Named) -> Result<IpRow, Error> {
     let address = get_str(r, "address")?;
-    // Held since before MACs came from addresses (session 24): the MAC its VM was made with.
-    let mac_address = match get_opt_str(r, "mac_address")? {
-        Some(mac) if !mac.is_empty() => mac,
-        _ => lobster_core::ip::mac_for_address(&address),
-    };
+    let mac_address = mac_of(get_opt_str(r, "mac_address")?, &address);
     Ok(IpRow {
         address,
         instance_id: get_str(r, "instance_id")?,
@@ -246,9 +266,15 @@ impl Tx {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // The MAC is stored as well as derived on read: a server of an earlier version reads
+        // it. PostgreSQL computes it in the statement; SQLite's is set with the history row.
+        let mac = match self.backend {
+            Backend::Postgres => format!("mac_address = {}, ", pg_mac("address")),
+            Backend::Sqlite => String::new(),
+        };
         let take = format!(
             "UPDATE ip_addresses SET instance_id = $1, assigned_at = $2, interface_name = $4,
-               is_primary = $5
+               {mac}is_primary = $5
              WHERE address = (SELECT address FROM ip_addresses WHERE region = $3 AND instance_id IS NULL
                               AND seq >= $6 ORDER BY seq LIMIT 1{lock})
                AND instance_id IS NULL
@@ -280,15 +306,14 @@ impl Tx {
             if let Some(r) = row {
                 let address = get_str(&r, "address")?;
                 self.ip_took(region, get_i64(&r, "seq")?);
-                // Stored as well as derived on read: a server of an earlier version reads it.
+                if self.backend == Backend::Postgres {
+                    return Ok(Some(address));
+                }
                 self.q("UPDATE ip_addresses SET mac_address = $1 WHERE address = $2")
                     .bind(lobster_core::ip::mac_for_address(&address))
                     .bind(&address)
                     .execute()
                     .await?;
-                if self.backend == Backend::Postgres {
-                    return Ok(Some(address));
-                }
                 self.q(
                     "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
                      VALUES ($1, $2, $3, $4, $5)",

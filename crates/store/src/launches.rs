@@ -277,21 +277,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
         ivals = inserted_instance.join(", "),
         marker = ADDRESS_TO_COME,
         skip = if b.skip_held { " SKIP LOCKED" } else { "" },
-        mac = pg_mac("a.address"),
+        mac = ips::pg_mac("a.address"),
     );
     Statement::new(Backend::Postgres, &sql, vals)
-}
-
-/// The MAC of the address in column `col` (`ip::mac_for_address`), computed by PostgreSQL:
-/// `bc:24:11` and the address's low 24 bits. Stored as well as derived on read, so that a
-/// server of an earlier version, which reads the column, shows and pushes the same MAC.
-pub(crate) fn pg_mac(col: &str) -> String {
-    let n = format!("({col}::inet - '0.0.0.0'::inet)");
-    let octet = |shift: u32| format!("lpad(to_hex(({n} >> {shift}) & 255), 2, '0')");
-    format!(
-        "'bc:24:11:' || {} || ':' || {} || ':' || {}",
-        octet(16),
-        octet(8),
-        octet(0)
-    )
 }

@@ -430,7 +430,7 @@ async fn postgres_computes_the_mac_the_server_does() {
         return;
     };
     for address in ["10.0.0.2", "98.115.241.74", "203.255.16.1", "192.0.2.254"] {
-        let sql = format!("SELECT {} AS mac", crate::launches::pg_mac("$1::text"));
+        let sql = format!("SELECT {} AS mac", crate::ips::pg_mac("$1::text"));
         let r = sqlx::query(&sql)
             .bind(address)
             .fetch_one(store.read_pool())
