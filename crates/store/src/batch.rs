@@ -192,7 +192,7 @@ impl From<Option<i64>> for Val<'_> {
 /// of 2,000 numbered parameters cost two million steps to bind (5 % of the server's time
 /// while launching, all of it on the one writer thread).
 pub(crate) struct Statement<'a> {
-    sql: String,
+    sql: std::sync::Arc<str>,
     vals: Vec<Val<'a>>,
 }
 
@@ -200,15 +200,23 @@ impl<'a> Statement<'a> {
     pub(crate) fn new(backend: crate::Backend, sql: &str, vals: Vec<Val<'a>>) -> Self {
         match backend {
             crate::Backend::Postgres => Statement {
-                sql: sql.to_string(),
+                sql: sql.into(),
                 vals,
             },
             crate::Backend::Sqlite => {
                 let (sql, order) = positional(sql);
                 let vals = order.into_iter().map(|n| vals[n - 1].clone()).collect();
-                Statement { sql, vals }
+                Statement {
+                    sql: sql.into(),
+                    vals,
+                }
             }
         }
+    }
+
+    /// A PostgreSQL statement whose text is kept for reuse (not copied per statement).
+    pub(crate) fn shared(sql: std::sync::Arc<str>, vals: Vec<Val<'a>>) -> Self {
+        Statement { sql, vals }
     }
 
     pub(crate) fn sql(&self) -> &str {

@@ -150,7 +150,8 @@ fn claim_queue_statement<'a>(
             c.operation.into(),
         ]);
     }
-    let (status, attempts, owner, until) = tasks::leased_as(Backend::Postgres, lease, "$4", "$5");
+    let (status, attempts, owner, until) =
+        tasks::leased_as(Backend::Postgres, lease.is_some(), "$4", "$5");
     let (lock, claims_v) = claimable_in_id_order(Backend::Postgres);
     let sql = format!(
         "WITH v(n, id, account_id, team_id, task_id, status, operation) AS (VALUES {v}){lock},

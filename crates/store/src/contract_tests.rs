@@ -1456,6 +1456,12 @@ async fn batch_writes_round_trip_and_a_reservation_is_all_or_nothing() {
             .collect();
         assert_eq!(held, want);
         assert_eq!(store.ip_history("a1").await.unwrap().len(), 3);
+        // Read off the instances: a primary has no history row of its own.
+        let stored: (i64,) = sqlx::query_as("SELECT count(*) FROM ip_history")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(stored.0, 0);
         for r in &rows {
             assert_eq!(store.instance_by_id(&r.id).await.unwrap().as_ref(), Some(r));
         }
@@ -1857,5 +1863,127 @@ async fn addresses_held_since_before_migrations_3_and_6_are_backfilled() {
         .await
         .unwrap();
         assert_eq!(held, vec![(primary, 1), (extra, 0)]);
+    }
+}
+
+/// A primary address's holding is its instance's life: no history row is written for it
+/// (a row and an index entry less per launch), and `ip_history` reads its period off the
+/// instance, closed by a delete's end or a failed create's. An additional address keeps
+/// its own history row, read once. Migration 14 removes primaries' rows written before.
+#[tokio::test]
+async fn a_primarys_holding_is_read_off_its_instance() {
+    for (store, _d) in stores().await {
+        store.fleet_sync(&Fleet::demo()).await.unwrap();
+        store.account_create("a1", "acme", 0).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let mut primaries = vec![];
+        for (k, (id, status)) in [("vm0", "terminating"), ("vm1", "creating")]
+            .into_iter()
+            .enumerate()
+        {
+            let ip = tx
+                .ip_allocate("us-east-1", &claim(id), 1_000)
+                .await
+                .unwrap();
+            primaries.push(ip.clone().unwrap());
+            let row = InstanceRow {
+                name: format!("web-{k}"),
+                status: status.into(),
+                active_task_id: Some(format!("t-{id}")),
+                ip_address: ip,
+                ..sample_instance(id, "a1")
+            };
+            tx.instance_insert(&row).await.unwrap();
+            assert!(tx.host_reserve("wil-cpu-03", &res(2)).await.unwrap());
+        }
+        let extra = IpClaim {
+            instance_id: "vm0",
+            interface_name: "net1",
+            is_primary: false,
+        };
+        let extra = tx.ip_allocate("us-east-1", &extra, 1_500).await.unwrap();
+        let extra = extra.unwrap();
+        tx.task_insert(&NewTask {
+            instance_id: Some("vm0".into()),
+            operation: "delete_instance".into(),
+            ..new_task("t-vm0", 1)
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let stored: Vec<(String, i64)> =
+            sqlx::query_as("SELECT address, is_primary FROM ip_history ORDER BY address")
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+        assert_eq!(stored, vec![(extra.clone(), 0)], "no row for a primary");
+        let held = |released: [Option<i64>; 3]| {
+            let mut want = vec![
+                (primaries[0].clone(), "vm0", true, 1_000, released[0]),
+                (primaries[1].clone(), "vm1", true, 1_000, released[1]),
+                (extra.clone(), "vm0", false, 1_500, released[2]),
+            ];
+            want.sort();
+            want
+        };
+        let history = || async {
+            let mut got: Vec<_> = store
+                .ip_history("a1")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| {
+                    let id = if h.instance_id == "vm0" { "vm0" } else { "vm1" };
+                    (h.address, id, h.is_primary, h.assigned_at, h.released_at)
+                })
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(history().await, held([None, None, None]));
+
+        // vm1's create fails at 6: its primary's period ends with it.
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.instance_end("vm1", "t-vm1", "failed", 6).await.unwrap());
+        tx.ip_release_all("vm1", 6).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(history().await, held([None, Some(6), None]));
+
+        // vm0's delete ends at 9: both of its addresses' periods end then.
+        let t = store.task_claim("w1", 9, 60_000).await.unwrap().unwrap();
+        assert_eq!(t.id, "t-vm0");
+        let done = Deleted {
+            task_id: "t-vm0".into(),
+            instance_id: "vm0".into(),
+            owner: "w1".into(),
+        };
+        let got = store
+            .task_finish_deleted("VM deleted successfully", 9, &[done])
+            .await
+            .unwrap();
+        assert_eq!(got, [true]);
+        assert_eq!(history().await, held([Some(9), Some(6), Some(9)]));
+
+        // A primary's row written before migration 14 goes; the additional one stays.
+        sqlx::query(
+            "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at, released_at)
+             VALUES ($1, 'vm0', 'net0', 1, 1000, 9)",
+        )
+        .bind(&primaries[0])
+        .execute(store.read_pool())
+        .await
+        .unwrap();
+        assert_eq!(history().await, held([Some(9), Some(6), Some(9)]));
+        let migration = include_str!("../migrations/0014_primary_history_from_instances.sql");
+        sqlx::query(migration)
+            .execute(store.read_pool())
+            .await
+            .unwrap();
+        let stored: Vec<(String, i64)> =
+            sqlx::query_as("SELECT address, is_primary FROM ip_history ORDER BY address")
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+        assert_eq!(stored, vec![(extra.clone(), 0)]);
     }
 }

@@ -280,13 +280,14 @@ impl Tx {
                AND instance_id IS NULL
              RETURNING address, seq"
         );
-        // Held addresses are metered from here (billing reads this history). On PostgreSQL
-        // the history row is written by the same statement: one round trip per launch fewer.
+        // An additional address is metered from here (billing reads this history); a
+        // primary's holding is its instance's life (see `Store::ip_history`). On PostgreSQL
+        // the history row is written by the same statement: one round trip fewer.
         let sql = match self.backend {
             Backend::Postgres => format!(
                 "WITH a AS ({take}),
                       h AS (INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
-                            SELECT address, $1, $4, $5, $2 FROM a)
+                            SELECT address, $1, $4, $5, $2 FROM a WHERE $5 = 0)
                  SELECT address, seq FROM a"
             ),
             Backend::Sqlite => take,
@@ -314,6 +315,9 @@ impl Tx {
                     .bind(&address)
                     .execute()
                     .await?;
+                if claim.is_primary {
+                    return Ok(Some(address));
+                }
                 self.q(
                     "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
                      VALUES ($1, $2, $3, $4, $5)",
@@ -437,10 +441,24 @@ pub struct IpHeld {
 
 impl Store {
     /// Every period the account's instances held an address, for billing.
+    ///
+    /// A primary address is held for exactly its instance's life: taken in the statement
+    /// that writes the instance (`created_at`), kept until the instance ends, and released
+    /// in the statement that sets its `deleted_at` (a delete, or a create that failed).
+    /// So its period is read off the instance row and has no history row of its own, which
+    /// would be a row and an index entry more in every launch. The history table holds the
+    /// additional addresses' periods. (Rows of primaries written before migration 14 are
+    /// removed by it; `is_primary = 0` also keeps out any a server of an earlier version
+    /// writes during an upgrade.)
     pub async fn ip_history(&self, account_id: &str) -> Result<Vec<IpHeld>, Error> {
         let rows = sqlx::query(
             "SELECT h.address, h.instance_id, h.is_primary, h.assigned_at, h.released_at
-             FROM ip_history h JOIN instances i ON i.id = h.instance_id WHERE i.account_id = $1",
+             FROM ip_history h JOIN instances i ON i.id = h.instance_id
+             WHERE i.account_id = $1 AND h.is_primary = 0
+             UNION ALL
+             SELECT ip_address AS address, id AS instance_id, 1 AS is_primary,
+                    created_at AS assigned_at, deleted_at AS released_at
+             FROM instances WHERE account_id = $1 AND ip_address IS NOT NULL",
         )
         .bind(account_id)
         .fetch_all(self.reader())
@@ -519,18 +537,17 @@ impl Tx {
                interface_name = v.iface, mac_address = v.mac, is_primary = v.prim
              FROM v WHERE ip_addresses.address = v.address AND v.n > 0
                AND ip_addresses.instance_id IS NULL";
-        let history = "INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)";
-        let statements = match self.backend {
-            // One statement: the history rows are those the update took.
-            Backend::Postgres => vec![format!(
-                "WITH {v}, u AS ({update} RETURNING ip_addresses.address)
-                 {history} SELECT v.address, v.instance_id, v.iface, v.prim, $1 FROM v JOIN u ON u.address = v.address WHERE v.n > 0"
-            )],
-            Backend::Sqlite => vec![
-                format!("WITH {v} {update}"),
-                format!("WITH {v} {history} SELECT address, instance_id, iface, prim, $1 FROM v WHERE n > 0"),
-            ],
-        };
+        // An additional address is metered from here; a primary's holding is its
+        // instance's life (see `Store::ip_history`), so only the others get history rows.
+        let extra = claims
+            .iter()
+            .take(taken.len())
+            .filter(|c| !c.is_primary)
+            .count();
+        let history = format!(
+            "WITH {v} INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
+             SELECT address, instance_id, iface, prim, $1 FROM v WHERE n > 0 AND prim = 0"
+        );
         let mut vals: Vec<Val> = vec![now.into()];
         for (n, (address, c)) in &rows {
             vals.extend([
@@ -542,15 +559,17 @@ impl Tx {
                 (c.is_primary as i64).into(),
             ]);
         }
-        for sql in statements {
+        let mut statements = vec![(format!("WITH {v} {update}"), taken.len())];
+        if extra > 0 {
+            statements.push((history, extra));
+        }
+        for (sql, want) in statements {
             let st = Statement::new(self.backend, &sql, vals.clone());
             let done = self.run(&st).await?;
-            if done != taken.len() as u64 {
-                // Only another writer could have taken one between the two statements.
+            if done != want as u64 {
+                // Another writer took one after it was found free (the update re-checks).
                 return Err(Error::Internal(format!(
-                    "assigned {} of {} addresses",
-                    done,
-                    taken.len()
+                    "assigned {done} of {want} addresses"
                 )));
             }
         }

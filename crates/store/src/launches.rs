@@ -6,8 +6,9 @@
 //! the batch is bound by them, not by the database's work (docs/benchmarks.md, session 12).
 //! Here the batch is placed on hosts read just before (`Store::hosts_read`), and one
 //! statement locks those hosts and re-checks their room, takes the region's first free
-//! addresses, and writes the addresses, their history, the instances, the tasks and the
-//! reservations — each of those only when every host still had room and every launch got an
+//! addresses, and writes the addresses, the instances, the tasks and the reservations (a
+//! primary address's holding is its instance's life, so it has no history row of its own:
+//! see `Store::ip_history`) — each of those only when every host still had room and every launch got an
 //! address, so that the statement writes all of the batch or none of it.
 
 use crate::batch::{casts, numbered, values_list, Statement, Val};
@@ -15,6 +16,8 @@ use crate::{get_i64, get_opt_i64, get_opt_str, instances, ips, tasks, Backend, S
 use crate::{Lease, NewInstance, NewTask};
 use lobster_core::capacity::Resources;
 use lobster_core::Error;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What `launches_write` is asked to write: launches of one region, each instance with its
 /// create task (task k belongs to instance k). (Each primary interface's MAC follows from
@@ -202,25 +205,66 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
         b.lease.map(|l| l.owner.as_str()).into(),
         b.lease.map(|l| l.until).into(),
     ];
-    let inst_casts = casts(Backend::Postgres, &instances::INSERT_CASTS);
-    let v_first = vals.len() + 1;
     for (n, i) in &inst {
         vals.extend(instances::insert_vals(*n, i));
     }
-    let task_casts = casts(Backend::Postgres, &tasks::INSERT_CASTS);
-    let t_first = vals.len() + 1;
     for (n, t) in &task {
         vals.extend(tasks::insert_vals(*n, t));
     }
-    let host_casts = crate::hosts::SHARE_CASTS;
-    let h_first = vals.len() + 1;
     for (n, (id, r)) in &hosts {
         vals.extend(crate::hosts::share_vals(*n, id, r));
     }
-    let v = values_list(v_first, inst.len(), inst_casts.len(), &inst_casts);
-    let t = values_list(t_first, task.len(), task_casts.len(), &task_casts);
-    let h = values_list(h_first, hosts.len(), host_casts.len(), &host_casts);
-    let (status, attempts, owner, until) = tasks::leased_as(Backend::Postgres, b.lease, "$6", "$7");
+    let shape = Shape {
+        rows: inst.len(),
+        hosts: hosts.len(),
+        skip_held: b.skip_held,
+        leased: b.lease.is_some(),
+    };
+    Statement::shared(batch_sql(shape), vals)
+}
+
+/// What the launch statement's text depends on: the padded numbers of launches and of
+/// hosts, and two flags. Padded to powers of two, a handful of shapes serve every batch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    rows: usize,
+    hosts: usize,
+    skip_held: bool,
+    leased: bool,
+}
+
+/// The statement's text for `shape`, built once: it is 10–20 kB of SQL, and building it
+/// for every batch was about a twentieth of the server's work in a burst of launches
+/// (`perf`, docs/benchmarks.md, session 25).
+fn batch_sql(shape: Shape) -> Arc<str> {
+    static TEXTS: OnceLock<Mutex<HashMap<Shape, Arc<str>>>> = OnceLock::new();
+    let texts = TEXTS.get_or_init(Default::default);
+    if let Some(sql) = texts.lock().expect("launch texts").get(&shape) {
+        return sql.clone();
+    }
+    let sql: Arc<str> = batch_text(shape).into();
+    texts
+        .lock()
+        .expect("launch texts")
+        .insert(shape, sql.clone());
+    sql
+}
+
+/// The statement's text (see `batch_statement`).
+fn batch_text(shape: Shape) -> String {
+    // The first parameter of the instances' rows, then the tasks', then the hosts' (after
+    // the seven of the statement itself).
+    let inst_casts = casts(Backend::Postgres, &instances::INSERT_CASTS);
+    let task_casts = casts(Backend::Postgres, &tasks::INSERT_CASTS);
+    let host_casts = crate::hosts::SHARE_CASTS;
+    let v_first = 8;
+    let t_first = v_first + shape.rows * inst_casts.len();
+    let h_first = t_first + shape.rows * task_casts.len();
+    let v = values_list(v_first, shape.rows, inst_casts.len(), &inst_casts);
+    let t = values_list(t_first, shape.rows, task_casts.len(), &task_casts);
+    let h = values_list(h_first, shape.hosts, host_casts.len(), &host_casts);
+    let (status, attempts, owner, until) =
+        tasks::leased_as(Backend::Postgres, shape.leased, "$6", "$7");
     let inserted_instance: Vec<String> = instances::INSERT_COLS
         .split(',')
         .map(str::trim)
@@ -229,7 +273,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
             c => format!("a.{c}"),
         })
         .collect();
-    let sql = format!(
+    format!(
         "WITH v(n, {icols}) AS (VALUES {v}),
          t(n, {tcols}) AS (VALUES {t}),
          h(n, id, c, m, d, g) AS (VALUES {h}),
@@ -255,9 +299,6 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
            UPDATE ip_addresses SET instance_id = a.id, assigned_at = $4::bigint, interface_name = 'net0',
              mac_address = {mac}, is_primary = 1
            FROM a WHERE ip_addresses.address = a.address),
-         history AS (
-           INSERT INTO ip_history (address, instance_id, interface_name, is_primary, assigned_at)
-           SELECT address, id, 'net0', 1, $4::bigint FROM a),
          inserted AS (
            INSERT INTO instances ({icols}) SELECT {ivals} FROM a ORDER BY a.account_id, a.name),
          created AS (
@@ -276,8 +317,7 @@ fn batch_statement<'a>(b: &'a LaunchBatch<'_>, from: i64) -> Statement<'a> {
         tinserted = tasks::INSERTED,
         ivals = inserted_instance.join(", "),
         marker = ADDRESS_TO_COME,
-        skip = if b.skip_held { " SKIP LOCKED" } else { "" },
+        skip = if shape.skip_held { " SKIP LOCKED" } else { "" },
         mac = ips::pg_mac("a.address"),
-    );
-    Statement::new(Backend::Postgres, &sql, vals)
+    )
 }

@@ -155,6 +155,12 @@ async fn a_batch_of_launches_in_one_statement_is_written_whole_or_not_at_all() {
             ]
         );
         assert_eq!(store.ip_history("a1").await.unwrap().len(), 2);
+        // Read off the instances: a primary has no history row of its own.
+        let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM ip_history")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(rows.0, 0);
         assert_eq!(cpu_cores_used(&store).await, 4);
 
         // One address left for two launches.

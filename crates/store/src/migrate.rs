@@ -30,6 +30,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (12, include_str!("../migrations/0012_rate_windows.sql")),
     (13, BACKFILL_HELD_ADDRESSES),
+    (
+        14,
+        include_str!("../migrations/0014_primary_history_from_instances.sql"),
+    ),
 ];
 
 /// Migration 13, also run by its test on rows put back as before migrations 3 and 6.

@@ -107,14 +107,14 @@ pub(crate) fn insert_vals(n: i64, t: &NewTask) -> [Val<'_>; 10] {
 /// claimed: the owner and end are the placeholders given) or without (pending).
 pub(crate) fn leased_as(
     backend: Backend,
-    lease: Option<&Lease>,
+    leased: bool,
     owner: &'static str,
     until: &str,
 ) -> (&'static str, i64, &'static str, String) {
-    match (lease, backend) {
-        (None, _) => ("'PENDING'", 0, "NULL", "NULL".into()),
-        (Some(_), Backend::Postgres) => ("'PROCESSING'", 1, owner, format!("{until}::bigint")),
-        (Some(_), Backend::Sqlite) => ("'PROCESSING'", 1, owner, until.into()),
+    match (leased, backend) {
+        (false, _) => ("'PENDING'", 0, "NULL", "NULL".into()),
+        (true, Backend::Postgres) => ("'PROCESSING'", 1, owner, format!("{until}::bigint")),
+        (true, Backend::Sqlite) => ("'PROCESSING'", 1, owner, until.into()),
     }
 }
 
@@ -784,7 +784,7 @@ impl Tx {
         }
         let numbered = crate::batch::numbered(tasks);
         let casts = crate::batch::casts(self.backend, &INSERT_CASTS);
-        let (status, attempts, owner, until) = leased_as(self.backend, lease, "$1", "$2");
+        let (status, attempts, owner, until) = leased_as(self.backend, lease.is_some(), "$1", "$2");
         let first = if lease.is_some() { 3 } else { 1 };
         let sql = format!(
             "WITH v(n, {INSERT_COLS}) AS (VALUES {})
