@@ -1987,3 +1987,109 @@ async fn a_primarys_holding_is_read_off_its_instance() {
         assert_eq!(stored, vec![(extra.clone(), 0)]);
     }
 }
+
+/// Addresses by region, counted.
+async fn regions_counted(store: &Store) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT region, count(*) FROM ip_addresses GROUP BY region ORDER BY region")
+        .fetch_all(store.reader())
+        .await
+        .unwrap()
+}
+
+/// A pool of more than one statement's worth (500) of free and of held addresses moves to
+/// another region whole, and when dropped, its free addresses go and its held ones retire.
+#[tokio::test]
+async fn a_large_pool_moves_and_retires_whole() {
+    for (store, _d) in stores().await {
+        let fleet = with_pool(&store, "10.9.0.0-10.9.4.255").await;
+        let ids: Vec<String> = (0..600).map(|k| format!("vm{k}")).collect();
+        let claims: Vec<IpClaim> = ids.iter().map(|id| claim(id)).collect();
+        let mut tx = store.begin().await.unwrap();
+        let got = tx.ips_allocate("us-east-1", &claims, 1).await.unwrap();
+        assert_eq!(got.len(), 600);
+        tx.commit().await.unwrap();
+        let (east, west) = (fleet.regions[0].name.clone(), fleet.regions[1].name.clone());
+        let before = regions_counted(&store).await;
+        assert!(before.contains(&(east.clone(), 1280)), "{before:?}");
+
+        let mut moved = fleet.clone();
+        moved.regions[0].ip_pools = vec![];
+        moved.regions[1].ip_pools = vec!["10.9.0.0-10.9.4.255".into()];
+        store.fleet_sync(&moved).await.unwrap();
+        let after = regions_counted(&store).await;
+        assert!(after.contains(&(west.clone(), 1280)), "{after:?}");
+        assert!(!after.iter().any(|(r, _)| *r == east), "{after:?}");
+        assert_eq!(store.ip_assignments().await.unwrap().len(), 600);
+
+        let mut dropped = moved.clone();
+        dropped.regions[1].ip_pools = vec![];
+        store.fleet_sync(&dropped).await.unwrap();
+        let retired = regions_counted(&store).await;
+        assert!(retired.contains(&(String::new(), 600)), "{retired:?}");
+        let left = |r: &String| *r == east || *r == west;
+        assert!(!retired.iter().any(|(r, _)| left(r)), "{retired:?}");
+        assert_eq!(store.ip_assignments().await.unwrap().len(), 600);
+    }
+}
+
+/// A held address another transaction has locked (a release under way) is passed over by
+/// the sync's statement, which never waits, and moved by a statement of its own once the
+/// lock is gone (PostgreSQL).
+#[tokio::test]
+async fn a_held_address_locked_elsewhere_is_moved_once_free_of_the_lock() {
+    for (store, _d) in stores().await {
+        if store.backend() != Backend::Postgres {
+            continue;
+        }
+        let fleet = with_pool(&store, "10.9.0.1-10.9.0.4").await;
+        let locked = take_one(&store, "vm0").await.unwrap();
+        let other = take_one(&store, "vm1").await.unwrap();
+        let mut holder = store.read_pool().begin().await.unwrap();
+        let (holder_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+        sqlx::query("SELECT address FROM ip_addresses WHERE address = $1 FOR UPDATE")
+            .bind(&locked)
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+        let mut moved = fleet.clone();
+        moved.regions[0].ip_pools = vec![];
+        moved.regions[1].ip_pools = vec!["10.9.0.1-10.9.0.4".into()];
+        let sync = tokio::spawn({
+            let (store, moved) = (store.clone(), moved.clone());
+            async move { store.fleet_sync(&moved).await }
+        });
+        // Until the sync waits for the locked row (its own statement for it).
+        loop {
+            let waiting: (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(holder_pid)
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+            if waiting.0 > 0 {
+                break;
+            }
+            assert!(
+                !sync.is_finished(),
+                "the sync ended while the row was locked"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            region_of(&store, &other).await.as_deref(),
+            Some(moved.regions[1].name.as_str()),
+            "the unlocked one moved by the statement that passed over the locked one"
+        );
+        holder.commit().await.unwrap();
+        sync.await.unwrap().unwrap();
+        assert_eq!(
+            region_of(&store, &locked).await.as_deref(),
+            Some(moved.regions[1].name.as_str())
+        );
+    }
+}

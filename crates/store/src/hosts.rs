@@ -447,6 +447,8 @@ async fn ip_pools_prune(
         }
     }
     let mut gone = Vec::new();
+    // Free addresses to move, by the region they go to.
+    let mut moves: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for (address, region, to) in free {
         if to == RETIRED_REGION {
             gone.push(address);
@@ -455,11 +457,23 @@ async fn ip_pools_prune(
         let clash = held_macs.contains(&(to.to_string(), mac_for_address(&address)));
         let to = if clash { RETIRED_REGION } else { to };
         if to != region {
-            tx.q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND instance_id IS NULL")
-                .bind(to)
-                .bind(address.as_str())
-                .execute()
-                .await?;
+            moves.entry(to).or_default().push(address);
+        }
+    }
+    // 500 a statement: a pool of a /14 moved to another region is 262,144 addresses, and a
+    // statement each was as many round trips in the start. (Free rows only: a launch passes
+    // over those this transaction holds, and no release waits for them.)
+    for (to, addresses) in &moves {
+        for chunk in addresses.chunks(500) {
+            let sql = format!(
+                "UPDATE ip_addresses SET region = $1 WHERE instance_id IS NULL AND address IN ({})",
+                crate::batch::marks(2, chunk.len())
+            );
+            let mut q = tx.q(&sql).bind(*to);
+            for a in chunk {
+                q = q.bind(a.as_str());
+            }
+            q.execute().await?;
         }
     }
     for chunk in gone.chunks(500) {
@@ -477,24 +491,65 @@ async fn ip_pools_prune(
 }
 
 impl Store {
-    /// Moves each held address of `rehome` (address, region) to its region (`RETIRED_REGION` for one no pool
-    /// holds), one row per statement, outside any transaction. Why one at a time: a release
-    /// locks the held addresses of the instances it frees, several per statement; the sync
-    /// locking several held ones in one transaction could deadlock with it (on PostgreSQL),
-    /// and a start that lost that would stop the server. An address released since the read
-    /// is moved all the same (a retired one is never given out; the next sync removes it).
-    /// A failure is logged: the next start tries again.
+    /// Moves each held address of `rehome` (address, region) to its region
+    /// (`RETIRED_REGION` for one no pool holds), outside any transaction, 500 a statement.
+    /// An address released since the read is moved all the same (a retired one is never
+    /// given out; the next sync removes it). A failure is logged: the next start tries again.
+    ///
+    /// Why not in the sync's transaction: a release locks the held addresses of the
+    /// instances it frees, several per statement, in an order of its own; the sync waiting
+    /// for some while holding others could deadlock with it (on PostgreSQL), and a start that
+    /// lost that would stop the server. So on PostgreSQL each statement moves only the rows
+    /// no one else holds (`SKIP LOCKED`: it never waits, so it is in no cycle), and the rows
+    /// it passed over are moved one per statement, each waiting for its row alone.
     async fn ip_held_rehome(&self, rehome: &[(String, String)]) {
+        let mut by_region: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for (address, region) in rehome {
-            let moved = self
-                .q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND region <> $1")
-                .bind(region.as_str())
-                .bind(address.as_str())
-                .execute()
-                .await;
-            if let Err(e) = moved {
-                tracing::warn!("address {address} held, to move to region {region:?}: {e}");
+            by_region.entry(region).or_default().push(address);
+        }
+        for (region, addresses) in by_region {
+            for chunk in addresses.chunks(500) {
+                let moved = self.ip_held_move(region, chunk).await.unwrap_or_else(|e| {
+                    tracing::warn!("held addresses to move to region {region:?}: {e}");
+                    Default::default()
+                });
+                for address in chunk.iter().filter(|a| !moved.contains(**a)) {
+                    let one = self
+                        .q("UPDATE ip_addresses SET region = $1 WHERE address = $2 AND region <> $1")
+                        .bind(region)
+                        .bind(*address)
+                        .execute()
+                        .await;
+                    if let Err(e) = one {
+                        tracing::warn!("address {address} held, to move to region {region:?}: {e}");
+                    }
+                }
             }
         }
+    }
+
+    /// Moves the rows of `addresses` not held by another transaction (PostgreSQL; on
+    /// SQLite, every row) to `region`, in one statement; the addresses moved.
+    async fn ip_held_move(
+        &self,
+        region: &str,
+        addresses: &[&str],
+    ) -> Result<std::collections::HashSet<String>, Error> {
+        let skip = match self.backend() {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE ip_addresses SET region = $1 WHERE address IN (
+               SELECT address FROM ip_addresses WHERE address IN ({}) AND region <> $1{skip})
+             RETURNING address",
+            crate::batch::marks(2, addresses.len())
+        );
+        let mut q = self.q(&sql).bind(region);
+        for a in addresses {
+            q = q.bind(*a);
+        }
+        let rows = q.fetch_all().await?;
+        rows.iter().map(|r| get_str(r, "address")).collect()
     }
 }

@@ -267,7 +267,7 @@ impl Tx {
             Backend::Sqlite => "",
         };
         // The MAC is stored as well as derived on read: a server of an earlier version reads
-        // it. PostgreSQL computes it in the statement; SQLite's is set with the history row.
+        // it. PostgreSQL computes it in the statement; SQLite's is set by a second one.
         let mac = match self.backend {
             Backend::Postgres => format!("mac_address = {}, ", pg_mac("address")),
             Backend::Sqlite => String::new(),
@@ -482,7 +482,8 @@ impl Tx {
     /// Takes the region's first free addresses for `claims`, in order: the addresses
     /// of the first k claims, k fewer than all when the pool has fewer free (or, on
     /// PostgreSQL, not locked by another transaction; the caller retries those one by one).
-    /// Each address is metered from here, as with `ip_allocate`.
+    /// An additional address is metered from here, as with `ip_allocate` (a primary's
+    /// holding is its instance's life).
     pub async fn ips_allocate(
         &mut self,
         region: &str,
