@@ -201,6 +201,11 @@ async fn wait_idle(store: &Store) {
 /// (from the tasks' own created/finished times).
 async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
     let since = now_ms() - 1;
+    let postgres = store.backend() == lobster_store::Backend::Postgres;
+    let wal_before = match postgres {
+        true => wal_written(&args.postgres_url).await,
+        false => None,
+    };
     let cpu_before = machine_cpu_ms();
     let accepted = drive(p.addr, args.connections, Budget::Count(n), true, {
         let addr = p.addr;
@@ -213,6 +218,13 @@ async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
     let cpu_us = machine_cpu_ms()
         .zip(cpu_before)
         .map(|(a, b)| (a - b) * 1000.0 / n as f64);
+    let wal_bytes = match postgres {
+        true => wal_written(&args.postgres_url).await,
+        false => None,
+    };
+    let wal_bytes = wal_bytes
+        .zip(wal_before)
+        .map(|(a, b)| (a - b) as f64 / n as f64);
     let tasks: Vec<_> = store
         .task_all()
         .await
@@ -241,7 +253,22 @@ async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
         lat,
         ids,
         cpu_us,
+        wal_bytes,
     }
+}
+
+/// PostgreSQL's WAL position in bytes (the whole cluster's), or None when it cannot be read.
+/// Its growth over a phase is what the phase wrote: unlike a rate, it does not move with
+/// the machine's speed, so it shows a change in the work per launch that noise would hide.
+async fn wal_written(url: &str) -> Option<i64> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.ok()?;
+    let row = sqlx::query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS b")
+        .fetch_one(&pool)
+        .await
+        .ok();
+    pool.close().await;
+    sqlx::Row::try_get::<i64, _>(&row?, "b").ok()
 }
 
 /// What `launches` measured.
@@ -253,6 +280,8 @@ struct Launched {
     lat: Vec<u32>,
     ids: Vec<String>,
     cpu_us: Option<f64>,
+    /// PostgreSQL's WAL per launch, accepted through COMPLETED, in bytes.
+    wal_bytes: Option<f64>,
 }
 
 /// The machine's busy CPU time so far (all cores, all processes) from /proc/stat, in
@@ -328,10 +357,16 @@ async fn bench_lobster(
         lat,
         ids: launched,
         cpu_us,
+        wal_bytes,
     } = launches(args, &p, &store, 9_900).await;
     if let Some(us) = cpu_us {
         r.note(format!(
             "{target}: the machine's CPU per launch (9,900, accepted through COMPLETED, all processes): {us:.0} µs"
+        ));
+    }
+    if let Some(b) = wal_bytes {
+        r.note(format!(
+            "{target}: PostgreSQL's WAL per launch (the same 9,900): {b:.0} bytes"
         ));
     }
     r.add(target, "launch accepted", &accepted);
