@@ -218,13 +218,11 @@ async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
     let cpu_us = machine_cpu_ms()
         .zip(cpu_before)
         .map(|(a, b)| (a - b) * 1000.0 / n as f64);
-    let wal_bytes = match postgres {
+    let wal_after = match postgres {
         true => wal_written(&args.postgres_url).await,
         false => None,
     };
-    let wal_bytes = wal_bytes
-        .zip(wal_before)
-        .map(|(a, b)| (a - b) as f64 / n as f64);
+    let wal = wal_before.zip(wal_after);
     let tasks: Vec<_> = store
         .task_all()
         .await
@@ -253,7 +251,7 @@ async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
         lat,
         ids,
         cpu_us,
-        wal_bytes,
+        wal,
     }
 }
 
@@ -280,8 +278,8 @@ struct Launched {
     lat: Vec<u32>,
     ids: Vec<String>,
     cpu_us: Option<f64>,
-    /// PostgreSQL's WAL per launch, accepted through COMPLETED, in bytes.
-    wal_bytes: Option<f64>,
+    /// PostgreSQL's WAL position before and after the launches (accepted through COMPLETED).
+    wal: Option<(i64, i64)>,
 }
 
 /// The machine's busy CPU time so far (all cores, all processes) from /proc/stat, in
@@ -357,16 +355,21 @@ async fn bench_lobster(
         lat,
         ids: launched,
         cpu_us,
-        wal_bytes,
+        wal,
     } = launches(args, &p, &store, 9_900).await;
     if let Some(us) = cpu_us {
         r.note(format!(
             "{target}: the machine's CPU per launch (9,900, accepted through COMPLETED, all processes): {us:.0} µs"
         ));
     }
-    if let Some(b) = wal_bytes {
+    if let Some((from, to)) = wal {
+        // The positions, for `pg_waldump -s … -e … --stats=record` on what they wrote.
+        let lsn = |b: i64| format!("{:X}/{:X}", b >> 32, b & 0xffff_ffff);
         r.note(format!(
-            "{target}: PostgreSQL's WAL per launch (the same 9,900): {b:.0} bytes"
+            "{target}: PostgreSQL's WAL per launch (the same 9,900): {:.0} bytes (from {} to {})",
+            (to - from) as f64 / 9_900.0,
+            lsn(from),
+            lsn(to)
         ));
     }
     r.add(target, "launch accepted", &accepted);
