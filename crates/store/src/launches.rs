@@ -233,9 +233,9 @@ struct Shape {
     leased: bool,
 }
 
-/// The statement's text for `shape`, built once: it is 10–20 kB of SQL, and building it
-/// for every batch was about a twentieth of the server's work in a burst of launches
-/// (`perf`, docs/benchmarks.md, session 25).
+/// The statement's text for `shape`, built once: it is kilobytes of SQL (a VALUES cell per
+/// column and launch), and building it for every batch was about a twentieth of the
+/// server's work in a burst of launches (`perf`, docs/benchmarks.md, session 25).
 fn batch_sql(shape: Shape) -> Arc<str> {
     static TEXTS: OnceLock<Mutex<HashMap<Shape, Arc<str>>>> = OnceLock::new();
     let texts = TEXTS.get_or_init(Default::default);
