@@ -121,14 +121,7 @@ async fn quiesce(pg_base: &str, r: &mut Report) {
     if let Err(e) = std::process::Command::new("sync").status() {
         r.note(format!("could not run sync: {e}"));
     }
-    sqlx::any::install_default_drivers();
-    let checkpoint = async {
-        let pool = sqlx::AnyPool::connect(pg_base).await?;
-        let done = sqlx::query("CHECKPOINT").execute(&pool).await.map(|_| ());
-        pool.close().await;
-        done
-    };
-    if let Err(e) = checkpoint.await {
+    if let Err(e) = on_base(pg_base, "CHECKPOINT").await {
         r.note(format!("no CHECKPOINT before the next target: {e}"));
     }
 }
@@ -259,14 +252,20 @@ async fn launches(args: &Args, p: &Proc, store: &Store, n: u64) -> Launched {
 /// Its growth over a phase is what the phase wrote: unlike a rate, it does not move with
 /// the machine's speed, so it shows a change in the work per launch that noise would hide.
 async fn wal_written(url: &str) -> Option<i64> {
+    let sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS b";
+    let rows = on_base(url, sql).await.ok()?;
+    sqlx::Row::try_get::<i64, _>(rows.first()?, "b").ok()
+}
+
+/// Runs `sql` on a connection of its own to the database at `url`, and closes it: the
+/// bench's own statements beside the servers (a CHECKPOINT, a schema made or dropped, the
+/// WAL's position). Its rows.
+async fn on_base(url: &str, sql: &str) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
     sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(url).await.ok()?;
-    let row = sqlx::query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS b")
-        .fetch_one(&pool)
-        .await
-        .ok();
+    let pool = sqlx::AnyPool::connect(url).await?;
+    let rows = sqlx::query(sql).fetch_all(&pool).await;
     pool.close().await;
-    sqlx::Row::try_get::<i64, _>(&row?, "b").ok()
+    rows
 }
 
 /// What `launches` measured.
@@ -625,14 +624,10 @@ async fn moto_terminate(args: &Args, addr: SocketAddr, ids: Vec<String>) -> Stat
 
 /// A URL whose connections use a new, empty schema of the database at `base`.
 async fn fresh_schema(base: &str) -> String {
-    sqlx::any::install_default_drivers();
     let schema = format!("bench_{}", now_ms());
-    let pool = sqlx::AnyPool::connect(base).await.expect("PostgreSQL");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
+    on_base(base, &format!("CREATE SCHEMA {schema}"))
         .await
-        .unwrap();
-    pool.close().await;
+        .expect("PostgreSQL: a schema for the run");
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
@@ -675,14 +670,9 @@ async fn drop_schema(base: &str, url: &str) {
         eprintln!("kept schema {schema} (LOBSTER_BENCH_KEEP_SCHEMA)");
         return;
     }
-    let pool = sqlx::AnyPool::connect(base).await.expect("PostgreSQL");
-    if let Err(e) = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-    {
+    if let Err(e) = on_base(base, &format!("DROP SCHEMA {schema} CASCADE")).await {
         eprintln!("could not drop {schema}: {e}");
     }
-    pool.close().await;
 }
 
 fn print_table(r: &Report, args: &Args) {
