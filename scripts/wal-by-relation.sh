@@ -8,9 +8,10 @@
 # relation; then drops the schema. Machine-speed independent, unlike the rates: use it to
 # see what a change to the launch path's rows and indexes does (docs/benchmarks.md).
 #
-# Needs: the release build (scripts/bench.sh builds it), PostgreSQL on this machine with its
-# WAL readable here (run as root or postgres), python3.
+# Needs: PostgreSQL on this machine with its WAL readable here (run as root or postgres),
+# python3. Builds the release binaries first, as scripts/bench.sh does.
 #   scripts/wal-by-relation.sh [path to a lobster binary]
+#   LOBSTER_BENCH_POSTGRES_URL: the database (default postgres://postgres@127.0.0.1:5432/test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOBSTER=${1:-target/release/lobster}
@@ -19,9 +20,11 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 WALDIR=$(psql "$URL" -Atc "SHOW data_directory")/pg_wal
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
+cargo build --release --quiet -p lobster -p lobster-bench
 
 LOBSTER_BENCH_KEEP_SCHEMA=1 ./target/release/lobster-bench --lobster "$LOBSTER" --big 0 \
-  --seconds 3 --moto-server /nonexistent --backends postgres --writes-only >"$OUT/bench" 2>&1
+  --seconds 3 --moto-server /nonexistent --backends postgres --writes-only \
+  --postgres-url "$URL" >"$OUT/bench" 2>&1
 grep -E "CPU per launch|WAL per launch|launch accepted " "$OUT/bench" | head -3
 SCHEMA=$(grep -o "kept schema bench_[0-9]*" "$OUT/bench" | awk '{print $3}')
 read -r FROM TO < <(grep -o "from [0-9A-F/]* to [0-9A-F/]*" "$OUT/bench" | head -1 | awk '{print $2, $4}')
