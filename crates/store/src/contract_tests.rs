@@ -547,6 +547,15 @@ pub(crate) fn new_task(id: &str, now: i64) -> NewTask {
     }
 }
 
+/// `new_task` as a delete of `instance`, with the id `t-<instance>`.
+pub(crate) fn delete_task(instance: &str, now: i64) -> NewTask {
+    NewTask {
+        instance_id: Some(instance.into()),
+        operation: "delete_instance".into(),
+        ..new_task(&format!("t-{instance}"), now)
+    }
+}
+
 /// A task written under a lease is stored exactly as `leased_row` says (what the engine
 /// runs from memory), is not claimable while the lease holds, and is reclaimed after it.
 #[tokio::test]
@@ -1613,14 +1622,10 @@ async fn deletes_finished_together_release_once_and_only_under_lease() {
             };
             tx.instance_insert(&row).await.unwrap();
             assert!(tx.host_reserve("wil-cpu-03", &res(2)).await.unwrap());
-            tx.task_insert(&NewTask {
-                instance_id: Some(id.to_string()),
-                operation: "delete_instance".into(),
-                // Due one after another: claimed in this order.
-                ..new_task(&format!("t-{id}"), 1 + k as i64)
-            })
-            .await
-            .unwrap();
+            // Due one after another: claimed in this order.
+            tx.task_insert(&delete_task(id, 1 + k as i64))
+                .await
+                .unwrap();
         }
         tx.commit().await.unwrap();
         let used = || cpu_cores_used(&store);
@@ -1903,13 +1908,7 @@ async fn a_primarys_holding_is_read_off_its_instance() {
         };
         let extra = tx.ip_allocate("us-east-1", &extra, 1_500).await.unwrap();
         let extra = extra.unwrap();
-        tx.task_insert(&NewTask {
-            instance_id: Some("vm0".into()),
-            operation: "delete_instance".into(),
-            ..new_task("t-vm0", 1)
-        })
-        .await
-        .unwrap();
+        tx.task_insert(&delete_task("vm0", 1)).await.unwrap();
         tx.commit().await.unwrap();
         let stored: Vec<(String, i64)> =
             sqlx::query_as("SELECT address, is_primary FROM ip_history ORDER BY address")

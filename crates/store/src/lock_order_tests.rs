@@ -6,7 +6,7 @@
 //! writer holding the first row would wait for the second while the statement waits for
 //! the first (a deadlock PostgreSQL breaks after a second by failing one of them).
 
-use crate::contract_tests::{new_task, res, sample_instance, stores};
+use crate::contract_tests::{delete_task, new_task, res, sample_instance, stores};
 use crate::*;
 use lobster_core::capacity::Resources;
 use lobster_core::fleet::Fleet;
@@ -360,13 +360,7 @@ async fn a_delete_end_locks_the_host_before_the_instance() {
         };
         tx.instance_insert(&row).await.unwrap();
         assert!(tx.host_reserve("wil-cpu-03", &res(2)).await.unwrap());
-        tx.task_insert(&NewTask {
-            instance_id: Some("d1".into()),
-            operation: "delete_instance".into(),
-            ..new_task("t-d1", 1)
-        })
-        .await
-        .unwrap();
+        tx.task_insert(&delete_task("d1", 1)).await.unwrap();
         tx.commit().await.unwrap();
         store.task_claim("w1", 9, 60_000).await.unwrap().unwrap();
         let mut holder = store.begin().await.unwrap();
